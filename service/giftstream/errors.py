@@ -1,0 +1,123 @@
+"""The exception tree. Each error carries a stable wire code and a human sentence.
+
+    GiftstreamError            code = "internal"
+    ├── BadFrame               bad_frame: decodable, but not a message (not a map, no `t`)
+    ├── UnknownType            unknown_type: `t` names no request
+    ├── InvalidField           invalid_field: a field is missing, of the wrong type, out of range, or unknown
+    ├── Unauthenticated        unauthenticated: no valid token (yet)
+    ├── Forbidden              forbidden: authenticated, but not allowed
+    ├── NotFound               not_found: no such user or room
+    ├── InsufficientCoins      insufficient_coins
+    ├── UnknownGift            unknown_gift
+    ├── UnavailableInRegion    unavailable_in_region
+    ├── RoomNotLive            room_not_live
+    ├── NotInRoom              not_in_room
+    ├── IdempotencyConflict    idempotency_conflict: the same request id with other content
+    └── RateLimited            rate_limited
+
+Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
+"""
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    INSUFFICIENT_COINS = "insufficient_coins"
+    UNKNOWN_GIFT = "unknown_gift"
+    UNAVAILABLE_IN_REGION = "unavailable_in_region"
+    ROOM_NOT_LIVE = "room_not_live"
+    NOT_IN_ROOM = "not_in_room"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    RATE_LIMITED = "rate_limited"
+    SPENDING_LIMIT = "spending_limit"
+    PAYMENT_DECLINED = "payment_declined"
+    BELOW_MINIMUM = "below_minimum"
+    INTERNAL = "internal"
+
+
+# The HTTP status that carries each code in an HTTP error body.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_FRAME: 400,
+    ErrorCode.UNKNOWN_TYPE: 400,
+    ErrorCode.INVALID_FIELD: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INSUFFICIENT_COINS: 402,
+    ErrorCode.UNKNOWN_GIFT: 404,
+    ErrorCode.UNAVAILABLE_IN_REGION: 403,
+    ErrorCode.ROOM_NOT_LIVE: 409,
+    ErrorCode.NOT_IN_ROOM: 409,
+    ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.SPENDING_LIMIT: 403,
+    ErrorCode.PAYMENT_DECLINED: 402,
+    ErrorCode.BELOW_MINIMUM: 400,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class GiftstreamError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadFrame(GiftstreamError):
+    code = ErrorCode.BAD_FRAME
+
+
+class UnknownType(GiftstreamError):
+    code = ErrorCode.UNKNOWN_TYPE
+
+
+class InvalidField(GiftstreamError):
+    code = ErrorCode.INVALID_FIELD
+
+
+class Unauthenticated(GiftstreamError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(GiftstreamError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(GiftstreamError):
+    code = ErrorCode.NOT_FOUND
+
+
+class InsufficientCoins(GiftstreamError):
+    code = ErrorCode.INSUFFICIENT_COINS
+
+
+class UnknownGift(GiftstreamError):
+    code = ErrorCode.UNKNOWN_GIFT
+
+
+class UnavailableInRegion(GiftstreamError):
+    code = ErrorCode.UNAVAILABLE_IN_REGION
+
+
+class RoomNotLive(GiftstreamError):
+    code = ErrorCode.ROOM_NOT_LIVE
+
+
+class NotInRoom(GiftstreamError):
+    code = ErrorCode.NOT_IN_ROOM
+
+
+class IdempotencyConflict(GiftstreamError):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class RateLimited(GiftstreamError):
+    code = ErrorCode.RATE_LIMITED

@@ -1,0 +1,111 @@
+"""The path of one gift, after the frame is validated: resolve, debit, credit, settle.
+
+Depends on domain and store only, so any edge (WebSocket now, HTTP for video gifts) can use it.
+"""
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from giftstream.domain.catalog import Catalog
+from giftstream.domain.money import gift_cost
+from giftstream.errors import (
+    IdempotencyConflict,
+    InsufficientCoins,
+    NotFound,
+    UnavailableInRegion,
+    UnknownGift,
+)
+from giftstream.settings import Settings
+from giftstream.store import gifts
+from giftstream.store.connection import Redis
+from giftstream.wire.requests import SendGift
+
+CRASH_AFTER_DEBIT = "crash_after_debit"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    user: str
+    name: str
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: str
+    event: str
+    coins: int
+
+
+def new_event_id() -> str:
+    return "e" + secrets.token_hex(10)
+
+
+class Gifting:
+    def __init__(self, redis: Redis, catalog: Catalog, settings: Settings) -> None:
+        self.redis = redis
+        self.catalog = catalog
+        self.settings = settings
+
+    async def send(self, sender: Sender, req: SendGift, host: str) -> Ack:
+        """Charge the sender once for `req` and credit the room's host; the ack to answer."""
+        gift = self.catalog.get(req.gift)
+        if gift is None:
+            raise UnknownGift(f"there is no gift '{req.gift}'")
+        if not gift.available_in(sender.region):
+            raise UnavailableInRegion(f"{gift.name} cannot be sent from region {sender.region}")
+        debit = gifts.DebitRequest(
+            request_id=req.id,
+            fingerprint=req.fingerprint,
+            event=new_event_id(),
+            viewer=sender.user,
+            viewer_name=sender.name,
+            room=req.room,
+            host=host,
+            gift=gift,
+            count=req.count,
+            cost=gift_cost(gift, req.count),
+        )
+        try:
+            debited = await gifts.debit(
+                self.redis,
+                debit,
+                self.settings.idempotency_ttl_s,
+                self.settings.streak_timeout_ms,
+            )
+        except gifts.DebitConflict as e:
+            raise IdempotencyConflict(
+                f"the gift id '{req.id}' was already used for a different gift"
+            ) from e
+        except gifts.DebitInsufficient as e:
+            raise InsufficientCoins(
+                f"{debit.cost} coins are needed for {req.count} x {gift.name};"
+                f" the balance is {e.balance}"
+            ) from e
+        except gifts.DebitNoUser as e:
+            raise NotFound("your account no longer exists") from e
+        if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:
+            os._exit(70)  # testing only: a worker dying between debit and credit
+        if debited.payload is not None:
+            await gifts.credit(
+                self.redis,
+                req.room,
+                debited.payload,
+                self.catalog.rate,
+                self.settings.room_history_max,
+            )
+            await gifts.settle(self.redis, sender.user, debited.event)
+        return Ack(req.id, debited.event, debited.balance)
+
+    async def replay_of(self, sender: Sender, req: SendGift) -> Ack | None:
+        """The stored ack of a request id already debited, for a retry that can no longer be
+        debited here; None if the id is new. Raises IdempotencyConflict on other content."""
+        stored = await gifts.stored_answer(self.redis, sender.user, req.id)
+        if stored is None:
+            return None
+        if stored.fingerprint != req.fingerprint:
+            raise IdempotencyConflict(
+                f"the gift id '{req.id}' was already used for a different gift"
+            )
+        return Ack(req.id, stored.event, stored.balance)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one worker process."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+CONNECTIONS = Gauge("giftstream_connections", "Open WebSocket connections", registry=REGISTRY)
+ROOMS_SUBSCRIBED = Gauge(
+    "giftstream_rooms_subscribed", "Rooms this worker is subscribed to", registry=REGISTRY
+)
+FRAMES_IN = Counter("giftstream_frames_in_total", "Frames received", registry=REGISTRY)
+FRAMES_OUT = Counter("giftstream_frames_out_total", "Frames queued for sending", registry=REGISTRY)
+FRAMES_DROPPED = Counter(
+    "giftstream_frames_dropped_total", "Lossy frames dropped for slow clients", registry=REGISTRY
+)
+GIFTS = Counter(
+    "giftstream_gifts_total", "Gift requests answered", ["result"], registry=REGISTRY
+)
+ERRORS = Counter("giftstream_errors_total", "Error answers by code", ["code"], registry=REGISTRY)
+CLOSES = Counter(
+    "giftstream_closes_total", "Connections closed by the server", ["reason"], registry=REGISTRY
+)
+RELAYED = Counter(
+    "giftstream_relayed_credits_total", "Credits re-applied by the relay", registry=REGISTRY
+)
+GIFT_SECONDS = Histogram(
+    "giftstream_gift_seconds",
+    "Time from a gift frame to its ack (debit and credit included)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)

@@ -1,0 +1,1 @@
+"""Connections, rooms and fan-out: composes wire, domain and store over WebSockets."""

@@ -1,0 +1,292 @@
+"""One WebSocket connection: authentication, rooms, gifts, and its writer task."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from giftstream import metrics, tokens
+from giftstream.errors import (
+    ErrorCode,
+    GiftstreamError,
+    NotFound,
+    NotInRoom,
+    RoomNotLive,
+    Unauthenticated,
+)
+from giftstream.gifting import Gifting, Sender
+from giftstream.realtime.frames import Encoded
+from giftstream.realtime.hub import Hub
+from giftstream.realtime.member import Member
+from giftstream.realtime.outbound import Outbound
+from giftstream.settings import Settings
+from giftstream.store import accounts, rooms
+from giftstream.store.connection import Redis
+from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
+from giftstream.wire.requests import (
+    Auth,
+    Join,
+    Leave,
+    Ping,
+    Request,
+    SendGift,
+    parse_request,
+    request_id,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+# Concurrent gifts in flight per connection: a client may pipeline, within bounds.
+MAX_GIFTS_IN_FLIGHT = 64
+
+
+class Session:
+    def __init__(
+        self,
+        ws: WebSocket,
+        codec: Codec,
+        *,
+        redis: Redis,
+        hub: Hub,
+        gifting: Gifting,
+        secret: bytes,
+        settings: Settings,
+    ) -> None:
+        self.ws = ws
+        self.codec = codec
+        self.redis = redis
+        self.hub = hub
+        self.gifting = gifting
+        self.secret = secret
+        self.settings = settings
+        self.outbound = Outbound(settings.send_queue_bytes)
+        self.sender: Sender | None = None
+        self.members: dict[str, Member] = {}
+        self._gift_slots = asyncio.Semaphore(MAX_GIFTS_IN_FLIGHT)
+        self._gift_tasks: set[asyncio.Task[None]] = set()
+        self._close: tuple[int, str] | None = None
+
+    # -- the connection ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        metrics.CONNECTIONS.inc()
+        writer = asyncio.create_task(self._write_forever(), name="ws-writer")
+        try:
+            await self._read_forever()
+        finally:
+            for task in list(self._gift_tasks):
+                task.cancel()
+            for member in list(self.members.values()):
+                await self._leave(member.room)
+            self.outbound.close()
+            await writer
+            metrics.CONNECTIONS.dec()
+
+    async def _read_forever(self) -> None:
+        while self._close is None and not self.outbound.overflowed:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            metrics.FRAMES_IN.inc()
+            try:
+                decoded = self.codec.decode(message.get("text"), message.get("bytes"))
+            except WrongFrameKind as e:
+                self._close_with(CLOSE_UNSUPPORTED_DATA, str(e))
+                return
+            except Undecodable as e:
+                self._close_with(CLOSE_INVALID_PAYLOAD, str(e)[:120])
+                return
+            await self._handle(decoded)
+
+    def _close_with(self, code: int, reason: str) -> None:
+        metrics.CLOSES.labels(str(code)).inc()
+        self._close = (code, reason[:120])
+        self.outbound.close()
+
+    async def _write_forever(self) -> None:
+        try:
+            while True:
+                items = await self.outbound.take()
+                if not items:
+                    break
+                for item in items:
+                    if isinstance(item, bytes):
+                        await self.ws.send_bytes(item)
+                    else:
+                        await self.ws.send_text(item)
+            if self.outbound.overflowed:
+                metrics.CLOSES.labels("slow_consumer").inc()
+                self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
+            if self._close is not None and self.ws.client_state is WebSocketState.CONNECTED:
+                await self.ws.close(*self._close)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.outbound.close()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.outbound.put(self.codec.encode(frame), lossless=True)
+
+    def send_error(self, error: GiftstreamError, rid: str | None) -> None:
+        metrics.ERRORS.labels(error.code.value).inc()
+        frame: dict[str, Any] = {"t": "error", "code": error.code.value, "message": error.message}
+        if rid is not None:
+            frame["id"] = rid
+        self.send(frame)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _handle(self, decoded: Any) -> None:
+        rid = request_id(decoded)
+        try:
+            request = parse_request(decoded)
+            if isinstance(request, SendGift):
+                self._start_gift(request)
+            else:
+                await self._dispatch(request)
+        except GiftstreamError as e:
+            self.send_error(e, rid)
+        except Exception:
+            log.exception("request failed")
+            self.send_error(GiftstreamError("the server failed to handle this request"), rid)
+
+    async def _dispatch(self, request: Request) -> None:
+        if isinstance(request, Auth):
+            await self._auth(request)
+            return
+        if isinstance(request, Ping):
+            self.send(_with_id({"t": "pong", "ts": int(time.time() * 1000)}, request.id))
+            return
+        if self.sender is None:
+            raise Unauthenticated("send {t: 'auth', token} first")
+        if isinstance(request, Join):
+            await self._join(request)
+        elif isinstance(request, Leave):
+            await self._leave(request.room)
+            self.send(_with_id({"t": "left", "room": request.room}, request.id))
+
+    async def _auth(self, request: Auth) -> None:
+        claims = tokens.verify(request.token, self.secret, int(time.time()))
+        if self.sender is not None and self.sender.user != claims.user:
+            raise Unauthenticated("this connection is already authenticated as another user")
+        account = await accounts.get_account(self.redis, claims.user)
+        if account is None:
+            raise Unauthenticated("the token names a user that does not exist")
+        self.sender = Sender(account.id, account.name, account.region)
+        diamonds = await rooms.host_diamonds(self.redis, account.room)
+        frame = {
+            "t": "welcome",
+            "user": account.id,
+            "name": account.name,
+            "region": account.region,
+            "role": account.role,
+            "room": account.room,
+            "coins": account.coins,
+            "diamonds": diamonds,
+        }
+        self.send(_with_id(frame, request.id))
+
+    async def _join(self, request: Join) -> None:
+        assert self.sender is not None
+        if request.room in self.members:
+            await self._leave(request.room)
+        state = await rooms.room_state(self.redis, request.room)
+        if state is None:
+            raise NotFound(f"there is no room '{request.room}'")
+        member = Member(
+            room=request.room,
+            user=self.sender.user,
+            is_host=state.host == self.sender.user,
+            codec=self.codec,
+            outbound=self.outbound,
+        )
+        self.members[request.room] = member
+        await self.hub.attach(member, state)
+        await rooms.change_viewers(self.redis, request.room, 1)
+        # Read again now that live events reach the member: nothing falls between the two.
+        state = await rooms.room_state(self.redis, request.room) or state
+        self.send(
+            _with_id(
+                {
+                    "t": "joined",
+                    "room": state.id,
+                    "host": state.host,
+                    "live": state.live,
+                    "epoch": state.epoch,
+                    "offset": state.offset,
+                    "viewers": state.viewers,
+                },
+                request.id,
+            )
+        )
+        member.last_offset = state.offset
+        since = request.since
+        if since is not None:
+            start = since.offset if since.epoch == state.epoch else 0
+            member.last_offset = start
+            for frame in await rooms.history_after(self.redis, request.room, start):
+                if member.wants(frame.get("t")):
+                    # Asked-for history is lossless: if it cannot fit, the client resumes again.
+                    member.replay(Encoded(frame, frame.get("offset")), lossless=True)
+        member.finish_replay()
+
+    async def _leave(self, room: str) -> None:
+        member = self.members.pop(room, None)
+        if member is None:
+            raise NotInRoom(f"you are not in room '{room}'")
+        await self.hub.detach(member)
+        with contextlib.suppress(Exception):
+            await rooms.change_viewers(self.redis, room, -1)
+
+    # -- gifts -------------------------------------------------------------------------------
+
+    def _start_gift(self, request: SendGift) -> None:
+        task = asyncio.create_task(self._gift(request))
+        self._gift_tasks.add(task)
+        task.add_done_callback(self._gift_tasks.discard)
+
+    async def _gift(self, request: SendGift) -> None:
+        started = time.perf_counter()
+        async with self._gift_slots:
+            try:
+                ack = await self._send_gift(request)
+            except GiftstreamError as e:
+                metrics.GIFTS.labels(e.code.value).inc()
+                self.send_error(e, request.id)
+                return
+            except Exception:
+                log.exception("gift failed")
+                metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
+                self.send_error(GiftstreamError("the gift could not be completed"), request.id)
+                return
+        metrics.GIFTS.labels("ok").inc()
+        metrics.GIFT_SECONDS.observe(time.perf_counter() - started)
+        self.send({"t": "ack", "id": ack.id, "event": ack.event, "coins": ack.coins})
+
+    async def _send_gift(self, request: SendGift) -> Any:
+        if self.sender is None:
+            raise Unauthenticated("send {t: 'auth', token} first")
+        refusal: GiftstreamError | None = None
+        host = self.hub.room_host(request.room)
+        if request.room not in self.members or host is None:
+            refusal = NotInRoom(f"join room '{request.room}' before sending gifts to it")
+        elif not self.hub.room_live(request.room):
+            refusal = RoomNotLive(f"room '{request.room}' is not live")
+        if refusal is not None or host is None:
+            # A retry of a gift already sent is answered as the first time, wherever it comes.
+            replay = await self.gifting.replay_of(self.sender, request)
+            if replay is not None:
+                return replay
+            raise refusal or NotInRoom(f"join room '{request.room}' first")
+        return await self.gifting.send(self.sender, request, host)
+
+
+def _with_id(frame: dict[str, Any], rid: str | None) -> dict[str, Any]:
+    if rid is not None:
+        frame["id"] = rid
+    return frame

@@ -1,0 +1,91 @@
+"""Settings: one typed object, read from the environment only here and in the CLI."""
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "GIFTSTREAM_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every limit and knob of the service, each with a safe default.
+
+    Each field can be set by the environment variable GIFTSTREAM_<FIELD NAME IN CAPITALS>.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    # Unset: an embedded Valkey is started with its data in `data_dir`.
+    redis_url: str | None = None
+    data_dir: Path = Path(".giftstream")
+    # Enables /v1/dev/* (simulated users with free coins).
+    dev: bool = False
+    # Token-signing secret. Unset: generated once and kept in the store itself.
+    secret: str | None = None
+    token_ttl_s: int = 30 * 24 * 3600
+    # Largest WebSocket frame accepted; a larger one closes the connection with 1009.
+    max_frame_bytes: int = 64 * 1024
+    # Bytes a connection may have queued for sending before lossy frames are dropped and,
+    # for a lossless frame that cannot fit, the connection is closed as a slow consumer.
+    send_queue_bytes: int = 1024 * 1024
+    # A streak continues while taps of the same gift come within this time of each other.
+    streak_timeout_ms: int = 3000
+    # How long a gift `id` is remembered for idempotent retries.
+    idempotency_ttl_s: int = 24 * 3600
+    # Room history kept for `join` with `since` (approximate, in events).
+    room_history_max: int = 100_000
+    # The relay re-applies credits whose debit is older than `relay_grace_ms`.
+    relay_interval_s: float = 1.0
+    relay_grace_ms: int = 2000
+    # AOF fsync policy of the embedded Valkey: always | everysec | no.
+    aof_fsync: str = "everysec"
+    # Most coins a dev user may be created with.
+    dev_max_coins: int = 100_000_000
+    # The gift catalog file; unset: the bundled data/gifts.toml.
+    catalog_path: Path | None = None
+    # Testing only: named faults to inject, e.g. "crash_after_debit".
+    faults: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        defaults = cls()
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(raw, getattr(defaults, f.name), f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(defaults, **values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a worker process."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, frozenset):
+                value = ",".join(sorted(value))
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+def _parse(raw: str, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, Path) or name.endswith("_path"):
+        return Path(raw)
+    if isinstance(default, frozenset):
+        return frozenset(p.strip() for p in raw.split(",") if p.strip())
+    return raw

@@ -1,0 +1,67 @@
+"""Connecting to Redis/Valkey, loading the Functions, and the shared token secret."""
+
+import secrets
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from giftstream.store import keys
+
+Redis = aioredis.Redis
+FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua")
+SOCKET_TIMEOUT_S = 10.0
+
+
+def connect(url: str, max_connections: int = 64) -> Redis:
+    """A client for commands. Replies stay bytes: payloads are msgpack."""
+    return aioredis.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+    )
+
+
+def connect_pubsub(url: str) -> Redis:
+    """A client for the subscriber connection: no read timeout, since a quiet room sends
+    nothing for hours (the hub checks liveness with PING instead), and no silent retries: a
+    failure must reach the hub, which resubscribes and replays what was missed."""
+    return aioredis.from_url(
+        url,
+        decode_responses=False,
+        socket_timeout=None,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def function_sources() -> dict[str, str]:
+    folder = resources.files("giftstream.store").joinpath("functions")
+    return {name: folder.joinpath(name).read_text("utf-8") for name in FUNCTION_FILES}
+
+
+async def load_functions(r: Redis) -> None:
+    """FUNCTION LOAD REPLACE every library; safe to run from many workers at once."""
+    for source in function_sources().values():
+        await r.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+
+
+async def fcall(r: Redis, name: str, keys_: list[str], args: list[Any]) -> Any:
+    return await r.execute_command("FCALL", name, len(keys_), *keys_, *args)
+
+
+async def shared_secret(r: Redis, configured: str | None) -> bytes:
+    """The token-signing secret: the configured one, or one generated once and kept in the store
+    so that every worker, node and restart accepts the same tokens."""
+    if configured:
+        return configured.encode()
+    await r.set(keys.SECRET, secrets.token_urlsafe(32), nx=True)
+    value = await r.get(keys.SECRET)
+    if value is None:
+        raise RuntimeError("the token secret vanished from the store")
+    return bytes(value)

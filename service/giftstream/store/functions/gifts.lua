@@ -1,0 +1,131 @@
+#!lua name=giftstream_gifts
+--[[
+The two halves of a gift. Each touches exactly one slot, so viewer and host may live on different
+shards; the outbox on the viewer's slot carries the gift from the first half to the second.
+Payloads are msgpack maps (cmsgpack keeps integers exact).
+
+gift_debit   (viewer slot {u:<viewer>})
+  KEYS: acct, idem (this request id's record), ledger, outbox, streak
+  ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
+        6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
+        13 streak timeout (ms), 14 sender display name
+  -> {'ok', event, balance, payload}      debited now; payload is the outbox entry to credit
+     {'replay', event, balance, payload|nil}  this id was debited before (same content): the
+                                          original answer; payload while its credit is pending
+     {'conflict'}                         this id was used with other content; nothing changed
+     {'no_user'}                          no such account; nothing changed
+     {'insufficient', balance}            not enough coins; nothing changed
+  Order: idempotency record first, then every check, and only then the writes.
+  The streak (id, repeat) is assigned here, atomically with the debit: a tap is counted once.
+
+gift_credit  (room slot {r:<room>})
+  KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger
+  ARGV: 1 payload (from gift_debit), 2 diamonds per coin numerator, 3 denominator,
+        4 history length kept, 5 pub/sub channel of the room
+  -> {'ok', gift offset, credit offset, diamonds, total}
+     {'dup', gift offset, credit offset, diamonds, total}   already credited: nothing changed
+     {'no_room'}                                            no such room; nothing changed
+  Dedupes on the event id, credits the host's diamonds (carrying any fraction), appends a `gift`
+  and a `credit` event to the room history with consecutive offsets, and publishes both.
+]]
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function gift_debit(keys, args)
+  local acct, idem, ledger, outbox, streak = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local request_id, fingerprint, event = args[1], args[2], args[3]
+  local cost, ttl = tonumber(args[4]), tonumber(args[5])
+  local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
+  local count, streakable, timeout = tonumber(args[11]), args[12] == '1', tonumber(args[13])
+
+  local stored = redis.call('GET', idem)
+  if stored then
+    local record = cmsgpack.unpack(stored)
+    if record.fp ~= fingerprint then return {'conflict'} end
+    local pending = redis.call('HGET', outbox, record.event)
+    return {'replay', record.event, record.balance, pending}
+  end
+
+  local balance = redis.call('HGET', acct, 'coins')
+  if not balance then return {'no_user'} end
+  balance = tonumber(balance)
+  if balance < cost then return {'insufficient', balance} end
+
+  local now = now_ms()
+  local payload = {event = event, room = room, host = host, from = viewer, from_name = args[14],
+    gift = gift, name = name, count = count, coins = cost, ts = now}
+  if streakable then
+    local s = redis.call('HMGET', streak, 'id', 'room', 'gift', 'repeat', 'last')
+    if s[1] and s[2] == room and s[3] == gift and now - tonumber(s[5]) <= timeout then
+      payload.streak_id, payload.streak_repeat = s[1], tonumber(s[4]) + count
+    else
+      payload.streak_id, payload.streak_repeat = event, count
+    end
+    redis.call('HSET', streak, 'id', payload.streak_id, 'room', room, 'gift', gift,
+      'repeat', payload.streak_repeat, 'last', now)
+    redis.call('PEXPIRE', streak, timeout * 10)
+  else
+    -- A single gift interrupts any combo in progress.
+    redis.call('DEL', streak)
+  end
+
+  local after = redis.call('HINCRBY', acct, 'coins', -cost)
+  redis.call('HINCRBY', acct, 'spent', cost)
+  local packed = cmsgpack.pack(payload)
+  redis.call('HSET', outbox, event, packed)
+  redis.call('XADD', ledger, '*', 'kind', 'gift', 'coins', -cost, 'balance', after,
+    'ref', event, 'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
+    'ts', now)
+  redis.call('SET', idem, cmsgpack.pack({fp = fingerprint, event = event, balance = after}),
+    'EX', ttl)
+  return {'ok', event, after, packed}
+end
+
+local function gift_credit(keys, args)
+  local room, credited, events, ledger = keys[1], keys[2], keys[3], keys[4]
+  local p = cmsgpack.unpack(args[1])
+  local numerator, denominator = tonumber(args[2]), tonumber(args[3])
+  local history, channel = args[4], args[5]
+
+  local done = redis.call('HGET', credited, p.event)
+  if done then
+    local goff, diamonds, total = string.match(done, '^(%d+):(%d+):(%d+)$')
+    goff = tonumber(goff)
+    return {'dup', goff, goff + 1, tonumber(diamonds), tonumber(total)}
+  end
+  if redis.call('EXISTS', room) == 0 then return {'no_room'} end
+
+  -- The fraction of a diamond is carried in units of 1/denominator, never rounded away.
+  local units = p.coins * numerator + tonumber(redis.call('HGET', room, 'carry') or '0')
+  local diamonds = math.floor(units / denominator)
+  local carry = units - diamonds * denominator
+  local total = redis.call('HINCRBY', room, 'diamonds', diamonds)
+  redis.call('HSET', room, 'carry', carry)
+  local credit_offset = redis.call('HINCRBY', room, 'offset', 2)
+  local gift_offset = credit_offset - 1
+
+  local gift = {t = 'gift', room = p.room, event = p.event, offset = gift_offset, from = p.from,
+    from_name = p.from_name, to = p.host, gift = p.gift, name = p.name, count = p.count,
+    coins = p.coins, diamonds = diamonds, ts = p.ts}
+  if p.streak_id then
+    gift.streak = {id = p.streak_id, ['repeat'] = p.streak_repeat, ['end'] = false}
+  end
+  local credit = {t = 'credit', room = p.room, event = p.event, offset = credit_offset,
+    from = p.from, from_name = p.from_name, gift = p.gift, name = p.name, count = p.count,
+    coins = p.coins, diamonds = diamonds, total = total, ts = p.ts}
+  local gift_packed, credit_packed = cmsgpack.pack(gift), cmsgpack.pack(credit)
+  redis.call('XADD', events, 'MAXLEN', '~', history, gift_offset .. '-0', 'f', gift_packed)
+  redis.call('XADD', events, 'MAXLEN', '~', history, credit_offset .. '-0', 'f', credit_packed)
+  redis.call('HSET', credited, p.event, gift_offset .. ':' .. diamonds .. ':' .. total)
+  redis.call('XADD', ledger, '*', 'kind', 'credit', 'ref', p.event, 'from', p.from,
+    'coins', p.coins, 'diamonds', diamonds, 'total', total, 'carry', carry,
+    'rate', numerator .. '/' .. denominator, 'ts', now_ms())
+  redis.call('SPUBLISH', channel, cmsgpack.pack({gift, credit}))
+  return {'ok', gift_offset, credit_offset, diamonds, total}
+end
+
+redis.register_function('gift_debit', gift_debit)
+redis.register_function('gift_credit', gift_credit)

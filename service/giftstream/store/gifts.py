@@ -1,0 +1,140 @@
+"""The two halves of a gift: debit on the viewer's slot, credit on the room's slot."""
+
+from dataclasses import dataclass
+
+import msgpack
+
+from giftstream.domain.catalog import DiamondRate, Gift
+from giftstream.store import keys
+from giftstream.store.connection import Redis, fcall
+
+
+@dataclass(frozen=True, slots=True)
+class DebitRequest:
+    request_id: str
+    fingerprint: str
+    event: str
+    viewer: str
+    viewer_name: str
+    room: str
+    host: str
+    gift: Gift
+    count: int
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Debited:
+    event: str
+    balance: int
+    # The outbox entry still to credit; None when a replayed gift was credited already.
+    payload: bytes | None
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    gift_offset: int
+    credit_offset: int
+    diamonds: int
+    total: int
+    duplicate: bool
+
+
+class DebitConflict(Exception):
+    pass
+
+
+class DebitNoUser(Exception):
+    pass
+
+
+class DebitInsufficient(Exception):
+    def __init__(self, balance: int) -> None:
+        super().__init__(balance)
+        self.balance = balance
+
+
+class CreditNoRoom(Exception):
+    pass
+
+
+async def debit(
+    r: Redis, req: DebitRequest, idempotency_ttl_s: int, streak_timeout_ms: int
+) -> Debited:
+    reply = await fcall(
+        r,
+        "gift_debit",
+        [
+            keys.account(req.viewer),
+            keys.gift_request(req.viewer, req.request_id),
+            keys.user_ledger(req.viewer),
+            keys.outbox(req.viewer),
+            keys.streak(req.viewer),
+        ],
+        [
+            req.request_id,
+            req.fingerprint,
+            req.event,
+            req.cost,
+            idempotency_ttl_s,
+            req.viewer,
+            req.room,
+            req.host,
+            req.gift.id,
+            req.gift.name,
+            req.count,
+            "1" if req.gift.streakable else "0",
+            streak_timeout_ms,
+            req.viewer_name,
+        ],
+    )
+    status = reply[0]
+    if status == b"ok":
+        return Debited(reply[1].decode(), int(reply[2]), bytes(reply[3]), replayed=False)
+    if status == b"replay":
+        payload = bytes(reply[3]) if reply[3] is not None else None
+        return Debited(reply[1].decode(), int(reply[2]), payload, replayed=True)
+    if status == b"conflict":
+        raise DebitConflict(req.request_id)
+    if status == b"insufficient":
+        raise DebitInsufficient(int(reply[1]))
+    raise DebitNoUser(req.viewer)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    fingerprint: str
+    event: str
+    balance: int
+
+
+async def stored_answer(r: Redis, user: str, request_id: str) -> StoredAnswer | None:
+    """The stored answer to a gift request id, to answer a retry that can no longer be debited
+    (its room ended, or it comes from a connection that has not joined)."""
+    value = await r.get(keys.gift_request(user, request_id))
+    if value is None:
+        return None
+    record = msgpack.unpackb(value, raw=False)
+    return StoredAnswer(str(record["fp"]), str(record["event"]), int(record["balance"]))
+
+
+async def credit(
+    r: Redis, room: str, payload: bytes, rate: DiamondRate, history_max: int
+) -> Credited:
+    reply = await fcall(
+        r,
+        "gift_credit",
+        [keys.room(room), keys.room_credited(room), keys.room_events(room), keys.room_ledger(room)],
+        [payload, rate.numerator, rate.denominator, history_max, keys.room_channel(room)],
+    )
+    if reply[0] == b"no_room":
+        raise CreditNoRoom(room)
+    return Credited(
+        int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), duplicate=reply[0] == b"dup"
+    )
+
+
+async def settle(r: Redis, viewer: str, event: str) -> None:
+    """Remove a credited gift from the viewer's outbox."""
+    await r.hdel(keys.outbox(viewer), event)

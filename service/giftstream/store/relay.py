@@ -1,0 +1,56 @@
+"""The relay: credits every debited gift whose credit is missing (a crash between the halves).
+
+Credit is idempotent on the event id, so a relay that races the live path does no harm.
+One worker at a time runs it, under a lock in the store.
+"""
+
+import logging
+import secrets
+
+import msgpack
+
+from giftstream.domain.catalog import DiamondRate
+from giftstream.store import keys
+from giftstream.store.connection import Redis
+from giftstream.store.gifts import CreditNoRoom, credit, settle
+
+log = logging.getLogger(__name__)
+
+
+async def store_time_ms(r: Redis) -> int:
+    seconds, micros = await r.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def relay_once(r: Redis, rate: DiamondRate, history_max: int, grace_ms: int) -> int:
+    """Credit every outbox entry older than `grace_ms`; returns how many were re-applied."""
+    now = await store_time_ms(r)
+    applied = 0
+    async for key in r.scan_iter(match=keys.OUTBOX_PATTERN, count=1000, _type="hash"):
+        entries = await r.hgetall(key)
+        for event, payload in entries.items():
+            p = msgpack.unpackb(payload, raw=False)
+            if now - int(p["ts"]) < grace_ms:
+                continue
+            try:
+                await credit(r, str(p["room"]), bytes(payload), rate, history_max)
+            except CreditNoRoom:
+                log.error("outbox entry %s names a room that does not exist", event)
+                continue
+            await settle(r, str(p["from"]), event.decode())
+            applied += 1
+    return applied
+
+
+async def relay_if_leader(
+    r: Redis, rate: DiamondRate, history_max: int, grace_ms: int, lease_ms: int
+) -> int:
+    """Run one relay pass if no other worker holds the lease."""
+    token = secrets.token_hex(8)
+    if not await r.set(keys.RELAY_LOCK, token, nx=True, px=lease_ms):
+        return 0
+    try:
+        return await relay_once(r, rate, history_max, grace_ms)
+    finally:
+        if await r.get(keys.RELAY_LOCK) == token.encode():
+            await r.delete(keys.RELAY_LOCK)

@@ -1,0 +1,106 @@
+"""Live rooms: opening, ending, state, and history for replay."""
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from giftstream.store import keys
+from giftstream.store.connection import Redis, fcall
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    id: str
+    host: str
+    live: bool
+    epoch: str
+    offset: int
+    diamonds: int
+    viewers: int
+
+
+class RoomForbidden(Exception):
+    pass
+
+
+class NoSuchRoom(Exception):
+    pass
+
+
+def new_room_id() -> str:
+    return "r" + secrets.token_hex(6)
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+async def open_room(r: Redis, host: str) -> tuple[str, str]:
+    """Open (or reopen) the host's room and set it live; returns (room, epoch)."""
+    reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
+    if reply[0] != b"ok":
+        raise NoSuchRoom(host)
+    room = reply[1].decode()
+    reply = await fcall(
+        r, "room_open", [keys.room(room)], [host, new_epoch(), keys.room_channel(room)]
+    )
+    if reply[0] == b"forbidden":
+        raise RoomForbidden(room)
+    return room, reply[1].decode()
+
+
+async def end_room(r: Redis, room: str, host: str) -> None:
+    reply = await fcall(r, "room_end", [keys.room(room)], [host, keys.room_channel(room)])
+    if reply[0] == b"not_found":
+        raise NoSuchRoom(room)
+    if reply[0] == b"forbidden":
+        raise RoomForbidden(room)
+
+
+def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
+    return RoomState(
+        id=room,
+        host=h[b"host"].decode(),
+        live=h.get(b"live") == b"1",
+        epoch=h[b"epoch"].decode(),
+        offset=int(h.get(b"offset", b"0")),
+        diamonds=int(h.get(b"diamonds", b"0")),
+        viewers=max(0, int(h.get(b"viewers", b"0"))),
+    )
+
+
+async def room_state(r: Redis, room: str) -> RoomState | None:
+    h = await r.hgetall(keys.room(room))
+    if not h or b"host" not in h:
+        return None
+    return _state(room, h)
+
+
+async def change_viewers(r: Redis, room: str, delta: int) -> None:
+    await r.hincrby(keys.room(room), "viewers", delta)
+
+
+async def host_diamonds(r: Redis, room: str | None) -> int:
+    if room is None:
+        return 0
+    value = await r.hget(keys.room(room), "diamonds")
+    return int(value) if value is not None else 0
+
+
+async def history_after(
+    r: Redis, room: str, offset: int, batch: int = 1000
+) -> list[dict[str, Any]]:
+    """Every stored event of the room with an offset above `offset`, in offset order."""
+    frames: list[dict[str, Any]] = []
+    start = f"{offset + 1}-0"
+    while True:
+        entries = await r.xrange(keys.room_events(room), min=start, max="+", count=batch)
+        for entry_id, fields in entries:
+            frames.append(msgpack.unpackb(fields[b"f"], raw=False))
+        if len(entries) < batch:
+            return frames
+        last = int(entries[-1][0].split(b"-")[0])
+        start = f"{last + 1}-0"

@@ -1,0 +1,151 @@
+"""Client requests: typed, and validated strictly from decoded frames.
+
+`parse_request` turns any decoded value into one request or raises the error that answers it.
+Validation never trusts a type: booleans are not integers, floats are not integers, and a field
+the request does not define is refused, so a typo is never silently ignored.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from giftstream.errors import BadFrame, InvalidField, UnknownType
+
+MAX_ID_LENGTH = 64
+MAX_TOKEN_LENGTH = 1024
+MAX_GIFT_COUNT = 10_000
+MAX_OFFSET = 2**53 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    token: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: Since | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendGift:
+    id: str
+    room: str
+    gift: str
+    count: int = 1
+
+    @property
+    def fingerprint(self) -> str:
+        """What must match for a re-sent `id` to be the same request."""
+        return f"{self.room}\x1f{self.gift}\x1f{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: str | None = None
+
+
+Request = Auth | Join | Leave | SendGift | Ping
+
+_FIELDS: dict[str, frozenset[str]] = {
+    "auth": frozenset({"t", "id", "token"}),
+    "join": frozenset({"t", "id", "room", "since"}),
+    "leave": frozenset({"t", "id", "room"}),
+    "gift": frozenset({"t", "id", "room", "gift", "count"}),
+    "ping": frozenset({"t", "id"}),
+}
+REQUEST_TYPES = frozenset(_FIELDS)
+
+
+def request_id(frame: Any) -> str | None:
+    """The frame's `id` when it is a usable string, so that an error can name its request."""
+    if isinstance(frame, dict):
+        value = frame.get("id")
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+            return value
+    return None
+
+
+def _string(frame: dict[str, Any], name: str, max_length: int, *, required: bool = True) -> Any:
+    if name not in frame:
+        if required:
+            raise InvalidField(f"the field '{name}' is required")
+        return None
+    value = frame[name]
+    if not isinstance(value, str):
+        raise InvalidField(f"the field '{name}' must be a string")
+    if not 0 < len(value) <= max_length:
+        raise InvalidField(f"the field '{name}' must be 1 to {max_length} characters long")
+    return value
+
+
+def _integer(frame: dict[str, Any], name: str, low: int, high: int, default: int) -> int:
+    if name not in frame:
+        return default
+    value = frame[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidField(f"the field '{name}' must be an integer")
+    if not low <= value <= high:
+        raise InvalidField(f"the field '{name}' must be between {low} and {high}")
+    return value
+
+
+def _since(frame: dict[str, Any]) -> Since | None:
+    value = frame.get("since")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidField("the field 'since' must be a map {epoch, offset}")
+    unknown = set(value) - {"epoch", "offset"}
+    if unknown:
+        raise InvalidField(f"'since' has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    epoch = _string(value, "epoch", MAX_ID_LENGTH)
+    if "offset" not in value:
+        raise InvalidField("the field 'offset' of 'since' is required")
+    offset = _integer(value, "offset", 0, MAX_OFFSET, 0)
+    return Since(epoch=epoch, offset=offset)
+
+
+def parse_request(frame: Any) -> Request:
+    """Validate one decoded frame. Raises BadFrame, UnknownType or InvalidField."""
+    if not isinstance(frame, dict):
+        raise BadFrame("a frame must be a map with a field 't'")
+    kind = frame.get("t")
+    if not isinstance(kind, str):
+        raise BadFrame("a frame needs a string field 't' naming its type")
+    allowed = _FIELDS.get(kind)
+    if allowed is None:
+        raise UnknownType(f"unknown frame type '{kind[:MAX_ID_LENGTH]}'")
+    unknown = [k for k in frame if k not in allowed]
+    if unknown:
+        names = ", ".join(sorted(repr(k)[:MAX_ID_LENGTH] for k in unknown))
+        raise InvalidField(f"unknown fields for '{kind}': {names}")
+    ident = _string(frame, "id", MAX_ID_LENGTH, required=kind == "gift")
+    if kind == "auth":
+        return Auth(token=_string(frame, "token", MAX_TOKEN_LENGTH), id=ident)
+    if kind == "join":
+        return Join(room=_string(frame, "room", MAX_ID_LENGTH), since=_since(frame), id=ident)
+    if kind == "leave":
+        return Leave(room=_string(frame, "room", MAX_ID_LENGTH), id=ident)
+    if kind == "gift":
+        return SendGift(
+            id=ident,
+            room=_string(frame, "room", MAX_ID_LENGTH),
+            gift=_string(frame, "gift", MAX_ID_LENGTH),
+            count=_integer(frame, "count", 1, MAX_GIFT_COUNT, 1),
+        )
+    return Ping(id=ident)
