@@ -18,8 +18,17 @@ from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
 READY_TIMEOUT_S = 60.0
 BOT_COINS = 10_000_000
 # (gift, weight): mostly combos of cheap gifts, now and then a big moment.
-GIFT_MIX = [("rose", 40), ("finger_heart", 12), ("gg", 10), ("doughnut", 6), ("confetti", 3),
-            ("corgi", 2), ("money_gun", 1), ("lion", 0.2), ("tiktok_universe", 0.1)]
+GIFT_MIX = [
+    ("rose", 40),
+    ("finger_heart", 12),
+    ("gg", 10),
+    ("doughnut", 6),
+    ("confetti", 3),
+    ("corgi", 2),
+    ("money_gun", 1),
+    ("lion", 0.2),
+    ("tiktok_universe", 0.1),
+]
 STREAKABLE = {"rose", "finger_heart", "gg", "doughnut"}
 
 
@@ -51,7 +60,10 @@ async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
 
 async def _bot(base: str, ws_url: str, room: str, n: int) -> None:
     user = await asyncio.to_thread(
-        _http, base, "POST", "/v1/dev/users",
+        _http,
+        base,
+        "POST",
+        "/v1/dev/users",
         {"name": f"bot{n}", "region": random.choice(["US", "GB", "BR", "JP"]), "coins": BOT_COINS},
     )
     async with connect(ws_url, subprotocols=[MSGPACK_SUBPROTOCOL]) as ws:  # type: ignore[list-item]
@@ -66,8 +78,9 @@ async def _bot(base: str, ws_url: str, room: str, n: int) -> None:
                 taps = random.randint(3, 25) if gift in STREAKABLE else 1
                 for _ in range(taps):
                     seq += 1
-                    await _send(ws, {"t": "gift", "id": f"{user['user']}-{seq}", "room": room,
-                                     "gift": gift})
+                    await _send(
+                        ws, {"t": "gift", "id": f"{user['user']}-{seq}", "room": room, "gift": gift}
+                    )
                     await asyncio.sleep(random.uniform(0.08, 0.3))
         finally:
             drain.cancel()
@@ -85,10 +98,15 @@ async def _run(settings: Settings, rooms: int, bots: int) -> None:
     tasks = []
     for r in range(rooms):
         owner = await asyncio.to_thread(
-            _http, base, "POST", "/v1/dev/users",
+            _http,
+            base,
+            "POST",
+            "/v1/dev/users",
             {"name": f"host{r + 1}", "region": "US", "role": "host"},
         )
-        room = (await asyncio.to_thread(_http, base, "POST", "/v1/rooms", {}, owner["token"]))["room"]
+        room = (await asyncio.to_thread(_http, base, "POST", "/v1/rooms", {}, owner["token"]))[
+            "room"
+        ]
         print(f"demo room {room} is live, hosted by {owner['user']} (host token: {owner['token']})")
         ws_url = f"ws://{host}:{settings.port}/v1/ws"
         tasks += [asyncio.create_task(_bot(base, ws_url, room, r * bots + i)) for i in range(bots)]

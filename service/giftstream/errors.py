@@ -3,7 +3,7 @@
     GiftstreamError            code = "internal"
     ├── BadFrame               bad_frame: decodable, but not a message (not a map, no `t`)
     ├── UnknownType            unknown_type: `t` names no request
-    ├── InvalidField           invalid_field: a field is missing, of the wrong type, out of range, or unknown
+    ├── InvalidField           invalid_field: a field missing, mistyped, out of range or unknown
     ├── Unauthenticated        unauthenticated: no valid token (yet)
     ├── Forbidden              forbidden: authenticated, but not allowed
     ├── NotFound               not_found: no such user or room

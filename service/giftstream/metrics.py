@@ -13,9 +13,7 @@ FRAMES_OUT = Counter("giftstream_frames_out_total", "Frames queued for sending",
 FRAMES_DROPPED = Counter(
     "giftstream_frames_dropped_total", "Lossy frames dropped for slow clients", registry=REGISTRY
 )
-GIFTS = Counter(
-    "giftstream_gifts_total", "Gift requests answered", ["result"], registry=REGISTRY
-)
+GIFTS = Counter("giftstream_gifts_total", "Gift requests answered", ["result"], registry=REGISTRY)
 ERRORS = Counter("giftstream_errors_total", "Error answers by code", ["code"], registry=REGISTRY)
 CLOSES = Counter(
     "giftstream_closes_total", "Connections closed by the server", ["reason"], registry=REGISTRY

@@ -35,9 +35,7 @@ def _mac(secret: bytes, body: str) -> str:
 
 
 def sign(claims: Claims, secret: bytes) -> str:
-    body = _b64(
-        json.dumps({"u": claims.user, "r": claims.role, "exp": claims.expires}).encode()
-    )
+    body = _b64(json.dumps({"u": claims.user, "r": claims.role, "exp": claims.expires}).encode())
     return f"{VERSION}.{body}.{_mac(secret, body)}"
 
 

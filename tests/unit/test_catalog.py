@@ -219,6 +219,16 @@ def test_parse_catalog_rejects_a_fractional_rate_term_instead_of_truncating_it(
         parse_catalog(_data(economy=economy))
 
 
+@pytest.mark.parametrize("flag", ["streakable", "broadcast"])
+@pytest.mark.parametrize("value", ["false", 1])
+def test_parse_catalog_does_not_read_a_non_boolean_flag_as_truthiness(
+    flag: str, value: Any
+) -> None:
+    # `streakable = "false"` must not make a gift streakable.
+    with pytest.raises(ValueError):
+        parse_catalog(_data(_gift("rose", 1, **{flag: value})))
+
+
 # --- regions ----------------------------------------------------------------------------------
 
 

@@ -61,18 +61,38 @@ class Catalog:
         return len(self.gifts)
 
 
+def _integer(value: Any, what: str, low: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{what} must be an integer of at least {low}")
+    return value
+
+
+def _flag(entry: Mapping[str, Any], name: str) -> bool:
+    value = entry.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"gift {entry.get('id')!r}: {name} must be true or false")
+    return value
+
+
+def _text(entry: Mapping[str, Any], name: str) -> str:
+    value = entry.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"every gift needs a non-empty string '{name}'")
+    return value
+
+
 def _gift_from(entry: Mapping[str, Any]) -> Gift:
-    coins = entry["coins"]
-    if not isinstance(coins, int) or isinstance(coins, bool) or coins < 1:
-        raise ValueError(f"gift {entry.get('id')!r}: coins must be a positive integer")
+    gift_id = _text(entry, "id")
     regions = entry.get("regions", [ANY_REGION])
+    if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+        raise ValueError(f"gift {gift_id!r}: regions must be a list of region codes")
     return Gift(
-        id=str(entry["id"]),
-        name=str(entry["name"]),
-        coins=coins,
-        streakable=bool(entry.get("streakable", False)),
-        broadcast=bool(entry.get("broadcast", False)),
-        regions=frozenset(str(r) for r in regions),
+        id=gift_id,
+        name=_text(entry, "name"),
+        coins=_integer(entry.get("coins"), f"gift {gift_id!r}: coins", 1),
+        streakable=_flag(entry, "streakable"),
+        broadcast=_flag(entry, "broadcast"),
+        regions=frozenset(regions),
     )
 
 
@@ -85,8 +105,8 @@ def parse_catalog(data: Mapping[str, Any]) -> Catalog:
         gifts[gift.id] = gift
     economy = data.get("economy", {})
     rate = DiamondRate(
-        numerator=int(economy.get("diamonds_per_coin_numerator", 1)),
-        denominator=int(economy.get("diamonds_per_coin_denominator", 1)),
+        numerator=_integer(economy.get("diamonds_per_coin_numerator", 1), "the numerator", 0),
+        denominator=_integer(economy.get("diamonds_per_coin_denominator", 1), "the denominator", 1),
     )
     return Catalog(gifts=gifts, rate=rate)
 

@@ -25,15 +25,28 @@ class StreakTap:
 class StreakBook:
     """Open streaks of one room, keyed by sender."""
 
+    # Ended streak ids remembered per room, so that a tap delivered late never reopens one.
+    ENDED_MEMORY = 1024
+
     def __init__(self, timeout_ms: int) -> None:
         self.timeout_ms = timeout_ms
         self._open: dict[str, StreakTap] = {}
+        self._ended: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def _forget(self, ended: list[StreakTap]) -> list[StreakTap]:
+        for tap in ended:
+            self._ended[tap.streak_id] = None
+        while len(self._ended) > self.ENDED_MEMORY:
+            del self._ended[next(iter(self._ended))]
+        return ended
+
     def observe(self, tap: StreakTap) -> list[StreakTap]:
         """Record a tap; return the sender's previous streak if this tap ends it."""
+        if tap.streak_id in self._ended:
+            return []
         previous = self._open.get(tap.sender)
         if previous is not None and previous.streak_id == tap.streak_id:
             if tap.repeat >= previous.repeat:
@@ -43,16 +56,16 @@ class StreakBook:
                 self._open[tap.sender] = replace(previous, seen_ms=tap.seen_ms)
             return []
         self._open[tap.sender] = tap
-        return [previous] if previous is not None else []
+        return self._forget([previous] if previous is not None else [])
 
     def close_sender(self, sender: str) -> list[StreakTap]:
         """End the sender's open streak now (e.g. a non-streakable gift interrupts it)."""
         previous = self._open.pop(sender, None)
-        return [previous] if previous is not None else []
+        return self._forget([previous] if previous is not None else [])
 
     def expire(self, now_ms: int) -> list[StreakTap]:
         """End and return every streak quiet for at least `timeout_ms`."""
         ended = [t for t in self._open.values() if now_ms - t.seen_ms >= self.timeout_ms]
         for tap in ended:
             del self._open[tap.sender]
-        return ended
+        return self._forget(ended)

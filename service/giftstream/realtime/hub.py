@@ -56,6 +56,7 @@ class Hub:
         self._pubsub: PubSub | None = None
         self._client: Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._resync: asyncio.Task[None] | None = None
         self._pong = asyncio.Event()
         self.healthy = False
         self.reconnects = 0
@@ -90,7 +91,7 @@ class Hub:
         self.healthy = False
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
@@ -182,7 +183,7 @@ class Hub:
                 log.warning("pub/sub reconnect failed (%s)", e)
                 await asyncio.sleep(RECONNECT_DELAY_S)
         self.reconnects += 1
-        asyncio.create_task(self._resync_all(), name="hub-resync")
+        self._resync = asyncio.create_task(self._resync_all(), name="hub-resync")
 
     async def _resync_all(self) -> None:
         """Replay from each room's history what its members may have missed while cut off."""

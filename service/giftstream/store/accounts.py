@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall
+from giftstream.store.connection import Redis, fcall, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +65,9 @@ async def get_account(r: Redis, user: str) -> Account | None:
         return None
     return Account(
         id=user,
-        name=name.decode() if name else user,
-        region=region.decode() if region else "",
-        role=role.decode() if role else "viewer",
+        name=text(name) if name else user,
+        region=text(region) if region else "",
+        role=text(role) if role else "viewer",
         coins=int(coins),
-        room=room.decode() if room else None,
+        room=text(room) if room else None,
     )

@@ -13,7 +13,7 @@ Checks, in order, naming the first broken entry of each account:
 from dataclasses import dataclass, field
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis
+from giftstream.store.connection import Redis, read_hash, read_stream, text
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _int(fields: dict[bytes, bytes], name: bytes) -> int:
 
 
 async def _audit_user(r: Redis, user: str, report: AuditReport, debits: dict[str, _Debit]) -> None:
-    acct = await r.hgetall(keys.account(user))
+    acct = await read_hash(r, keys.account(user))
     coins, granted, spent = _int(acct, b"coins"), _int(acct, b"granted"), _int(acct, b"spent")
     report.users += 1
     report.coins_held += coins
@@ -70,7 +70,7 @@ async def _audit_user(r: Redis, user: str, report: AuditReport, debits: dict[str
         report.problems.append(f"user {user}: negative balance {coins}")
     running = ledger_granted = ledger_spent = 0
     first_broken: str | None = None
-    for entry_id, e in await r.xrange(keys.user_ledger(user)):
+    for entry_id, e in await read_stream(r, keys.user_ledger(user)):
         delta = _int(e, b"coins")
         running += delta
         kind = e.get(b"kind", b"").decode()
@@ -85,7 +85,9 @@ async def _audit_user(r: Redis, user: str, report: AuditReport, debits: dict[str
         if first_broken is None and _int(e, b"balance") != running:
             first_broken = entry_id.decode()
     if first_broken is not None:
-        report.problems.append(f"user {user}: ledger entry {first_broken} breaks the running balance")
+        report.problems.append(
+            f"user {user}: ledger entry {first_broken} breaks the running balance"
+        )
     if running != coins:
         report.problems.append(f"user {user}: balance {coins} but the ledger replays to {running}")
     if ledger_granted != granted or ledger_spent != spent:
@@ -100,12 +102,12 @@ async def _audit_user(r: Redis, user: str, report: AuditReport, debits: dict[str
 async def _audit_room(
     r: Redis, room: str, report: AuditReport, credits: dict[str, tuple[str, int]]
 ) -> None:
-    state = await r.hgetall(keys.room(room))
+    state = await read_hash(r, keys.room(room))
     diamonds = _int(state, b"diamonds")
     report.rooms += 1
     running = carry = 0
     first_broken: str | None = None
-    for entry_id, e in await r.xrange(keys.room_ledger(room)):
+    for entry_id, e in await read_stream(r, keys.room_ledger(room)):
         if e.get(b"kind") != b"credit":
             continue
         event = e[b"ref"].decode()
@@ -133,11 +135,11 @@ async def run_audit(r: Redis) -> AuditReport:
     credits: dict[str, tuple[str, int]] = {}
     in_flight: set[str] = set()
     async for key in r.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000, _type="hash"):
-        user = keys.user_from_account(key.decode())
+        user = keys.user_from_account(text(key))
         await _audit_user(r, user, report, debits)
-        in_flight.update(e.decode() for e in await r.hkeys(keys.outbox(user)))
+        in_flight.update(text(e) for e in await r.hkeys(keys.outbox(user)))
     async for key in r.scan_iter(match=keys.ROOM_PATTERN, count=1000, _type="hash"):
-        await _audit_room(r, keys.room_from_key(key.decode()), report, credits)
+        await _audit_room(r, keys.room_from_key(text(key)), report, credits)
 
     report.gifts_debited = len(debits)
     for event, debit in debits.items():
@@ -146,7 +148,9 @@ async def run_audit(r: Redis) -> AuditReport:
             if event in in_flight:
                 report.gifts_in_flight += 1
             else:
-                report.problems.append(f"event {event} debited from {debit.user} but never credited")
+                report.problems.append(
+                    f"event {event} debited from {debit.user} but never credited"
+                )
             continue
         report.gifts_credited += 1
         room, coins = credited

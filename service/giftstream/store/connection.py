@@ -2,7 +2,7 @@
 
 import secrets
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -11,6 +11,10 @@ from redis.retry import Retry
 from giftstream.store import keys
 
 Redis = aioredis.Redis
+# Replies as this module's clients return them (decode_responses=False): redis-py types them
+# loosely, so the store casts them once, to these, where it reads them.
+HashReply = dict[bytes, bytes]
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua")
 SOCKET_TIMEOUT_S = 10.0
 
@@ -45,14 +49,36 @@ def function_sources() -> dict[str, str]:
     return {name: folder.joinpath(name).read_text("utf-8") for name in FUNCTION_FILES}
 
 
+async def command(r: Redis, *args: Any) -> Any:
+    return await r.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 async def load_functions(r: Redis) -> None:
     """FUNCTION LOAD REPLACE every library; safe to run from many workers at once."""
     for source in function_sources().values():
-        await r.execute_command("FUNCTION", "LOAD", "REPLACE", source)
+        await command(r, "FUNCTION", "LOAD", "REPLACE", source)
 
 
 async def fcall(r: Redis, name: str, keys_: list[str], args: list[Any]) -> Any:
-    return await r.execute_command("FCALL", name, len(keys_), *keys_, *args)
+    return await command(r, "FCALL", name, len(keys_), *keys_, *args)
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+async def read_hash(r: Redis, key: str) -> HashReply:
+    return cast(HashReply, await r.hgetall(key))
+
+
+async def read_stream(
+    r: Redis, key: str, start: str = "-", count: int | None = None
+) -> StreamEntries:
+    return cast(StreamEntries, await r.xrange(key, min=start, max="+", count=count))
 
 
 async def shared_secret(r: Redis, configured: str | None) -> bytes:
@@ -64,4 +90,4 @@ async def shared_secret(r: Redis, configured: str | None) -> bytes:
     value = await r.get(keys.SECRET)
     if value is None:
         raise RuntimeError("the token secret vanished from the store")
-    return bytes(value)
+    return raw(value)

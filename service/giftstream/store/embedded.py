@@ -69,15 +69,24 @@ class EmbeddedValkey:
             sock.unlink()
         args = [
             str(get_binary_path()),
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--dir", str(self.data_dir.resolve()),
-            "--appendonly", "yes",
-            "--appendfsync", self.aof_fsync,
-            "--save", "",
-            "--logfile", "valkey.log",
-            "--daemonize", "no",
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.aof_fsync,
+            "--save",
+            "",
+            "--logfile",
+            "valkey.log",
+            "--daemonize",
+            "no",
         ]
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -85,7 +94,11 @@ class EmbeddedValkey:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not is_running(self.data_dir):
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 log = self.data_dir / "valkey.log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise EmbeddedStoreError(f"embedded Valkey exited at start: {err}{tail}")

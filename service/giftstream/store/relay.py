@@ -11,7 +11,7 @@ import msgpack
 
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import keys
-from giftstream.store.connection import Redis
+from giftstream.store.connection import Redis, read_hash, text
 from giftstream.store.gifts import CreditNoRoom, credit, settle
 
 log = logging.getLogger(__name__)
@@ -27,13 +27,13 @@ async def relay_once(r: Redis, rate: DiamondRate, history_max: int, grace_ms: in
     now = await store_time_ms(r)
     applied = 0
     async for key in r.scan_iter(match=keys.OUTBOX_PATTERN, count=1000, _type="hash"):
-        entries = await r.hgetall(key)
+        entries = await read_hash(r, text(key))
         for event, payload in entries.items():
             p = msgpack.unpackb(payload, raw=False)
             if now - int(p["ts"]) < grace_ms:
                 continue
             try:
-                await credit(r, str(p["room"]), bytes(payload), rate, history_max)
+                await credit(r, str(p["room"]), payload, rate, history_max)
             except CreditNoRoom:
                 log.error("outbox entry %s names a room that does not exist", event)
                 continue

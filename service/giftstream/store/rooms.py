@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall
+from giftstream.store.connection import Redis, fcall, read_hash, read_stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
 
 
 async def room_state(r: Redis, room: str) -> RoomState | None:
-    h = await r.hgetall(keys.room(room))
+    h = await read_hash(r, keys.room(room))
     if not h or b"host" not in h:
         return None
     return _state(room, h)
@@ -97,8 +97,8 @@ async def history_after(
     frames: list[dict[str, Any]] = []
     start = f"{offset + 1}-0"
     while True:
-        entries = await r.xrange(keys.room_events(room), min=start, max="+", count=batch)
-        for entry_id, fields in entries:
+        entries = await read_stream(r, keys.room_events(room), start, batch)
+        for _, fields in entries:
             frames.append(msgpack.unpackb(fields[b"f"], raw=False))
         if len(entries) < batch:
             return frames

@@ -90,6 +90,8 @@ def _string(frame: dict[str, Any], name: str, max_length: int, *, required: bool
         raise InvalidField(f"the field '{name}' must be a string")
     if not 0 < len(value) <= max_length:
         raise InvalidField(f"the field '{name}' must be 1 to {max_length} characters long")
+    if not value.isprintable():
+        raise InvalidField(f"the field '{name}' must be printable text")
     return value
 
 
