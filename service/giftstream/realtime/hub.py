@@ -172,9 +172,16 @@ class Hub:
 
     async def _recover(self) -> None:
         await self._disconnect()
+        # Until its room's history is replayed, each member holds back the live events, so
+        # that the replay fills the gap in order before anything newer is delivered.
+        cut_off: list[tuple[RoomChannel, list[Member]]] = []
         for channel in self._rooms.values():
             if channel.subscribed.done():
                 channel.subscribed = asyncio.get_running_loop().create_future()
+            members = [m for m in channel.members if not m.replaying]
+            for member in members:
+                member.replaying = True
+            cut_off.append((channel, members))
         while True:
             try:
                 await self._connect()
@@ -183,20 +190,33 @@ class Hub:
                 log.warning("pub/sub reconnect failed (%s)", e)
                 await asyncio.sleep(RECONNECT_DELAY_S)
         self.reconnects += 1
-        self._resync = asyncio.create_task(self._resync_all(), name="hub-resync")
+        self._resync = asyncio.create_task(self._resync_all(cut_off), name="hub-resync")
 
-    async def _resync_all(self) -> None:
+    async def _resync_all(self, cut_off: list[tuple[RoomChannel, list[Member]]]) -> None:
         """Replay from each room's history what its members may have missed while cut off."""
-        for channel in list(self._rooms.values()):
-            await asyncio.shield(channel.subscribed)
-            if not channel.members:
-                continue
-            since = min(m.last_offset for m in channel.members)
-            state = await rooms.room_state(self._redis, channel.room)
-            if state is not None:
-                channel.live = state.live
-            for frame in await rooms.history_after(self._redis, channel.room, since):
-                self._dispatch(channel, frame)
+        for channel, members in cut_off:
+            try:
+                await asyncio.shield(channel.subscribed)
+                await self._resync_room(channel, members)
+            except Exception:
+                log.exception("replaying room %s after a pub/sub reconnect failed", channel.room)
+            finally:
+                for member in members:
+                    member.finish_replay()
+
+    async def _resync_room(self, channel: RoomChannel, members: list[Member]) -> None:
+        if not members:
+            return
+        state = await rooms.room_state(self._redis, channel.room)
+        if state is not None:
+            channel.live = state.live
+        since = min(m.last_offset for m in members)
+        for frame in await rooms.history_after(self._redis, channel.room, since):
+            kind = frame.get("t")
+            encoded = Encoded(frame, frame.get("offset"))
+            for member in members:
+                if member.wants(kind):
+                    member.replay(encoded, lossless=kind != "gift")
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
