@@ -7,7 +7,7 @@ from support import Api, Client, Frame, ServerProcess
 
 
 def is_gift(frame: Frame) -> bool:
-    return frame["t"] == "gift"
+    return bool(frame["t"] == "gift")
 
 
 async def test_streak_counts_each_tap_once_and_ends_after_the_quiet_timeout(
