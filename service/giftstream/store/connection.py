@@ -20,15 +20,18 @@ SOCKET_TIMEOUT_S = 10.0
 
 
 def connect(url: str, max_connections: int = 64) -> Redis:
-    """A client for commands. Replies stay bytes: payloads are msgpack."""
-    return aioredis.from_url(
+    """A client for commands. Replies stay bytes: payloads are msgpack. When every pooled
+    connection is busy, a command waits for one (up to the socket timeout) instead of failing."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=False,
         max_connections=max_connections,
+        timeout=SOCKET_TIMEOUT_S,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def connect_pubsub(url: str) -> Redis:

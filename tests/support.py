@@ -1,0 +1,231 @@
+"""Helpers for tests that run the real service: processes, HTTP and WebSocket clients."""
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+from websockets.asyncio.client import ClientConnection, connect
+
+from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
+
+READY_TIMEOUT_S = 30.0
+RECV_TIMEOUT_S = 5.0
+
+Frame = dict[str, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServerProcess:
+    """`giftstream serve` in a child process, on a free port of 127.0.0.1."""
+
+    redis_url: str | None
+    data_dir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workers: int = 1
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    # `--dev` (enables /v1/dev/*); False runs the server as in production.
+    dev: bool = True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def start(self) -> "ServerProcess":
+        args = [sys.executable, "-m", "giftstream.cli", "serve", "--port", str(self.port)]
+        if self.dev:
+            args.append("--dev")
+        args += ["--workers", str(self.workers), "--log-level", "warning"]
+        if self.redis_url:
+            args += ["--redis-url", self.redis_url]
+        if self.data_dir:
+            args += ["--data-dir", str(self.data_dir)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+        env.update(self.env)
+        log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))
+        self.log_path = log_dir / f"giftstream-test-{self.port}.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited at start:\n{self.log()}")
+            try:
+                if httpx.get(self.base_url + "/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in time:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def wait_exit(self, timeout_s: float = 20.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_s)
+
+
+@contextlib.contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class User:
+    user: str
+    token: str
+
+
+class Api:
+    """The HTTP API, as a client program uses it."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=10.0)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def user(self, coins: int = 0, region: str = "US", role: str = "viewer") -> User:
+        r = await self.http.post(
+            "/v1/dev/users",
+            json={"name": f"t-{role}", "region": region, "role": role, "coins": coins},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return User(body["user"], body["token"])
+
+    async def open_room(self, host: User) -> str:
+        r = await self.http.post("/v1/rooms", headers=bearer(host))
+        assert r.status_code == 200, r.text
+        room: str = r.json()["room"]
+        return room
+
+    async def wallet(self, user: User) -> Frame:
+        r = await self.http.get("/v1/wallet", headers=bearer(user))
+        assert r.status_code == 200, r.text
+        body: Frame = r.json()
+        return body
+
+
+def bearer(user: User) -> dict[str, str]:
+    return {"authorization": f"Bearer {user.token}"}
+
+
+class Client:
+    """A raw WebSocket client speaking protocol v1 in msgpack or JSON."""
+
+    def __init__(self, ws: ClientConnection, json_mode: bool) -> None:
+        self.ws = ws
+        self.json_mode = json_mode
+
+    @classmethod
+    async def open(cls, ws_url: str, json_mode: bool = False, **kwargs: Any) -> "Client":
+        subprotocol = JSON_SUBPROTOCOL if json_mode else MSGPACK_SUBPROTOCOL
+        ws = await connect(ws_url, subprotocols=[subprotocol], **kwargs)  # type: ignore[list-item]
+        return cls(ws, json_mode)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def send(self, frame: Frame) -> None:
+        if self.json_mode:
+            await self.ws.send(encode_json(frame))
+        else:
+            await self.ws.send(msgpack.packb(frame))
+
+    async def send_raw(self, data: bytes | str) -> None:
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float = RECV_TIMEOUT_S) -> Frame:
+        data = await asyncio.wait_for(self.ws.recv(), timeout)
+        if self.json_mode:
+            assert isinstance(data, str), "JSON subprotocol frames must be text"
+            frame: Frame = decode_json(data)
+        else:
+            assert isinstance(data, bytes), "msgpack subprotocol frames must be binary"
+            frame = msgpack.unpackb(data, raw=False)
+        return frame
+
+    async def recv_until(
+        self, match: Callable[[Frame], bool], timeout: float = RECV_TIMEOUT_S
+    ) -> tuple[Frame, list[Frame]]:
+        """The first frame matching, and every frame received before it."""
+        skipped: list[Frame] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            frame = await self.recv(max(left, 0.001))
+            if match(frame):
+                return frame, skipped
+            skipped.append(frame)
+
+    async def request(self, frame: Frame, reply: str) -> Frame:
+        """Send a frame and return the first answer of type `reply` or `error`."""
+        await self.send(frame)
+        answer, _ = await self.recv_until(lambda f: f["t"] in (reply, "error"))
+        return answer
+
+    async def auth(self, user: User) -> Frame:
+        answer = await self.request({"t": "auth", "token": user.token}, "welcome")
+        assert answer["t"] == "welcome", answer
+        return answer
+
+    async def join(self, room: str, since: Frame | None = None) -> Frame:
+        frame: Frame = {"t": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        answer = await self.request(frame, "joined")
+        assert answer["t"] == "joined", answer
+        return answer
+
+    async def gift(self, room: str, gift: str, request_id: str, count: int = 1) -> Frame:
+        """Send a gift and return its `ack` or `error`."""
+        await self.send({"t": "gift", "id": request_id, "room": room, "gift": gift, "count": count})
+        answer, _ = await self.recv_until(
+            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
+        )
+        return answer
