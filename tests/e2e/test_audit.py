@@ -1,0 +1,243 @@
+"""`giftstream audit`: clean after real traffic, and naming what is wrong when money is not."""
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from giftstream.domain.catalog import DiamondRate
+from giftstream.store import gifts, keys
+from giftstream.store.connection import Redis, connect
+from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
+from support import Api, Client, ServerProcess, User
+
+GRANTED = 10_000 + 3
+SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
+# What the traffic below leaves: 2 hosts and 2 viewers, 9 gifts debited and credited.
+CLEAN_SUMMARY = [
+    "users 4, rooms 2",
+    f"coins granted {GRANTED} = held {GRANTED - SPENT} + spent {SPENT}",
+    "gifts debited 9: credited 9, in flight 0",
+    f"diamonds credited {SPENT}",
+    "audit clean",
+]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    rich: User
+    poor: User
+    rooms: list[str]
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
+    """A started server and an HTTP client of it; both stopped when the block ends."""
+    try:
+        await asyncio.to_thread(server.start)
+        api = Api(server.base_url)
+        try:
+            yield server, api
+        finally:
+            await api.aclose()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@contextlib.asynccontextmanager
+async def store(url: str) -> AsyncIterator[Redis]:
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def audit(*args: str) -> tuple[int, str]:
+    """`giftstream audit ARGS` in a child process: its exit code and its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "giftstream.cli", "audit", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def traffic(server: ServerProcess, api: Api) -> Traffic:
+    """Gifts of several kinds in two rooms, with retries, a conflict and refusals."""
+    hosts = [await api.user(role="host") for _ in range(2)]
+    rooms = [await api.open_room(host) for host in hosts]
+    rich = await api.user(coins=10_000)
+    poor = await api.user(coins=3)
+    rich_ws = await Client.open(server.ws_url)
+    poor_ws = await Client.open(server.ws_url)
+    try:
+        for ws, user in ((rich_ws, rich), (poor_ws, poor)):
+            await ws.auth(user)
+            for room in rooms:
+                await ws.join(room)
+        acks = [await rich_ws.gift(rooms[0], "rose", f"rose-{n}") for n in range(5)]
+        acks.append(await rich_ws.gift(rooms[0], "finger_heart", "hearts", count=3))
+        acks.append(await rich_ws.gift(rooms[1], "confetti", "confetti"))
+        acks.append(await rich_ws.gift(rooms[1], "money_gun", "gun"))
+        acks.append(await poor_ws.gift(rooms[0], "rose", "small"))
+        assert [a["t"] for a in acks] == ["ack"] * 9, acks
+        for retry in ("rose-2", "confetti"):
+            original = next(a for a in acks if a["id"] == retry)
+            gift = "rose" if retry == "rose-2" else "confetti"
+            room = rooms[0] if retry == "rose-2" else rooms[1]
+            assert await rich_ws.gift(room, gift, retry) == original
+        refused = [
+            await rich_ws.gift(rooms[1], "corgi", "confetti"),
+            await poor_ws.gift(rooms[0], "confetti", "too-much"),
+            await poor_ws.gift(rooms[1], "finger_heart", "too-much-2"),
+        ]
+        codes = [r.get("code") for r in refused]
+        assert codes == ["idempotency_conflict", "insufficient_coins", "insufficient_coins"]
+    finally:
+        await rich_ws.close()
+        await poor_ws.close()
+    return Traffic(rich, poor, rooms)
+
+
+async def shut_down_leftover_valkey(data: Path) -> None:
+    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
+
+    `giftstream serve` is meant to stop its embedded Valkey itself; this makes sure the
+    store is really stopped whether or not it does (test_processes checks that it does)."""
+    if not is_running(data):
+        return
+    client = connect(url_for(data))
+    try:
+        await client.shutdown()
+    finally:
+        await client.aclose()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15.0
+    while is_running(data):
+        assert loop.time() < deadline, "the leftover Valkey did not stop"
+        await asyncio.sleep(0.05)
+
+
+def assert_clean(code: int, report: str) -> None:
+    assert code == 0, report
+    for line in CLEAN_SUMMARY:
+        assert line in report, report
+
+
+async def test_audit_is_clean_after_gifts_retries_conflicts_and_refusals(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
+        await traffic(server, api)
+        code, report = await audit("--redis-url", fresh_valkey.url)
+    assert_clean(code, report)
+
+
+async def test_audit_fails_and_names_the_user_whose_balance_was_changed_outside_the_ledger(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
+        done = await traffic(server, api)
+    assert_clean(*await audit("--redis-url", fresh_valkey.url))
+    async with store(fresh_valkey.url) as redis:
+        await redis.hincrby(keys.account(done.rich.user), "coins", 5)
+
+    code, report = await audit("--redis-url", fresh_valkey.url)
+
+    assert code != 0, report
+    assert "audit FAILED" in report and "audit clean" not in report, report
+    balance = 10_000 - (SPENT - 1)
+    wrong = f"user {done.rich.user}: balance {balance + 5} but the ledger replays to {balance}"
+    assert wrong in report, report
+    assert "coins not conserved" in report, report
+    assert done.poor.user not in report, report
+
+
+async def test_audit_reports_a_negative_balance(fresh_valkey: EmbeddedValkey) -> None:
+    async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
+        done = await traffic(server, api)
+    async with store(fresh_valkey.url) as redis:
+        # The poor viewer holds 2 coins.
+        await redis.hincrby(keys.account(done.poor.user), "coins", -9)
+
+    code, report = await audit("--redis-url", fresh_valkey.url)
+
+    assert code != 0, report
+    assert f"user {done.poor.user}: negative balance -7" in report, report
+
+
+async def test_audit_reports_a_credit_that_was_never_debited(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
+        done = await traffic(server, api)
+        host = (await api.wallet(done.rich))["user"]
+    forged = "eforged0000000000000"
+    payload = {
+        "event": forged,
+        "room": done.rooms[0],
+        "host": host,
+        "from": done.rich.user,
+        "from_name": "t-viewer",
+        "gift": "confetti",
+        "name": "Confetti",
+        "count": 1,
+        "coins": 100,
+        "ts": int(time.time() * 1000),
+    }
+    async with store(fresh_valkey.url) as redis:
+        # The room half of a gift alone, as if a credit had been forged.
+        credited = await gifts.credit(
+            redis, done.rooms[0], msgpack.packb(payload), DiamondRate(1, 1), 1000
+        )
+    assert not credited.duplicate and credited.diamonds == 100
+
+    code, report = await audit("--redis-url", fresh_valkey.url)
+
+    assert code != 0, report
+    assert f"event {forged} credited but never debited" in report, report
+
+
+async def test_audit_data_dir_reads_a_stopped_embedded_store_clean_then_corrupted(
+    short_tmp: Path,
+) -> None:
+    data = short_tmp / "data"
+    try:
+        async with serving(ServerProcess(redis_url=None, data_dir=data)) as (server, api):
+            done = await traffic(server, api)
+        await shut_down_leftover_valkey(data)
+        assert not is_running(data)
+
+        assert_clean(*await audit("--data-dir", str(data)))
+        assert not is_running(data), "the audit must stop the Valkey it started"
+
+        valkey = EmbeddedValkey(data)
+        await asyncio.to_thread(valkey.start)
+        try:
+            async with store(valkey.url) as redis:
+                await redis.hincrby(keys.account(done.rich.user), "coins", 5)
+        finally:
+            await asyncio.to_thread(valkey.stop)
+
+        code, report = await audit("--data-dir", str(data))
+        assert code != 0, report
+        assert f"user {done.rich.user}: balance" in report, report
+        assert not is_running(data)
+    finally:
+        await shut_down_leftover_valkey(data)

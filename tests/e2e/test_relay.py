@@ -1,0 +1,216 @@
+"""A worker dying between the debit and the credit of a gift: the outbox and the relay."""
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import msgpack
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from giftstream.store import keys
+from giftstream.store.connection import Redis, connect, read_hash, read_stream
+from giftstream.store.embedded import EmbeddedValkey
+from support import Api, Client, Frame, ServerProcess, User
+
+RECV_S = 15.0
+CRASH_EXIT_CODE = 70
+GIFT, GIFT_COINS = "confetti", 100
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
+    """A started server and an HTTP client of it; both stopped when the block ends."""
+    try:
+        await asyncio.to_thread(server.start)
+        api = Api(server.base_url)
+        try:
+            yield server, api
+        finally:
+            await api.aclose()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@contextlib.asynccontextmanager
+async def store(url: str) -> AsyncIterator[Redis]:
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def connected(server: ServerProcess, user: User) -> AsyncIterator[Client]:
+    """An authenticated connection of `user`, closed when the block ends."""
+    client = await Client.open(server.ws_url)
+    try:
+        await client.auth(user)
+        yield client
+    finally:
+        await client.close()
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
+    """Poll `condition` until it holds; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    while not await condition():
+        assert loop.time() < deadline, "the condition did not hold in time"
+        await asyncio.sleep(0.05)
+
+
+async def audit(url: str) -> tuple[int, str]:
+    """`giftstream audit --redis-url URL`: its exit code and its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def coins_of(redis: Redis, user: User) -> int:
+    return int((await read_hash(redis, keys.account(user.user)))[b"coins"])
+
+
+async def diamonds_of(redis: Redis, room: str) -> int:
+    return int((await read_hash(redis, keys.room(room))).get(b"diamonds", b"0"))
+
+
+async def outbox_of(redis: Redis, user: User) -> list[str]:
+    return [event.decode() for event in await read_hash(redis, keys.outbox(user.user))]
+
+
+async def credits_in_ledger(redis: Redis, room: str, event: str) -> int:
+    entries = await read_stream(redis, keys.room_ledger(room))
+    return sum(1 for _, e in entries if e[b"kind"] == b"credit" and e[b"ref"] == event.encode())
+
+
+async def history(redis: Redis, room: str) -> list[tuple[str, int, str]]:
+    """(type, offset, event) of every event in the room's history."""
+    entries = await read_stream(redis, keys.room_events(room))
+    frames = [msgpack.unpackb(e[b"f"], raw=False) for _, e in entries]
+    return [(f["t"], f["offset"], f["event"]) for f in frames]
+
+
+async def crash_a_gift(
+    url: str,
+) -> tuple[User, User, str, str]:
+    """Send one gift through a server that dies right after the debit.
+
+    Returns (host, viewer, room, the debited event id found in the viewer's outbox)."""
+    crashing = ServerProcess(url, env={"GIFTSTREAM_FAULTS": "crash_after_debit"})
+    async with serving(crashing) as (server, api), store(url) as redis:
+        host = await api.user(role="host")
+        viewer = await api.user(coins=1000)
+        room = await api.open_room(host)
+        received: list[Frame] = []
+        async with connected(server, viewer) as ws:
+            await ws.join(room)
+            await ws.send({"t": "gift", "id": "crash-1", "room": room, "gift": GIFT})
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    received.append(await ws.recv(RECV_S))
+        assert await asyncio.to_thread(server.wait_exit) == CRASH_EXIT_CODE
+        assert [f for f in received if f["t"] in ("ack", "error", "gift")] == []
+
+        assert await coins_of(redis, viewer) == 1000 - GIFT_COINS
+        assert await diamonds_of(redis, room) == 0
+        assert await history(redis, room) == []
+        outbox = await outbox_of(redis, viewer)
+        assert len(outbox) == 1, outbox
+    return host, viewer, room, outbox[0]
+
+
+async def test_a_crash_after_the_debit_is_credited_once_by_the_relay_of_a_new_server(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    url = fresh_valkey.url
+    host, viewer, room, event = await crash_a_gift(url)
+    code, report = await audit(url)
+    assert code == 0 and "in flight 1" in report, report
+
+    env = {"GIFTSTREAM_RELAY_GRACE_MS": "0", "GIFTSTREAM_RELAY_INTERVAL_S": "0.1"}
+    async with serving(ServerProcess(url, env=env)) as (server, api), store(url) as redis:
+
+        async def host_credited() -> bool:
+            diamonds: int = (await api.wallet(host))["diamonds"]
+            return diamonds > 0
+
+        await eventually(host_credited)
+        assert (await api.wallet(host))["diamonds"] == GIFT_COINS
+
+        async def outbox_empty() -> bool:
+            return await outbox_of(redis, viewer) == []
+
+        await eventually(outbox_empty)
+        assert await credits_in_ledger(redis, room, event) == 1
+        assert await history(redis, room) == [("gift", 1, event), ("credit", 2, event)]
+
+        epoch = (await read_hash(redis, keys.room(room)))[b"epoch"].decode()
+        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+            await host_ws.join(room, since={"epoch": epoch, "offset": 0})
+            await retry_ws.join(room)
+            retried = await retry_ws.gift(room, GIFT, "crash-1")
+            later = await retry_ws.gift(room, "rose", "after-crash")
+            _, seen = await host_ws.recv_until(
+                lambda f: f["t"] == "credit" and f.get("event") == later["event"]
+            )
+
+        assert retried == {"t": "ack", "id": "crash-1", "event": event, "coins": 900}
+        assert later["t"] == "ack" and later["coins"] == 899, later
+        assert [f["event"] for f in seen if f["t"] == "credit"] == [event]
+        assert (await api.wallet(viewer))["coins"] == 899
+        assert (await api.wallet(host))["diamonds"] == GIFT_COINS + 1
+        assert await credits_in_ledger(redis, room, event) == 1
+
+    code, report = await audit(url)
+    assert code == 0, report
+    assert "audit clean" in report
+    assert "in flight 0" in report
+
+
+async def test_a_retry_after_a_crash_credits_the_pending_gift_once_without_the_relay(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    url = fresh_valkey.url
+    host, viewer, room, event = await crash_a_gift(url)
+
+    # A relay that waits an hour: only the retry itself can complete the gift.
+    env = {"GIFTSTREAM_RELAY_GRACE_MS": "3600000", "GIFTSTREAM_RELAY_INTERVAL_S": "0.1"}
+    async with serving(ServerProcess(url, env=env)) as (server, api), store(url) as redis:
+        assert (await api.wallet(host))["diamonds"] == 0
+        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+            await host_ws.join(room)
+            await retry_ws.join(room)
+            retried = await retry_ws.gift(room, GIFT, "crash-1")
+            again = await retry_ws.gift(room, GIFT, "crash-1")
+            credit, _ = await host_ws.recv_until(lambda f: f["t"] == "credit")
+            later = await retry_ws.gift(room, "rose", "after-crash")
+            _, between = await host_ws.recv_until(
+                lambda f: f["t"] == "credit" and f.get("event") == later["event"]
+            )
+
+        assert retried == again == {"t": "ack", "id": "crash-1", "event": event, "coins": 900}
+        assert (credit["event"], credit["diamonds"], credit["total"]) == (event, 100, 100)
+        assert [f for f in between if f["t"] == "credit"] == []
+        assert (await api.wallet(viewer))["coins"] == 899
+        assert (await api.wallet(host))["diamonds"] == GIFT_COINS + 1
+        assert await outbox_of(redis, viewer) == []
+        assert await credits_in_ledger(redis, room, event) == 1
+
+    code, report = await audit(url)
+    assert code == 0 and "audit clean" in report, report
