@@ -13,7 +13,11 @@
     ├── RoomNotLive            room_not_live
     ├── NotInRoom              not_in_room
     ├── IdempotencyConflict    idempotency_conflict: the same request id with other content
-    └── RateLimited            rate_limited
+    ├── RateLimited            rate_limited
+    ├── SpendingLimit          spending_limit: over the account's daily cap
+    ├── PaymentDeclined        payment_declined: the store refused the payment
+    ├── BelowMinimum           below_minimum: under the minimum cash-out
+    └── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
 
 Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
 """
@@ -38,6 +42,7 @@ class ErrorCode(StrEnum):
     SPENDING_LIMIT = "spending_limit"
     PAYMENT_DECLINED = "payment_declined"
     BELOW_MINIMUM = "below_minimum"
+    INSUFFICIENT_DIAMONDS = "insufficient_diamonds"
     INTERNAL = "internal"
 
 
@@ -59,6 +64,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SPENDING_LIMIT: 403,
     ErrorCode.PAYMENT_DECLINED: 402,
     ErrorCode.BELOW_MINIMUM: 400,
+    ErrorCode.INSUFFICIENT_DIAMONDS: 402,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -121,3 +127,19 @@ class IdempotencyConflict(GiftstreamError):
 
 class RateLimited(GiftstreamError):
     code = ErrorCode.RATE_LIMITED
+
+
+class SpendingLimit(GiftstreamError):
+    code = ErrorCode.SPENDING_LIMIT
+
+
+class PaymentDeclined(GiftstreamError):
+    code = ErrorCode.PAYMENT_DECLINED
+
+
+class BelowMinimum(GiftstreamError):
+    code = ErrorCode.BELOW_MINIMUM
+
+
+class InsufficientDiamonds(GiftstreamError):
+    code = ErrorCode.INSUFFICIENT_DIAMONDS

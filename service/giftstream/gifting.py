@@ -8,11 +8,14 @@ import secrets
 from dataclasses import dataclass
 
 from giftstream.domain.catalog import Catalog
+from giftstream.domain.economy import Economy
 from giftstream.domain.money import gift_cost
 from giftstream.errors import (
+    Forbidden,
     IdempotencyConflict,
     InsufficientCoins,
     NotFound,
+    SpendingLimit,
     UnavailableInRegion,
     UnknownGift,
 )
@@ -29,6 +32,7 @@ class Sender:
     user: str
     name: str
     region: str
+    age: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +47,36 @@ def new_event_id() -> str:
 
 
 class Gifting:
-    def __init__(self, redis: Redis, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, catalog: Catalog, economy: Economy, settings: Settings
+    ) -> None:
         self.redis = redis
         self.catalog = catalog
+        self.economy = economy
         self.settings = settings
 
-    async def send(self, sender: Sender, req: SendGift, host: str) -> Ack:
-        """Charge the sender once for `req` and credit the room's host; the ack to answer."""
+    async def send(
+        self,
+        sender: Sender,
+        req: SendGift,
+        host: str,
+        host_receives: bool = True,
+        video: str | None = None,
+    ) -> Ack:
+        """Charge the sender once for `req` and credit the host (of a live room, or of a video
+        when `video` is given); the ack to answer."""
         gift = self.catalog.get(req.gift)
         if gift is None:
             raise UnknownGift(f"there is no gift '{req.gift}'")
-        if not gift.available_in(sender.region):
+        if not gift.available_in(sender.region) or not self.economy.sells_coins_in(sender.region):
             raise UnavailableInRegion(f"{gift.name} cannot be sent from region {sender.region}")
+        minimum = self.economy.minimum_age
+        if sender.age < minimum:
+            raise Forbidden(f"you must be {minimum} or older to send gifts")
+        if not host_receives:
+            raise Forbidden(f"this host cannot receive gifts (under {minimum})")
+        if sender.user == host:
+            raise Forbidden("hosts cannot send gifts to themselves")
         debit = gifts.DebitRequest(
             request_id=req.id,
             fingerprint=req.fingerprint,
@@ -66,6 +88,7 @@ class Gifting:
             gift=gift,
             count=req.count,
             cost=gift_cost(gift, req.count),
+            video=video,
         )
         try:
             debited = await gifts.debit(
@@ -82,6 +105,11 @@ class Gifting:
             raise InsufficientCoins(
                 f"{debit.cost} coins are needed for {req.count} x {gift.name};"
                 f" the balance is {e.balance}"
+            ) from e
+        except gifts.DebitOverCap as e:
+            raise SpendingLimit(
+                f"this gift would take today's spending to {e.spent_today + debit.cost} coins,"
+                f" over your daily limit of {e.cap}"
             ) from e
         except gifts.DebitNoUser as e:
             raise NotFound("your account no longer exists") from e

@@ -46,6 +46,8 @@ class Settings:
     dev_max_coins: int = 100_000_000
     # The gift catalog file; unset: the bundled data/gifts.toml.
     catalog_path: Path | None = None
+    # Prices, regions, promotions, cash-out and rewards; unset: the bundled data/economy.toml.
+    economy_path: Path | None = None
     # Testing only: named faults to inject, e.g. "crash_after_debit".
     faults: frozenset[str] = field(default_factory=frozenset)
 

@@ -35,6 +35,7 @@ class RoomChannel:
     room: str
     host: str
     live: bool
+    receives: bool
     book: StreakBook
     members: set[Member] = field(default_factory=set)
     subscribed: asyncio.Future[None] = field(
@@ -103,6 +104,10 @@ class Hub:
         channel = self._rooms.get(room)
         return channel is not None and channel.live
 
+    def room_receives(self, room: str) -> bool:
+        channel = self._rooms.get(room)
+        return channel is None or channel.receives
+
     def room_host(self, room: str) -> str | None:
         channel = self._rooms.get(room)
         return channel.host if channel is not None else None
@@ -115,6 +120,7 @@ class Hub:
                 room=member.room,
                 host=state.host,
                 live=state.live,
+                receives=state.receives,
                 book=StreakBook(self._streak_timeout_ms),
             )
             self._rooms[member.room] = channel

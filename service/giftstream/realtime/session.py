@@ -177,7 +177,7 @@ class Session:
         account = await accounts.get_account(self.redis, claims.user)
         if account is None:
             raise Unauthenticated("the token names a user that does not exist")
-        self.sender = Sender(account.id, account.name, account.region)
+        self.sender = Sender(account.id, account.name, account.region, account.age)
         diamonds = await rooms.host_diamonds(self.redis, account.room)
         frame = {
             "t": "welcome",
@@ -283,7 +283,9 @@ class Session:
             if replay is not None:
                 return replay
             raise refusal or NotInRoom(f"join room '{request.room}' first")
-        return await self.gifting.send(self.sender, request, host)
+        return await self.gifting.send(
+            self.sender, request, host, self.hub.room_receives(request.room)
+        )
 
 
 def _with_id(frame: dict[str, Any], rid: str | None) -> dict[str, Any]:

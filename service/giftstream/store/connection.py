@@ -15,7 +15,8 @@ Redis = aioredis.Redis
 # loosely, so the store casts them once, to these, where it reads them.
 HashReply = dict[bytes, bytes]
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
-FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua")
+FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua", "earnings.lua")
+COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
 
 
@@ -48,8 +49,14 @@ def connect_pubsub(url: str) -> Redis:
 
 
 def function_sources() -> dict[str, str]:
+    """Each library's source, with the shared helpers of common.lua put after its #!lua line."""
     folder = resources.files("giftstream.store").joinpath("functions")
-    return {name: folder.joinpath(name).read_text("utf-8") for name in FUNCTION_FILES}
+    common = folder.joinpath(COMMON_FILE).read_text("utf-8")
+    sources = {}
+    for name in FUNCTION_FILES:
+        shebang, _, body = folder.joinpath(name).read_text("utf-8").partition("\n")
+        sources[name] = f"{shebang}\n{common}\n{body}"
+    return sources
 
 
 async def command(r: Redis, *args: Any) -> Any:

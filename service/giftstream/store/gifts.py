@@ -21,6 +21,7 @@ class DebitRequest:
     gift: Gift
     count: int
     cost: int
+    video: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,13 @@ class DebitNoUser(Exception):
     pass
 
 
+class DebitOverCap(Exception):
+    def __init__(self, cap: int, spent_today: int) -> None:
+        super().__init__(cap)
+        self.cap = cap
+        self.spent_today = spent_today
+
+
 class DebitInsufficient(Exception):
     def __init__(self, balance: int) -> None:
         super().__init__(balance)
@@ -71,6 +79,7 @@ async def debit(
             keys.user_ledger(req.viewer),
             keys.outbox(req.viewer),
             keys.streak(req.viewer),
+            keys.daily(req.viewer),
         ],
         [
             req.request_id,
@@ -84,9 +93,10 @@ async def debit(
             req.gift.id,
             req.gift.name,
             req.count,
-            "1" if req.gift.streakable else "0",
+            "1" if req.gift.streakable and req.video is None else "0",
             streak_timeout_ms,
             req.viewer_name,
+            req.video or "",
         ],
     )
     status = reply[0]
@@ -99,6 +109,8 @@ async def debit(
         raise DebitConflict(req.request_id)
     if status == b"insufficient":
         raise DebitInsufficient(int(reply[1]))
+    if status == b"spending_limit":
+        raise DebitOverCap(int(reply[1]), int(reply[2]))
     raise DebitNoUser(req.viewer)
 
 

@@ -14,13 +14,20 @@ def user_tag(user: str) -> str:
 
 
 def account(user: str) -> str:
-    """Hash: id, name, region, role, coins, granted, spent, room (if a host)."""
+    """Hash: id, name, region, role, age, coins, points, granted, purchased, spent, refunded,
+    daily_cap, guardian (hash of the guardian's code), flags, room (if a host)."""
     return f"{user_tag(user)}:acct"
 
 
-def grants(user: str) -> str:
-    """Hash: grant id -> coins granted (idempotency of grants)."""
-    return f"{user_tag(user)}:grants"
+def records(user: str) -> str:
+    """Hash: reference -> record of each grant, purchase, points grant and exchange (the
+    idempotency of everything that adds coins or points)."""
+    return f"{user_tag(user)}:records"
+
+
+def daily(user: str) -> str:
+    """Hash: day (UTC, days since 1970) and coins spent on gifts that day."""
+    return f"{user_tag(user)}:daily"
 
 
 def user_ledger(user: str) -> str:
@@ -52,7 +59,8 @@ def room_tag(room: str) -> str:
 
 
 def room(room_id: str) -> str:
-    """Hash: host, live, epoch, offset, diamonds (the host's), carry, viewers."""
+    """Hash: host, live, receives, epoch, offset, viewers, and the host's diamonds: diamonds
+    (balance), earned, paid_out, carry (fraction carried, in 1/denominator)."""
     return room_tag(room_id)
 
 
@@ -69,6 +77,21 @@ def room_events(room_id: str) -> str:
 def room_ledger(room_id: str) -> str:
     """Stream: every change of the host's diamonds earned in this room."""
     return f"{room_tag(room_id)}:ledger"
+
+
+def room_payouts(room_id: str) -> str:
+    """Hash: payout request id -> record (msgpack) of the host's cash-outs."""
+    return f"{room_tag(room_id)}:payouts"
+
+
+def video(video_id: str) -> str:
+    """Hash: room, host of a video that can receive gifts."""
+    return f"{PREFIX}:video:{video_id}"
+
+
+def receipt(receipt_id: str) -> str:
+    """String: the user who presented a store receipt (receipts are unique across users)."""
+    return f"{PREFIX}:receipt:{receipt_id}"
 
 
 def room_channel(room_id: str) -> str:

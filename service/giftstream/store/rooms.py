@@ -20,6 +20,8 @@ class RoomState:
     offset: int
     diamonds: int
     viewers: int
+    # False when the host may not receive gifts (under the minimum age).
+    receives: bool = True
 
 
 class RoomForbidden(Exception):
@@ -38,14 +40,17 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-async def open_room(r: Redis, host: str) -> tuple[str, str]:
+async def open_room(r: Redis, host: str, receives: bool) -> tuple[str, str]:
     """Open (or reopen) the host's room and set it live; returns (room, epoch)."""
     reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
         raise NoSuchRoom(host)
     room = reply[1].decode()
     reply = await fcall(
-        r, "room_open", [keys.room(room)], [host, new_epoch(), keys.room_channel(room)]
+        r,
+        "room_open",
+        [keys.room(room)],
+        [host, new_epoch(), keys.room_channel(room), "1" if receives else "0"],
     )
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
@@ -69,6 +74,7 @@ def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
         offset=int(h.get(b"offset", b"0")),
         diamonds=int(h.get(b"diamonds", b"0")),
         viewers=max(0, int(h.get(b"viewers", b"0"))),
+        receives=h.get(b"receives", b"1") == b"1",
     )
 
 

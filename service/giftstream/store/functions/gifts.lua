@@ -5,18 +5,20 @@ shards; the outbox on the viewer's slot carries the gift from the first half to 
 Payloads are msgpack maps (cmsgpack keeps integers exact).
 
 gift_debit   (viewer slot {u:<viewer>})
-  KEYS: acct, idem (this request id's record), ledger, outbox, streak
+  KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today)
   ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
         6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
-        13 streak timeout (ms), 14 sender display name
+        13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift)
   -> {'ok', event, balance, payload}      debited now; payload is the outbox entry to credit
      {'replay', event, balance, payload|nil}  this id was debited before (same content): the
                                           original answer; payload while its credit is pending
      {'conflict'}                         this id was used with other content; nothing changed
      {'no_user'}                          no such account; nothing changed
      {'insufficient', balance}            not enough coins; nothing changed
+     {'spending_limit', cap, spent today} the daily cap would be exceeded; nothing changed
   Order: idempotency record first, then every check, and only then the writes.
   The streak (id, repeat) is assigned here, atomically with the debit: a tap is counted once.
+  Ledger: user:<viewer> coins -cost, platform:spent coins +cost.
 
 gift_credit  (room slot {r:<room>})
   KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger
@@ -26,16 +28,14 @@ gift_credit  (room slot {r:<room>})
      {'dup', gift offset, credit offset, diamonds, total}   already credited: nothing changed
      {'no_room'}                                            no such room; nothing changed
   Dedupes on the event id, credits the host's diamonds (carrying any fraction), appends a `gift`
-  and a `credit` event to the room history with consecutive offsets, and publishes both.
+  and a `credit` event to the room history with consecutive offsets, and publishes both. A gift
+  to a video (payload.video) appends and publishes only the `credit` event.
+  Ledger: platform:diamonds diamonds -d, host:<host> diamonds +d.
 ]]
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
 local function gift_debit(keys, args)
-  local acct, idem, ledger, outbox, streak = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local acct, idem, ledger, outbox, streak, daily = keys[1], keys[2], keys[3], keys[4], keys[5],
+    keys[6]
   local request_id, fingerprint, event = args[1], args[2], args[3]
   local cost, ttl = tonumber(args[4]), tonumber(args[5])
   local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
@@ -55,8 +55,19 @@ local function gift_debit(keys, args)
   if balance < cost then return {'insufficient', balance} end
 
   local now = now_ms()
+  local today = math.floor(now / 86400000)
+  local spent_today = 0
+  if tonumber(redis.call('HGET', daily, 'day') or '-1') == today then
+    spent_today = tonumber(redis.call('HGET', daily, 'spent'))
+  end
+  local cap = redis.call('HGET', acct, 'daily_cap')
+  if cap and spent_today + cost > tonumber(cap) then
+    return {'spending_limit', tonumber(cap), spent_today}
+  end
+
   local payload = {event = event, room = room, host = host, from = viewer, from_name = args[14],
     gift = gift, name = name, count = count, coins = cost, ts = now}
+  if args[15] ~= '' then payload.video = args[15] end
   if streakable then
     local s = redis.call('HMGET', streak, 'id', 'room', 'gift', 'repeat', 'last')
     if s[1] and s[2] == room and s[3] == gift and now - tonumber(s[5]) <= timeout then
@@ -74,11 +85,14 @@ local function gift_debit(keys, args)
 
   local after = redis.call('HINCRBY', acct, 'coins', -cost)
   redis.call('HINCRBY', acct, 'spent', cost)
+  redis.call('HSET', daily, 'day', today, 'spent', spent_today + cost)
+  redis.call('PEXPIRE', daily, 2 * 86400000)
   local packed = cmsgpack.pack(payload)
   redis.call('HSET', outbox, event, packed)
-  redis.call('XADD', ledger, '*', 'kind', 'gift', 'coins', -cost, 'balance', after,
-    'ref', event, 'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
-    'ts', now)
+  post(ledger, 'gift', event, after,
+    {{'user:' .. viewer, 'coins', -cost}, {'platform:spent', 'coins', cost}},
+    {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
+     'video', args[15]})
   redis.call('SET', idem, cmsgpack.pack({fp = fingerprint, event = event, balance = after}),
     'EX', ttl)
   return {'ok', event, after, packed}
@@ -103,27 +117,37 @@ local function gift_credit(keys, args)
   local diamonds = math.floor(units / denominator)
   local carry = units - diamonds * denominator
   local total = redis.call('HINCRBY', room, 'diamonds', diamonds)
+  redis.call('HINCRBY', room, 'earned', diamonds)
   redis.call('HSET', room, 'carry', carry)
-  local credit_offset = redis.call('HINCRBY', room, 'offset', 2)
+  -- A live gift is two events (gift, credit); a gift to a video only its credit.
+  local events_added = 2
+  if p.video then events_added = 1 end
+  local credit_offset = redis.call('HINCRBY', room, 'offset', events_added)
   local gift_offset = credit_offset - 1
 
-  local gift = {t = 'gift', room = p.room, event = p.event, offset = gift_offset, from = p.from,
-    from_name = p.from_name, to = p.host, gift = p.gift, name = p.name, count = p.count,
-    coins = p.coins, diamonds = diamonds, ts = p.ts}
-  if p.streak_id then
-    gift.streak = {id = p.streak_id, ['repeat'] = p.streak_repeat, ['end'] = false}
-  end
   local credit = {t = 'credit', room = p.room, event = p.event, offset = credit_offset,
     from = p.from, from_name = p.from_name, gift = p.gift, name = p.name, count = p.count,
-    coins = p.coins, diamonds = diamonds, total = total, ts = p.ts}
-  local gift_packed, credit_packed = cmsgpack.pack(gift), cmsgpack.pack(credit)
-  redis.call('XADD', events, 'MAXLEN', '~', history, gift_offset .. '-0', 'f', gift_packed)
-  redis.call('XADD', events, 'MAXLEN', '~', history, credit_offset .. '-0', 'f', credit_packed)
+    coins = p.coins, diamonds = diamonds, total = total, ts = p.ts, video = p.video}
+  local frames = {}
+  if not p.video then
+    local gift = {t = 'gift', room = p.room, event = p.event, offset = gift_offset, from = p.from,
+      from_name = p.from_name, to = p.host, gift = p.gift, name = p.name, count = p.count,
+      coins = p.coins, diamonds = diamonds, ts = p.ts}
+    if p.streak_id then
+      gift.streak = {id = p.streak_id, ['repeat'] = p.streak_repeat, ['end'] = false}
+    end
+    local packed = cmsgpack.pack(gift)
+    redis.call('XADD', events, 'MAXLEN', '~', history, gift_offset .. '-0', 'f', packed)
+    frames[1] = gift
+  end
+  redis.call('XADD', events, 'MAXLEN', '~', history, credit_offset .. '-0', 'f',
+    cmsgpack.pack(credit))
+  frames[#frames + 1] = credit
   redis.call('HSET', credited, p.event, gift_offset .. ':' .. diamonds .. ':' .. total)
-  redis.call('XADD', ledger, '*', 'kind', 'credit', 'ref', p.event, 'from', p.from,
-    'coins', p.coins, 'diamonds', diamonds, 'total', total, 'carry', carry,
-    'rate', numerator .. '/' .. denominator, 'ts', now_ms())
-  redis.call('SPUBLISH', channel, cmsgpack.pack({gift, credit}))
+  post(ledger, 'credit', p.event, total,
+    {{'platform:diamonds', 'diamonds', -diamonds}, {'host:' .. p.host, 'diamonds', diamonds}},
+    {'from', p.from, 'coins', p.coins, 'carry', carry, 'rate', numerator .. '/' .. denominator})
+  redis.call('SPUBLISH', channel, cmsgpack.pack(frames))
   return {'ok', gift_offset, credit_offset, diamonds, total}
 end
 

@@ -8,7 +8,7 @@ room_claim  (host's slot {u:<host>})
      {'no_user'}
 
 room_open   (room slot {r:<room>})
-  KEYS: room    ARGV: host id, new epoch, pub/sub channel
+  KEYS: room    ARGV: host id, new epoch, pub/sub channel, host may receive gifts '1'|'0'
   -> {'ok', epoch} | {'forbidden'} (the room belongs to another host)
   Creates the room if needed, sets it live and publishes a `room` frame.
 
@@ -17,11 +17,6 @@ room_end    (room slot {r:<room>})
   -> {'ok'} | {'not_found'} | {'forbidden'} (not the room's host)
   Sets the room not live and publishes a `room` frame. Members stay until they leave.
 ]]
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 local function room_claim(keys, args)
   local acct = keys[1]
@@ -42,7 +37,7 @@ local function room_open(keys, args)
     redis.call('HSET', room, 'host', host, 'epoch', epoch, 'offset', 0, 'diamonds', 0,
       'carry', 0, 'viewers', 0, 'created', now_ms())
   end
-  redis.call('HSET', room, 'live', 1, 'opened', now_ms())
+  redis.call('HSET', room, 'live', 1, 'opened', now_ms(), 'receives', args[4])
   redis.call('SPUBLISH', channel, cmsgpack.pack({{t = 'room', room = room_id(room), live = true}}))
   return {'ok', redis.call('HGET', room, 'epoch')}
 end

@@ -1,0 +1,74 @@
+"""An asyncio client for giftstream that never loses nor doubles a gift.
+
+```python
+from giftstream.client import Client, GiftEvent
+
+async with Client("ws://127.0.0.1:8000/v1/ws", token) as client:
+    await client.join(room)
+    ack = await client.send_gift(room, "rose", count=3)
+    async for event in client.events():
+        print(event)
+```
+
+See docs/client.md for the guarantees, reconnect semantics and error handling.
+"""
+
+from giftstream.client._client import Client
+from giftstream.client.backoff import Backoff
+from giftstream.client.errors import (
+    ClientClosed,
+    ClientError,
+    ConnectionFailed,
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientCoins,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    NotInRoom,
+    ProtocolError,
+    RateLimited,
+    RoomNotLive,
+    ServerError,
+    Unauthenticated,
+)
+from giftstream.client.events import (
+    Ack,
+    CreditEvent,
+    EpochChanged,
+    Event,
+    GiftEvent,
+    Joined,
+    RoomState,
+    Streak,
+    Welcome,
+)
+
+__all__ = [
+    "Ack",
+    "Backoff",
+    "Client",
+    "ClientClosed",
+    "ClientError",
+    "ConnectionFailed",
+    "CreditEvent",
+    "EpochChanged",
+    "Event",
+    "Forbidden",
+    "GiftEvent",
+    "IdempotencyConflict",
+    "InsufficientCoins",
+    "InternalError",
+    "InvalidRequest",
+    "Joined",
+    "NotFound",
+    "NotInRoom",
+    "ProtocolError",
+    "RateLimited",
+    "RoomNotLive",
+    "RoomState",
+    "ServerError",
+    "Streak",
+    "Unauthenticated",
+    "Welcome",
+]

@@ -1,0 +1,127 @@
+"""Everything the client raises. One tree, so that `except ClientError` catches it all:
+
+    ClientError                  base class
+    ├── ServerError              an `error` frame: `.code`, `.message`, `.request_id`
+    │   ├── InvalidRequest       bad_frame, unknown_type, invalid_field
+    │   ├── Unauthenticated      unauthenticated (a bad, expired or unknown token)
+    │   ├── Forbidden            forbidden, unavailable_in_region, spending_limit
+    │   ├── NotFound             not_found, unknown_gift
+    │   ├── InsufficientCoins    insufficient_coins
+    │   ├── RoomNotLive          room_not_live
+    │   ├── NotInRoom            not_in_room (also raised locally by `leave`)
+    │   ├── IdempotencyConflict  idempotency_conflict
+    │   ├── RateLimited          rate_limited
+    │   └── InternalError        internal: retry with the same request id
+    ├── ConnectionFailed         gave up (re)connecting: the backoff's attempts or time ran out
+    ├── ProtocolError            the server sent a frame this client cannot read
+    └── ClientClosed             the client was closed while the call waited
+
+A code this version does not know raises a plain `ServerError` with that code.
+"""
+
+from typing import Any
+
+from giftstream.errors import ErrorCode
+
+
+class ClientError(Exception):
+    """Base class of every exception raised by `giftstream.client`."""
+
+
+class ServerError(ClientError):
+    """The server answered a request with an `error` frame.
+
+    `code` is the protocol's error code (compare with `giftstream.errors.ErrorCode`),
+    `message` its human sentence, `request_id` the id of the request it answers, if any. For a
+    gift, re-sending with `id=request_id` is always safe: it can never charge twice.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class InvalidRequest(ServerError):
+    pass
+
+
+class Unauthenticated(ServerError):
+    pass
+
+
+class Forbidden(ServerError):
+    pass
+
+
+class NotFound(ServerError):
+    pass
+
+
+class InsufficientCoins(ServerError):
+    pass
+
+
+class RoomNotLive(ServerError):
+    pass
+
+
+class NotInRoom(ServerError):
+    pass
+
+
+class IdempotencyConflict(ServerError):
+    pass
+
+
+class RateLimited(ServerError):
+    pass
+
+
+class InternalError(ServerError):
+    pass
+
+
+class ConnectionFailed(ClientError):
+    """The client could not (re)connect within its `Backoff`; `__cause__` is the last failure."""
+
+    def __init__(self, message: str, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class ProtocolError(ClientError):
+    """The server sent something this client cannot read (a server bug, or a proxy's)."""
+
+
+class ClientClosed(ClientError):
+    """The client was closed: a gift that was waiting for its ack may or may not have been
+    charged, and re-sending it with the same id on a new client is safe."""
+
+
+_BY_CODE: dict[str, type[ServerError]] = {
+    ErrorCode.BAD_FRAME: InvalidRequest,
+    ErrorCode.UNKNOWN_TYPE: InvalidRequest,
+    ErrorCode.INVALID_FIELD: InvalidRequest,
+    ErrorCode.UNAUTHENTICATED: Unauthenticated,
+    ErrorCode.FORBIDDEN: Forbidden,
+    ErrorCode.UNAVAILABLE_IN_REGION: Forbidden,
+    ErrorCode.SPENDING_LIMIT: Forbidden,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.UNKNOWN_GIFT: NotFound,
+    ErrorCode.INSUFFICIENT_COINS: InsufficientCoins,
+    ErrorCode.ROOM_NOT_LIVE: RoomNotLive,
+    ErrorCode.NOT_IN_ROOM: NotInRoom,
+    ErrorCode.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
+    ErrorCode.RATE_LIMITED: RateLimited,
+    ErrorCode.INTERNAL: InternalError,
+}
+
+
+def server_error(frame: dict[str, Any]) -> ServerError:
+    """The exception for an `error` frame."""
+    code = str(frame.get("code", ErrorCode.INTERNAL))
+    rid = frame.get("id")
+    cls = _BY_CODE.get(code, ServerError)
+    return cls(code, str(frame.get("message", "")), rid if isinstance(rid, str) else None)

@@ -1,0 +1,174 @@
+"""Typed frames: the answers to requests, and the room events `Client.events()` yields.
+
+Field names follow the wire (docs/protocol.md), except `from`/`to`, which are `sender`/`host`,
+and the gift's `name`, which is `gift_name`. Extension fields are None when a server omits them.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+Frame = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The answer to `auth`: who the token names, and their balances."""
+
+    user: str
+    coins: int
+    diamonds: int
+    name: str | None = None
+    region: str | None = None
+    role: str | None = None
+    room: str | None = None
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "Welcome":
+        return cls(
+            user=f["user"],
+            coins=f["coins"],
+            diamonds=f["diamonds"],
+            name=f.get("name"),
+            region=f.get("region"),
+            role=f.get("role"),
+            room=f.get("room"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The answer to `join`: the room's state when it was joined."""
+
+    room: str
+    host: str
+    live: bool
+    epoch: str
+    offset: int
+    viewers: int
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "Joined":
+        return cls(f["room"], f["host"], f["live"], f["epoch"], f["offset"], f["viewers"])
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The answer to a gift: `event` is the gift's event id, `coins` the balance after it."""
+
+    id: str
+    event: str
+    coins: int
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "Ack":
+        return cls(f["id"], f["event"], f["coins"])
+
+
+@dataclass(frozen=True, slots=True)
+class Streak:
+    """`id` is the event id of the streak's first tap; `repeat` the running total of gifts;
+    `end` is True on the live-only frame that closes the streak."""
+
+    id: str
+    repeat: int
+    end: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GiftEvent:
+    """A gift in a room (the animation). Delivered to everyone in the room."""
+
+    room: str
+    event: str
+    offset: int
+    sender: str
+    host: str
+    gift: str
+    count: int
+    coins: int
+    streak: Streak | None = None
+    sender_name: str | None = None
+    gift_name: str | None = None
+    diamonds: int | None = None
+    ts: int | None = None
+
+    @property
+    def closes_streak(self) -> bool:
+        """The frame closing a streak repeats its last tap's offset; it is not in the history."""
+        return self.streak is not None and self.streak.end
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "GiftEvent":
+        s = f.get("streak")
+        return cls(
+            room=f["room"],
+            event=f["event"],
+            offset=f["offset"],
+            sender=f["from"],
+            host=f["to"],
+            gift=f["gift"],
+            count=f["count"],
+            coins=f["coins"],
+            streak=Streak(s["id"], s["repeat"], s["end"]) if s is not None else None,
+            sender_name=f.get("from_name"),
+            gift_name=f.get("name"),
+            diamonds=f.get("diamonds"),
+            ts=f.get("ts"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreditEvent:
+    """Diamonds credited to the host for a gift. Delivered only to the room's host."""
+
+    room: str
+    event: str
+    offset: int
+    sender: str
+    gift: str
+    count: int
+    diamonds: int
+    total: int
+    sender_name: str | None = None
+    gift_name: str | None = None
+    coins: int | None = None
+    ts: int | None = None
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "CreditEvent":
+        return cls(
+            room=f["room"],
+            event=f["event"],
+            offset=f["offset"],
+            sender=f["from"],
+            gift=f["gift"],
+            count=f["count"],
+            diamonds=f["diamonds"],
+            total=f["total"],
+            sender_name=f.get("from_name"),
+            gift_name=f.get("name"),
+            coins=f.get("coins"),
+            ts=f.get("ts"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """The room went live or ended. Also yielded after a reconnect when the room changed state
+    while the client was away (the server's `room` frame is live-only)."""
+
+    room: str
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EpochChanged:
+    """The room's history was reset while the client was away. The events that follow replay
+    the new epoch's whole history: offsets start again, and may repeat numbers seen before."""
+
+    room: str
+    old_epoch: str
+    new_epoch: str
+
+
+Event = GiftEvent | CreditEvent | RoomState | EpochChanged

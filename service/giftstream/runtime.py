@@ -1,0 +1,24 @@
+"""What a worker process holds while it runs: settings, the store client, the loaded data, the
+hub, and the services the edges call."""
+
+from dataclasses import dataclass
+
+from giftstream.domain.catalog import Catalog
+from giftstream.domain.economy import Economy
+from giftstream.gifting import Gifting
+from giftstream.realtime.hub import Hub
+from giftstream.settings import Settings
+from giftstream.store.connection import Redis
+from giftstream.wallet import Wallet
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis: Redis
+    catalog: Catalog
+    economy: Economy
+    secret: bytes
+    hub: Hub
+    gifting: Gifting
+    wallet: Wallet
