@@ -81,6 +81,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         post("/v1/dev/users", core.create_dev_user),
         post("/v1/dev/store/events", money.store_event),
         post("/v1/rooms", core.open_room),
+        get("/v1/rooms", core.list_rooms),
         post("/v1/rooms/{room}/end", core.end_room),
         get("/v1/gifts", core.list_gifts),
         get("/v1/wallet", core.wallet),

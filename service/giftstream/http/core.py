@@ -24,6 +24,7 @@ ROLES = ("viewer", "host", "admin")
 REGION = re.compile(r"^[A-Z]{2}$")
 ADULT_AGE = 30
 MAX_AGE = 150
+LIVE_ROOMS_LISTED = 50
 STATIC_DIR = __file__.rsplit("/", 2)[0] + "/static"
 
 
@@ -85,6 +86,15 @@ async def end_room(request: Request) -> Response:
     except rooms.RoomForbidden as e:
         raise Forbidden("only the room's host can end it") from e
     return JSONResponse({"room": room, "live": False})
+
+
+async def list_rooms(request: Request) -> Response:
+    """Live rooms, newest first (for a viewer picking a room)."""
+    runtime = runtime_of(request)
+    found = await rooms.live_rooms(runtime.redis, LIVE_ROOMS_LISTED)
+    return JSONResponse(
+        [{"room": s.id, "host": s.host, "live": s.live, "viewers": s.viewers} for s in found]
+    )
 
 
 async def list_gifts(request: Request) -> Response:

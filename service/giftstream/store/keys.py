@@ -4,6 +4,9 @@ of a room {r:<id>}, so each Function touches exactly one slot (Redis Cluster-rea
 PREFIX = "gs"
 SECRET = f"{PREFIX}:secret"
 RELAY_LOCK = f"{PREFIX}:relay:lock"
+# Sorted set: live room id -> time it went live (ms). An index for listing, outside any room's
+# slot, so it is kept beside the Functions rather than by them.
+LIVE_ROOMS = f"{PREFIX}:rooms:live"
 OUTBOX_PATTERN = f"{PREFIX}:{{u:*}}:outbox"
 USER_ACCOUNT_PATTERN = f"{PREFIX}:{{u:*}}:acct"
 ROOM_PATTERN = f"{PREFIX}:{{r:*}}"

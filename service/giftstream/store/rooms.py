@@ -1,14 +1,15 @@
 """Live rooms: opening, ending, state, and history for replay."""
 
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, read_hash, read_stream
+from giftstream.store.connection import Redis, fcall, read_hash, read_stream, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ async def open_room(r: Redis, host: str, receives: bool) -> tuple[str, str]:
     )
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
+    await r.zadd(keys.LIVE_ROOMS, {room: int(time.time() * 1000)})
     return room, reply[1].decode()
 
 
@@ -63,6 +65,14 @@ async def end_room(r: Redis, room: str, host: str) -> None:
         raise NoSuchRoom(room)
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
+    await r.zrem(keys.LIVE_ROOMS, room)
+
+
+async def live_rooms(r: Redis, limit: int) -> list[RoomState]:
+    """The most recently opened live rooms, newest first."""
+    ids = [text(i) for i in cast(list[bytes], await r.zrevrange(keys.LIVE_ROOMS, 0, limit - 1))]
+    states = [await room_state(r, room) for room in ids]
+    return [s for s in states if s is not None and s.live]
 
 
 def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
