@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,9 @@ class Client:
     def __init__(self, ws: ClientConnection, json_mode: bool) -> None:
         self.ws = ws
         self.json_mode = json_mode
+        # Frames of a `batch` not yet handed out: a batch is handled as its frames, in order.
+        self.unbatched: deque[Frame] = deque()
+        self.batches = 0
 
     @classmethod
     async def open(cls, ws_url: str, json_mode: bool = False, **kwargs: Any) -> "Client":
@@ -181,6 +185,18 @@ class Client:
         await self.ws.send(data)
 
     async def recv(self, timeout: float = RECV_TIMEOUT_S) -> Frame:
+        """The next frame; the frames of a `batch` come one by one."""
+        if self.unbatched:
+            return self.unbatched.popleft()
+        frame = await self.recv_frame(timeout)
+        if frame["t"] == "batch":
+            self.batches += 1
+            self.unbatched.extend(frame["frames"])
+            return self.unbatched.popleft()
+        return frame
+
+    async def recv_frame(self, timeout: float = RECV_TIMEOUT_S) -> Frame:
+        """The next WebSocket message, as it came."""
         data = await asyncio.wait_for(self.ws.recv(), timeout)
         if self.json_mode:
             assert isinstance(data, str), "JSON subprotocol frames must be text"
@@ -209,8 +225,12 @@ class Client:
         answer, _ = await self.recv_until(lambda f: f["t"] in (reply, "error"))
         return answer
 
-    async def auth(self, user: User) -> Frame:
-        answer = await self.request({"t": "auth", "token": user.token}, "welcome")
+    async def auth(self, user: User, extras: bool = False) -> Frame:
+        """Authenticate; `extras` opts in to the room frames beyond protocol v1."""
+        frame: Frame = {"t": "auth", "token": user.token}
+        if extras:
+            frame["extras"] = True
+        answer = await self.request(frame, "welcome")
         assert answer["t"] == "welcome", answer
         return answer
 

@@ -29,8 +29,6 @@ from giftstream.wire.codec import negotiate
 
 log = logging.getLogger(__name__)
 
-HUB_TICK_S = 0.05
-
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
@@ -56,7 +54,7 @@ async def _relay_forever(runtime: Runtime) -> None:
         await asyncio.sleep(s.relay_interval_s)
         try:
             applied = await relay_if_leader(
-                runtime.redis, runtime.catalog.rate, s.room_history_max, s.relay_grace_ms, lease_ms
+                runtime.redis, runtime.gifting.rules, s.relay_grace_ms, lease_ms
             )
         except Exception:
             log.exception("relay pass failed")
@@ -83,6 +81,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         post("/v1/rooms", core.open_room),
         get("/v1/rooms", core.list_rooms),
         post("/v1/rooms/{room}/end", core.end_room),
+        get("/v1/rooms/{room}/sessions/{session}", core.get_session),
         get("/v1/gifts", core.list_gifts),
         get("/v1/wallet", core.wallet),
         get("/v1/wallet/limits", money.get_limits),
@@ -118,7 +117,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         secret = await shared_secret(redis, settings.secret)
         catalog = load_catalog(settings.catalog_path)
         economy = load_economy(settings.economy_path)
-        hub = Hub(redis, redis_url, settings.streak_timeout_ms, HUB_TICK_S)
+        hub = Hub(redis, redis_url, settings)
         await hub.start()
         verdict = simulated_verdict if settings.dev else no_provider_verdict
         runtime = Runtime(

@@ -1,7 +1,9 @@
-"""`giftstream demo`: simulated live rooms whose bot viewers gift over real WebSockets."""
+"""`giftstream demo`: simulated live rooms whose bot viewers gift over real WebSockets, through
+`giftstream.client`, so the demo page is alive the moment it opens."""
 
 import asyncio
 import json
+import logging
 import random
 import threading
 import time
@@ -9,27 +11,36 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-from websockets.asyncio.client import ClientConnection, connect
-
+from giftstream.client import Client, ClientError, RoomNotLive
 from giftstream.settings import Settings
-from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 BOT_COINS = 10_000_000
+# A bot whose connection gave up, or whose room is not live, tries again after this.
+RETRY_S = 5.0
 # (gift, weight): mostly combos of cheap gifts, now and then a big moment.
 GIFT_MIX = [
     ("rose", 40),
     ("finger_heart", 12),
     ("gg", 10),
+    ("ice_cream_cone", 8),
     ("doughnut", 6),
     ("confetti", 3),
+    ("hand_hearts", 3),
     ("corgi", 2),
     ("money_gun", 1),
-    ("lion", 0.2),
-    ("tiktok_universe", 0.1),
+    ("fireworks", 0.4),
+    ("sports_car", 0.25),
+    ("lion", 0.15),
+    ("tiktok_universe", 0.08),
 ]
-STREAKABLE = {"rose", "finger_heart", "gg", "doughnut"}
+STREAKABLE = {"rose", "finger_heart", "gg", "ice_cream_cone", "doughnut"}
+BOT_NAMES = [
+    "Mika", "Jonas", "Aiko", "Lucas", "Priya", "Sofia", "Noah", "Lea", "Omar", "Yuki",
+    "Chloé", "Mateo", "Hana", "Ravi", "Zoe", "Kenji", "Inès", "Leo", "Amara", "Finn",
+]  # fmt: skip
 
 
 def _http(base: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
@@ -54,46 +65,40 @@ async def _wait_ready(base: str) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _send(ws: ClientConnection, frame: dict[str, Any]) -> None:
-    await ws.send(msgpack.packb(frame))
-
-
 async def _bot(base: str, ws_url: str, room: str, n: int) -> None:
+    name = f"{BOT_NAMES[n % len(BOT_NAMES)]}{random.randint(10, 99)}"
+    region = random.choice(["US", "GB", "BR", "JP"])
     user = await asyncio.to_thread(
-        _http,
-        base,
-        "POST",
-        "/v1/dev/users",
-        {"name": f"bot{n}", "region": random.choice(["US", "GB", "BR", "JP"]), "coins": BOT_COINS},
+        _http, base, "POST", "/v1/dev/users", {"name": name, "region": region, "coins": BOT_COINS}
     )
-    async with connect(ws_url, subprotocols=[MSGPACK_SUBPROTOCOL]) as ws:  # type: ignore[list-item]
-        await _send(ws, {"t": "auth", "token": user["token"]})
-        await _send(ws, {"t": "join", "room": room})
-        drain = asyncio.create_task(_drain(ws))
-        seq = 0
+    while True:
         try:
-            while True:
-                await asyncio.sleep(random.uniform(1.0, 6.0))
-                gift = random.choices([g for g, _ in GIFT_MIX], [w for _, w in GIFT_MIX])[0]
-                taps = random.randint(3, 25) if gift in STREAKABLE else 1
-                for _ in range(taps):
-                    seq += 1
-                    await _send(
-                        ws, {"t": "gift", "id": f"{user['user']}-{seq}", "room": room, "gift": gift}
-                    )
-                    await asyncio.sleep(random.uniform(0.08, 0.3))
-        finally:
-            drain.cancel()
+            async with Client(ws_url, user["token"], receive_events=False) as client:
+                await client.join(room)
+                await _gift_forever(client, room)
+        except ClientError as e:
+            log.info("demo bot %s: %s; trying again", name, e)
+            await asyncio.sleep(RETRY_S)
 
 
-async def _drain(ws: ClientConnection) -> None:
-    async for _ in ws:
-        pass
+async def _gift_forever(client: Client, room: str) -> None:
+    while True:
+        await asyncio.sleep(random.uniform(1.0, 6.0))
+        gift = random.choices([g for g, _ in GIFT_MIX], [w for _, w in GIFT_MIX])[0]
+        taps = random.randint(3, 25) if gift in STREAKABLE else 1
+        try:
+            for _ in range(taps):
+                await client.send_gift(room, gift)
+                await asyncio.sleep(random.uniform(0.08, 0.3))
+        except RoomNotLive:
+            # Someone ended the room from the host studio; it may go live again.
+            await asyncio.sleep(RETRY_S)
 
 
 async def _run(settings: Settings, rooms: int, bots: int) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
+    ws_url = f"ws://{host}:{settings.port}/v1/ws"
     await _wait_ready(base)
     tasks = []
     for r in range(rooms):
@@ -107,8 +112,10 @@ async def _run(settings: Settings, rooms: int, bots: int) -> None:
         room = (await asyncio.to_thread(_http, base, "POST", "/v1/rooms", {}, owner["token"]))[
             "room"
         ]
-        print(f"demo room {room} is live, hosted by {owner['user']} (host token: {owner['token']})")
-        ws_url = f"ws://{host}:{settings.port}/v1/ws"
+        print(
+            f"demo room {room} is live with {bots} bots: watch {base}/?room={room}"
+            f" · host studio {base}/?host=1&token={owner['token']}"
+        )
         tasks += [asyncio.create_task(_bot(base, ws_url, room, r * bots + i)) for i in range(bots)]
     print(f"\n  giftstream demo: open {base}/  (Ctrl+C stops)\n", flush=True)
     await asyncio.gather(*tasks)

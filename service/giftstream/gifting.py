@@ -7,6 +7,8 @@ import os
 import secrets
 from dataclasses import dataclass
 
+import msgpack
+
 from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.domain.money import gift_cost
@@ -20,11 +22,21 @@ from giftstream.errors import (
     UnknownGift,
 )
 from giftstream.settings import Settings
-from giftstream.store import gifts
+from giftstream.store import gifts, keys
 from giftstream.store.connection import Redis
 from giftstream.wire.requests import SendGift
 
 CRASH_AFTER_DEBIT = "crash_after_debit"
+
+
+def credit_rules(catalog: Catalog, settings: Settings) -> gifts.CreditRules:
+    return gifts.CreditRules(
+        rate=catalog.rate,
+        history_max=settings.room_history_max,
+        supporter_coins=settings.supporter_coins,
+        big_gift_coins=settings.big_gift_coins,
+        leaderboard_size=settings.leaderboard_size,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,7 @@ class Gifting:
         self.catalog = catalog
         self.economy = economy
         self.settings = settings
+        self.rules = credit_rules(catalog, settings)
 
     async def send(
         self,
@@ -79,7 +92,8 @@ class Gifting:
             raise Forbidden("hosts cannot send gifts to themselves")
         debit = gifts.DebitRequest(
             request_id=req.id,
-            fingerprint=req.fingerprint,
+            # A gift to a video is another request than the same gift live in the room.
+            fingerprint=req.fingerprint + (f"\x1fvideo:{video}" if video else ""),
             event=new_event_id(),
             viewer=sender.user,
             viewer_name=sender.name,
@@ -116,15 +130,31 @@ class Gifting:
         if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:
             os._exit(70)  # testing only: a worker dying between debit and credit
         if debited.payload is not None:
-            await gifts.credit(
-                self.redis,
-                req.room,
-                debited.payload,
-                self.catalog.rate,
-                self.settings.room_history_max,
-            )
+            await gifts.credit(self.redis, req.room, debited.payload, self.rules)
             await gifts.settle(self.redis, sender.user, debited.event)
+            if gift.broadcast and video is None and not debited.replayed:
+                await self._announce(
+                    sender, req, debited.event, gift.name, gift_cost(gift, req.count)
+                )
         return Ack(req.id, debited.event, debited.balance)
+
+    async def _announce(
+        self, sender: Sender, req: SendGift, event: str, name: str, coins: int
+    ) -> None:
+        """A broadcast gift is announced in every live room of the sender's region."""
+        frame = {
+            "t": "broadcast",
+            "region": sender.region,
+            "room": req.room,
+            "event": event,
+            "from": sender.user,
+            "from_name": sender.name,
+            "gift": req.gift,
+            "name": name,
+            "count": req.count,
+            "coins": coins,
+        }
+        await self.redis.publish(keys.BROADCAST_CHANNEL, msgpack.packb(frame))
 
     async def replay_of(self, sender: Sender, req: SendGift) -> Ack | None:
         """The stored ack of a request id already debited, for a retry that can no longer be

@@ -33,6 +33,20 @@ class Settings:
     send_queue_bytes: int = 1024 * 1024
     # A streak continues while taps of the same gift come within this time of each other.
     streak_timeout_ms: int = 3000
+    # Lossy room frames (streak updates, viewer counts, leaderboards) are merged per room and
+    # sent at most once per tick; credits and acks are never delayed by it.
+    coalesce_tick_ms: int = 50
+    # A worker's share of a room's viewer count expires unless refreshed (a dead worker's
+    # viewers stop counting after this long).
+    presence_ttl_s: int = 15
+    # Rooms with at most this many viewers get a `presence` frame for each join and leave.
+    presence_frames_max_viewers: int = 50
+    # The session's top gifters shown in `leaderboard` frames.
+    leaderboard_size: int = 5
+    # All-time coins to a host that make a viewer a long-time supporter (a badge).
+    supporter_coins: int = 10_000
+    # A gift of at least this many coins is flagged for the host to thank.
+    big_gift_coins: int = 1_000
     # How long a gift `id` is remembered for idempotent retries.
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).

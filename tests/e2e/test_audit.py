@@ -203,9 +203,8 @@ async def test_audit_reports_a_credit_that_was_never_debited(
     }
     async with store(fresh_valkey.url) as redis:
         # The room half of a gift alone, as if a credit had been forged.
-        credited = await gifts.credit(
-            redis, done.rooms[0], msgpack.packb(payload), DiamondRate(1, 1), 1000
-        )
+        rules = gifts.CreditRules(DiamondRate(1, 1), 1000, 10_000, 1_000, 5)
+        credited = await gifts.credit(redis, done.rooms[0], msgpack.packb(payload), rules)
     assert not credited.duplicate and credited.diamonds == 100
 
     code, report = await audit("--redis-url", fresh_valkey.url)

@@ -431,9 +431,9 @@ async def test_ended_room_notifies_members_and_refuses_gifts_as_room_not_live(
 ) -> None:
     s = await scene(api)
     async with connected(server) as host_ws, connected(server, json_mode=True) as viewer_ws:
-        await host_ws.auth(s.host)
+        await host_ws.auth(s.host, extras=True)
         await host_ws.join(s.room)
-        await viewer_ws.auth(s.viewer)
+        await viewer_ws.auth(s.viewer, extras=True)
         assert (await viewer_ws.join(s.room))["live"] is True
         ack = await viewer_ws.gift(s.room, "rose", "live-1")
         assert ack["t"] == "ack" and ack["coins"] == VIEWER_COINS - 1
@@ -443,7 +443,7 @@ async def test_ended_room_notifies_members_and_refuses_gifts_as_room_not_live(
 
         for ws in (viewer_ws, host_ws):
             ended, _ = await ws.recv_until(lambda f: f["t"] == "room")
-            assert ended == {"t": "room", "room": s.room, "live": False}
+            assert (ended["room"], ended["live"]) == (s.room, False)
         before = await balances(api, s)
         assert before == (VIEWER_COINS - 1, 1)
 
@@ -656,6 +656,7 @@ async def _conversation(server: ServerProcess, api: Api, json_mode: bool) -> Non
                 "epoch": epoch,
                 "offset": 0,
                 "viewers": 1,
+                "session": 1,
             },
         )
         await viewer_ws.send(
@@ -683,6 +684,7 @@ async def _conversation(server: ServerProcess, api: Api, json_mode: bool) -> Non
                 "count": 3,
                 "coins": 15,
                 "diamonds": 15,
+                "badge": {"rank": 1, "supporter": False},
             },
         )
         _same(seen["streak"], {"id": seen["streak"]["id"], "repeat": 3, "end": False})

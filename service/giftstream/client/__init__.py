@@ -30,6 +30,7 @@ from giftstream.client.errors import (
     RateLimited,
     RoomNotLive,
     ServerError,
+    SpendingLimit,
     Unauthenticated,
 )
 from giftstream.client.events import (
@@ -68,6 +69,7 @@ __all__ = [
     "RoomNotLive",
     "RoomState",
     "ServerError",
+    "SpendingLimit",
     "Streak",
     "Unauthenticated",
     "Welcome",

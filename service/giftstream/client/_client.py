@@ -15,12 +15,13 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.typing import Subprotocol
 
 from giftstream.client._inbox import Inbox
-from giftstream.client._link import Dropped, Frame, Link
+from giftstream.client._link import Dropped, Link
 from giftstream.client.backoff import Backoff
 from giftstream.client.errors import (
     ClientClosed,
     ClientError,
     ConnectionFailed,
+    InternalError,
     NotInRoom,
     ProtocolError,
     server_error,
@@ -30,6 +31,7 @@ from giftstream.client.events import (
     CreditEvent,
     EpochChanged,
     Event,
+    Frame,
     GiftEvent,
     Joined,
     RoomState,
@@ -37,12 +39,13 @@ from giftstream.client.events import (
 )
 from giftstream.errors import ErrorCode
 from giftstream.wire.codec import JSON, MSGPACK, Undecodable, WrongFrameKind
+from giftstream.wire.requests import MAX_ID_LENGTH
 
 log = logging.getLogger("giftstream.client")
 
 DEFAULT_BACKOFF = Backoff()
-# Failures after which another connection attempt may succeed.
-_RETRYABLE = (OSError, TimeoutError, WebSocketException, Dropped)
+# Failures after which another connection attempt may succeed (`internal` says so itself).
+_RETRYABLE = (OSError, TimeoutError, WebSocketException, Dropped, InternalError)
 # Frames that answer a request, matched to it by `id`.
 _ANSWERS = frozenset({"welcome", "joined", "left", "ack", "error"})
 CLOSE_PROTOCOL_ERROR = 1002
@@ -112,6 +115,7 @@ class Client:
         self._receive_events = receive_events
         self._open_timeout_s = open_timeout_s
         self._inbox = Inbox(max_buffered_events)
+        self._overflowed = 0
         self._rooms: dict[str, _Room] = {}
         self._link: Link | None = None
         # Set while `_link` is usable, or once the client is closed or failed.
@@ -146,12 +150,12 @@ class Client:
             return
         self._closed = True
         self._ready.set()
+        link, self._link = self._link, None
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.wait([self._supervisor])
-        if self._link is not None:
-            await self._link.close()
-            self._link = None
+        if link is not None:
+            await link.close()
         self._inbox.end(None)
 
     async def __aenter__(self) -> Self:
@@ -177,6 +181,13 @@ class Client:
     def buffered_events(self) -> int:
         """How many received events wait for `events()`."""
         return len(self._inbox)
+
+    @property
+    def overflowed_events(self) -> int:
+        """How many room events arrived while the buffer was full: each was dropped, to be
+        fetched again from the history once `events()` catches up. A measure of how far the
+        reader fell behind."""
+        return self._overflowed
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -227,8 +238,11 @@ class Client:
         an error (e.g. `InternalError`, or a timeout of the caller's) is safe too.
 
         Raises a `ServerError` subclass for a refusal: `InsufficientCoins`, `NotInRoom`,
-        `RoomNotLive`, `NotFound` (unknown gift), `IdempotencyConflict`, ...
+        `RoomNotLive`, `NotFound` (unknown gift), `IdempotencyConflict`, ... and ValueError
+        for an id the protocol does not allow (the server could not name it in its answer).
         """
+        if id is not None and not (0 < len(id) <= MAX_ID_LENGTH and id.isprintable()):
+            raise ValueError(f"a gift id is 1 to {MAX_ID_LENGTH} printable characters: {id!r}")
         frame: Frame = {
             "t": "gift",
             "id": id if id is not None else str(uuid.uuid4()),
@@ -259,12 +273,13 @@ class Client:
                 print(f"{event.sender_name} sent {event.count} x {event.gift_name}")
         ```
         """
-        return self._iterate_events()
+        return _Events(self)
 
-    async def _iterate_events(self) -> AsyncIterator[Event]:
-        while (event := await self._inbox.take()) is not None:
+    async def _next_event(self) -> Event | None:
+        event = await self._inbox.take()
+        if event is not None:
             await self._refetch_lagging()
-            yield event
+        return event
 
     # -- connecting --------------------------------------------------------------------------
 
@@ -313,7 +328,9 @@ class Client:
                 if answer["t"] == "error":
                     raise server_error(answer)
                 self._welcome = Welcome.from_frame(answer)
-                for state in list(self._rooms.values()):
+                # Rooms never joined yet are left to their own `join` call, which reports its
+                # refusal to its caller instead of failing the client.
+                for state in [r for r in self._rooms.values() if r.epoch is not None]:
                     answer = await link.ask(self._join_frame(state, self._next_id()))
                     if answer["t"] == "error":
                         raise server_error(answer)
@@ -329,8 +346,6 @@ class Client:
             await link.reader
             if self._closed or self._failure is not None:
                 return
-            self._link = None
-            self._ready.clear()
             log.info("connection to %s lost; reconnecting", self.url)
             try:
                 link = await self._connect_with_backoff(first=False)
@@ -390,6 +405,10 @@ class Client:
             await link.close(CLOSE_PROTOCOL_ERROR, "unreadable frame")
         finally:
             link.drop()
+            if self._link is link:
+                # Unusable from now on: callers wait for the reconnect.
+                self._link = None
+                self._ready.clear()
 
     def _dispatch(self, link: Link, frame: Any) -> None:
         if not isinstance(frame, dict):
@@ -435,17 +454,19 @@ class Client:
 
     def _on_event(self, event: GiftEvent | CreditEvent) -> None:
         state = self._rooms.get(event.room)
-        if state is None or state.lagging:
+        if state is None:
             return
         if isinstance(event, GiftEvent) and event.closes_streak:
-            # Live-only, and lossy like every live animation: no offset to advance.
-            if self._receive_events:
+            # Live-only, and lossy like every live animation: no offset to advance, nothing
+            # to fetch again; behind re-fetched taps it would be out of order.
+            if self._receive_events and not state.lagging:
                 self._inbox.offer(event)
             return
         if event.offset <= state.offset:
             return  # replayed and live events overlap at the seam of a resume
-        if self._receive_events and not self._inbox.offer(event):
+        if state.lagging or (self._receive_events and not self._inbox.offer(event)):
             state.lagging = True
+            self._overflowed += 1
             return
         state.offset = event.offset
 
@@ -472,3 +493,20 @@ class Client:
                     await link.send(self._join_frame(state, None))
                 except Dropped:
                     return  # the reconnect joins it again with `since`
+
+
+class _Events:
+    """`Client.events()`: an iterator, not a generator, so that a cancelled `anext` (a timeout
+    of the caller's) leaves it usable."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Event:
+        event = await self._client._next_event()
+        if event is None:
+            raise StopAsyncIteration
+        return event

@@ -1,14 +1,12 @@
 """One WebSocket connection: sends requests and matches their answers by request id."""
 
 import asyncio
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from giftstream.client.events import Frame
 from giftstream.wire.codec import Codec
-
-Frame = dict[str, Any]
 
 
 class Dropped(Exception):

@@ -4,7 +4,8 @@
     ├── ServerError              an `error` frame: `.code`, `.message`, `.request_id`
     │   ├── InvalidRequest       bad_frame, unknown_type, invalid_field
     │   ├── Unauthenticated      unauthenticated (a bad, expired or unknown token)
-    │   ├── Forbidden            forbidden, unavailable_in_region, spending_limit
+    │   ├── Forbidden            forbidden (e.g. gifting yourself), unavailable_in_region
+    │   │   └── SpendingLimit    spending_limit: over the account's daily cap
     │   ├── NotFound             not_found, unknown_gift
     │   ├── InsufficientCoins    insufficient_coins
     │   ├── RoomNotLive          room_not_live
@@ -52,6 +53,10 @@ class Unauthenticated(ServerError):
 
 
 class Forbidden(ServerError):
+    pass
+
+
+class SpendingLimit(Forbidden):
     pass
 
 
@@ -107,7 +112,7 @@ _BY_CODE: dict[str, type[ServerError]] = {
     ErrorCode.UNAUTHENTICATED: Unauthenticated,
     ErrorCode.FORBIDDEN: Forbidden,
     ErrorCode.UNAVAILABLE_IN_REGION: Forbidden,
-    ErrorCode.SPENDING_LIMIT: Forbidden,
+    ErrorCode.SPENDING_LIMIT: SpendingLimit,
     ErrorCode.NOT_FOUND: NotFound,
     ErrorCode.UNKNOWN_GIFT: NotFound,
     ErrorCode.INSUFFICIENT_COINS: InsufficientCoins,

@@ -67,12 +67,20 @@ async def open_room(request: Request) -> Response:
     account = await current_account(request)
     receives = account.age >= runtime.economy.minimum_age
     try:
-        room, epoch = await rooms.open_room(runtime.redis, account.id, receives)
+        opened = await rooms.open_room(runtime.redis, account.id, receives, account.region)
     except rooms.NoSuchRoom as e:
         raise Unauthenticated("the token names a user that does not exist") from e
     except rooms.RoomForbidden as e:
         raise Forbidden("that room belongs to another host") from e
-    return JSONResponse({"room": room, "host": account.id, "live": True, "epoch": epoch})
+    return JSONResponse(
+        {
+            "room": opened.room,
+            "host": account.id,
+            "live": True,
+            "epoch": opened.epoch,
+            "session": opened.session,
+        }
+    )
 
 
 async def end_room(request: Request) -> Response:
@@ -80,12 +88,22 @@ async def end_room(request: Request) -> Response:
     account = await current_account(request)
     room = request.path_params["room"]
     try:
-        await rooms.end_room(runtime.redis, room, account.id)
+        summary = await rooms.end_room(runtime.redis, room, account.id)
     except rooms.NoSuchRoom as e:
         raise NotFound(f"there is no room '{room}'") from e
     except rooms.RoomForbidden as e:
         raise Forbidden("only the room's host can end it") from e
-    return JSONResponse({"room": room, "live": False})
+    return JSONResponse({"room": room, "live": False, "summary": summary})
+
+
+async def get_session(request: Request) -> Response:
+    runtime = runtime_of(request)
+    room = request.path_params["room"]
+    raw = request.path_params["session"]
+    summary = await rooms.session_summary(runtime.redis, room, int(raw)) if raw.isdigit() else None
+    if summary is None:
+        raise NotFound(f"room '{room}' has no session '{raw}'")
+    return JSONResponse(summary)
 
 
 async def list_rooms(request: Request) -> Response:

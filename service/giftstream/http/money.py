@@ -162,10 +162,11 @@ async def create_video(request: Request) -> Response:
     runtime = runtime_of(request)
     account = await current_account(request)
     if account.room is None:
-        room, _ = await rooms.open_room(
-            runtime.redis, account.id, account.age >= runtime.economy.minimum_age
+        opened = await rooms.open_room(
+            runtime.redis, account.id, account.age >= runtime.economy.minimum_age, account.region
         )
-        await rooms.end_room(runtime.redis, room, account.id)
+        await rooms.end_room(runtime.redis, opened.room, account.id)
+        room = opened.room
     else:
         room = account.room
     video = await earnings.create_video(runtime.redis, room, account.id)

@@ -1,20 +1,23 @@
-"""A frame encoded at most once per subprotocol, however many members receive it."""
+"""Frames encoded at most once per subprotocol, however many members receive them."""
 
 from typing import Any
 
 from giftstream.realtime.outbound import Payload
 from giftstream.wire.codec import Codec, Format, encode_json, encode_msgpack
 
+# Kinds of the room history: delivered once each, in offset order, per kind.
+HISTORY_KINDS = ("gift", "credit")
+
 
 class Encoded:
-    """`offset` is set for events of the room history (`gift`, `credit`), which are delivered
-    exactly once; live-only frames (a streak's end, room state) have none."""
+    """One frame, or a `batch` of frames. `offsets` gives, per history kind, the lowest and the
+    highest offset inside (a live-only frame, like a streak's end, has none)."""
 
-    __slots__ = ("_json", "_msgpack", "frame", "offset")
+    __slots__ = ("_json", "_msgpack", "frame", "offsets")
 
-    def __init__(self, frame: dict[str, Any], offset: int | None = None) -> None:
+    def __init__(self, frame: dict[str, Any], offsets: dict[str, tuple[int, int]]) -> None:
         self.frame = frame
-        self.offset = offset
+        self.offsets = offsets
         self._msgpack: bytes | None = None
         self._json: str | None = None
 
@@ -26,3 +29,35 @@ class Encoded:
         if self._json is None:
             self._json = encode_json(self.frame)
         return self._json
+
+
+def history_offset(frame: dict[str, Any]) -> tuple[str, int] | None:
+    """(kind, offset) of a history event; None for a live-only frame (e.g. a streak's end)."""
+    kind, offset = frame.get("t"), frame.get("offset")
+    if kind in HISTORY_KINDS and isinstance(offset, int) and not _is_streak_end(frame):
+        return str(kind), offset
+    return None
+
+
+def _is_streak_end(frame: dict[str, Any]) -> bool:
+    streak = frame.get("streak")
+    return isinstance(streak, dict) and bool(streak.get("end"))
+
+
+def single(frame: dict[str, Any]) -> Encoded:
+    found = history_offset(frame)
+    return Encoded(frame, {found[0]: (found[1], found[1])} if found else {})
+
+
+def batch(room: str, frames: list[dict[str, Any]]) -> Encoded:
+    """One frame for several, or a `batch` frame whose frames are handled in order."""
+    if len(frames) == 1:
+        return single(frames[0])
+    offsets: dict[str, tuple[int, int]] = {}
+    for frame in frames:
+        found = history_offset(frame)
+        if found is not None:
+            kind, offset = found
+            low, high = offsets.get(kind, (offset, offset))
+            offsets[kind] = (min(low, offset), max(high, offset))
+    return Encoded({"t": "batch", "room": room, "frames": frames}, offsets)

@@ -1,14 +1,21 @@
 """The fan-out hub of one worker: one sharded pub/sub subscription per room with local members.
 
-Each room event arrives here once per worker, is encoded once per subprotocol, and is put on each
-member's bounded queue without awaiting any socket. If the subscriber connection fails, the hub
-reconnects, resubscribes, and replays every room's missed events from the room history, so a
-dropped pub/sub connection loses nothing (members drop the duplicates by offset).
+Each room event arrives here once per worker. Lossless frames (credits, room state, session
+summaries) go straight onto the members' bounded queues; lossy ones (gift animations, streak
+updates, viewer counts, leaderboards, broadcast announcements) are merged per room and sent once
+per tick — the latest streak update replaces the earlier ones — so a fast streak in a big room
+costs each viewer a bounded number of frames per second. Each frame or batch is encoded once
+per subprotocol, and putting it on a queue never awaits a socket.
+
+The hub also keeps this worker's share of each room's viewer count in the store, and recovers
+from a lost pub/sub connection: it reconnects, resubscribes, and replays every room's missed
+events from the room history (members drop the duplicates by offset).
 """
 
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,16 +25,20 @@ from redis.asyncio.client import PubSub
 
 from giftstream import metrics
 from giftstream.domain.streaks import StreakBook, StreakTap
-from giftstream.realtime.frames import Encoded
+from giftstream.realtime.frames import Encoded, batch, single
 from giftstream.realtime.member import Member
+from giftstream.settings import Settings
 from giftstream.store import keys, rooms
-from giftstream.store.connection import SOCKET_TIMEOUT_S, Redis
-from giftstream.store.connection import connect_pubsub as _connect_pubsub
+from giftstream.store.connection import SOCKET_TIMEOUT_S, Redis, connect_pubsub
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 5.0
 RECONNECT_DELAY_S = 0.5
+# Lossless frames: never merged, never dropped for a slow client.
+LOSSLESS = frozenset({"credit", "room", "session_summary"})
+# The room frames of protocol v1; members that did not opt in get only these.
+V1_ROOM_FRAMES = frozenset({"gift", "credit"})
 
 
 @dataclass(eq=False)
@@ -36,8 +47,18 @@ class RoomChannel:
     host: str
     live: bool
     receives: bool
+    region: str
     book: StreakBook
+    viewers: int = 0
     members: set[Member] = field(default_factory=set)
+    # Frames waiting for the tick, in order, by merge key (a later lossy frame replaces an
+    # earlier one with the same key; lossless frames have keys of their own).
+    queued: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Whether frames went out in this tick: the first message of a quiet tick goes at once (a
+    # quiet room sees every frame without delay), later ones wait for the tick.
+    sent_this_tick: bool = False
+    presence_due: bool = True
+    presence_refresh_at: float = 0.0
     subscribed: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -47,12 +68,27 @@ def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+def _merge_key(frame: dict[str, Any]) -> str:
+    kind = str(frame.get("t"))
+    if kind in LOSSLESS:
+        return f"{kind}:{frame.get('offset', frame.get('session', ''))}:{frame.get('live', '')}"
+    if kind == "gift":
+        streak = frame.get("streak")
+        return f"streak:{streak['id']}" if isinstance(streak, dict) else f"gift:{frame['event']}"
+    if kind == "broadcast":
+        return f"broadcast:{frame['event']}"
+    if kind == "presence":
+        return f"presence:{frame['user']}"
+    return kind  # viewers, leaderboard: only the latest matters
+
+
 class Hub:
-    def __init__(self, redis: Redis, redis_url: str, streak_timeout_ms: int, tick_s: float) -> None:
+    def __init__(self, redis: Redis, redis_url: str, settings: Settings) -> None:
         self._redis = redis
         self._url = redis_url
-        self._streak_timeout_ms = streak_timeout_ms
-        self._tick_s = tick_s
+        self._settings = settings
+        self._tick_s = settings.coalesce_tick_ms / 1000
+        self.worker_id = secrets.token_hex(6)
         self._rooms: dict[str, RoomChannel] = {}
         self._pubsub: PubSub | None = None
         self._client: Redis | None = None
@@ -77,13 +113,16 @@ class Hub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for channel in list(self._rooms.values()):
+            with contextlib.suppress(Exception):
+                await rooms.update_presence(self._redis, channel.room, self.worker_id, 0, 0)
         await self._disconnect()
 
     async def _connect(self) -> None:
-        self._client = _connect_pubsub(self._url)
+        self._client = connect_pubsub(self._url)
         self._pubsub = self._client.pubsub()
-        # A channel of our own, so the connection exists before any room is joined.
-        await self._pubsub.subscribe(f"{keys.PREFIX}:hub:{id(self)}")
+        # Broadcast gifts, on a plain channel: every worker hears every region.
+        await self._pubsub.subscribe(keys.BROADCAST_CHANNEL)
         for channel in self._rooms.values():
             await self._pubsub.ssubscribe(keys.room_channel(channel.room))
         self.healthy = True
@@ -112,8 +151,9 @@ class Hub:
         channel = self._rooms.get(room)
         return channel.host if channel is not None else None
 
-    async def attach(self, member: Member, state: rooms.RoomState) -> None:
-        """Add a member; returns once the room's events are sure to reach it."""
+    async def attach(self, member: Member, state: rooms.RoomState) -> int:
+        """Add a member; returns, once the room's events are sure to reach it, the room's
+        viewer count."""
         channel = self._rooms.get(member.room)
         if channel is None:
             channel = RoomChannel(
@@ -121,7 +161,9 @@ class Hub:
                 host=state.host,
                 live=state.live,
                 receives=state.receives,
-                book=StreakBook(self._streak_timeout_ms),
+                region=state.region,
+                book=StreakBook(self._settings.streak_timeout_ms),
+                viewers=state.viewers,
             )
             self._rooms[member.room] = channel
             metrics.ROOMS_SUBSCRIBED.set(len(self._rooms))
@@ -129,12 +171,15 @@ class Hub:
                 await self._pubsub.ssubscribe(keys.room_channel(member.room))
         channel.members.add(member)
         await asyncio.shield(channel.subscribed)
+        await self._presence_changed(channel, member, joined=True)
+        return channel.viewers
 
     async def detach(self, member: Member) -> None:
         channel = self._rooms.get(member.room)
-        if channel is None:
+        if channel is None or member not in channel.members:
             return
         channel.members.discard(member)
+        await self._presence_changed(channel, member, joined=False)
         if channel.members:
             return
         del self._rooms[member.room]
@@ -142,6 +187,37 @@ class Hub:
         if self._pubsub is not None and self.healthy:
             with contextlib.suppress(Exception):
                 await self._pubsub.sunsubscribe(keys.room_channel(member.room))
+
+    async def _presence_changed(self, channel: RoomChannel, member: Member, joined: bool) -> None:
+        """Small rooms count every join and leave at once and show them; big rooms update
+        their count once per tick, with no frame per join."""
+        small = channel.viewers <= self._settings.presence_frames_max_viewers
+        if not small:
+            channel.presence_due = True
+            return
+        await self._update_presence(channel)
+        frame = {
+            "t": "presence",
+            "room": channel.room,
+            "user": member.user,
+            "name": member.name,
+            "joined": joined,
+        }
+        with contextlib.suppress(Exception):
+            await self._redis.spublish(keys.room_channel(channel.room), msgpack.packb([frame]))
+
+    async def _update_presence(self, channel: RoomChannel) -> None:
+        channel.presence_due = False
+        ttl_s = self._settings.presence_ttl_s
+        channel.presence_refresh_at = time.monotonic() + ttl_s / 3
+        expires = int(time.time() * 1000) + ttl_s * 1000
+        try:
+            channel.viewers = await rooms.update_presence(
+                self._redis, channel.room, self.worker_id, len(channel.members), expires
+            )
+        except Exception as e:  # a count is approximate: try again on the next tick
+            log.warning("presence update of room %s failed (%s)", channel.room, e)
+            channel.presence_due = True
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
         """True when the subscriber connection answers a PING now."""
@@ -219,21 +295,21 @@ class Hub:
         since = min(m.last_offset for m in members)
         for frame in await rooms.history_after(self._redis, channel.room, since):
             kind = frame.get("t")
-            encoded = Encoded(frame, frame.get("offset"))
+            encoded = single(frame)
             for member in members:
                 if member.wants(kind):
-                    member.replay(encoded, lossless=kind != "gift")
+                    member.replay(encoded, lossless=kind in LOSSLESS)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "smessage":
-            channel = self._rooms.get(_room_of(message["channel"]))
-            if channel is None:
-                return
-            for frame in msgpack.unpackb(message["data"], raw=False):
-                self._dispatch(channel, frame)
+            channel = self._rooms.get(keys.room_from_key(message["channel"].decode()))
+            if channel is not None:
+                self._dispatch(channel, msgpack.unpackb(message["data"], raw=False))
+        elif kind == "message":
+            self._on_broadcast(msgpack.unpackb(message["data"], raw=False))
         elif kind == "ssubscribe":
-            channel = self._rooms.get(_room_of(message["channel"]))
+            channel = self._rooms.get(keys.room_from_key(message["channel"].decode()))
             if channel is not None and not channel.subscribed.done():
                 channel.subscribed.set_result(None)
         elif kind == "pong":
@@ -241,22 +317,67 @@ class Hub:
 
     # -- fan-out -----------------------------------------------------------------------------
 
-    def _dispatch(self, channel: RoomChannel, frame: dict[str, Any]) -> None:
-        kind = frame.get("t")
-        if kind == "room":
-            channel.live = bool(frame.get("live"))
-        # Animations are lossy; credits and room state are not.
-        lossless = kind != "gift"
-        encoded = Encoded(frame, frame.get("offset"))
+    def _dispatch(self, channel: RoomChannel, frames: list[dict[str, Any]]) -> None:
+        """One message of the room (e.g. a gift, its credit and the leaderboard): sent at once
+        in a quiet tick, else queued for the tick, in order, lossy frames merged."""
+        for frame in frames:
+            kind = frame.get("t")
+            if kind == "room":
+                channel.live = bool(frame.get("live"))
+            elif kind == "viewers":
+                channel.viewers = int(frame["viewers"])
+            elif kind == "gift":
+                self._track_streak(channel, frame)
+        if not channel.sent_this_tick and not channel.queued:
+            channel.sent_this_tick = True
+            self._send(channel, frames)
+            return
+        for frame in frames:
+            key = _merge_key(frame)
+            # A newer frame replaces the one it merges with, and takes its place at the end.
+            channel.queued.pop(key, None)
+            channel.queued[key] = frame
+
+    def _on_broadcast(self, frame: dict[str, Any]) -> None:
+        for channel in self._rooms.values():
+            if channel.live and channel.region == frame.get("region"):
+                self._dispatch(channel, [frame])
+
+    def _send(self, channel: RoomChannel, frames: list[dict[str, Any]]) -> None:
+        """Members that opted in get their frames as one `batch` when there are several; the
+        others get their protocol v1 frames (`gift`, and `credit` for the host) one by one.
+        Each frame or batch is encoded once per subprotocol."""
+        lossless = any(f.get("t") in LOSSLESS for f in frames)
+        one_by_one = [single(f) for f in frames if f.get("t") in V1_ROOM_FRAMES]
+        together: dict[bool, Encoded | None] = {}
         for member in channel.members:
-            if member.wants(kind):
-                member.deliver(encoded, lossless)
-        if kind == "gift":
-            self._track_streak(channel, frame)
+            if member.extras:
+                if member.is_host not in together:
+                    mine = [f for f in frames if member.wants(f.get("t"))]
+                    together[member.is_host] = batch(channel.room, mine) if mine else None
+                encoded = together[member.is_host]
+                if encoded is not None:
+                    member.deliver(encoded, lossless)
+                continue
+            for one in one_by_one:
+                kind = one.frame.get("t")
+                if member.wants(kind):
+                    member.deliver(one, lossless=kind in LOSSLESS)
+
+    def _flush(self, channel: RoomChannel) -> None:
+        """At a tick: send what waited, or open the next tick for an immediate send."""
+        if not channel.queued:
+            channel.sent_this_tick = False
+            return
+        frames = list(channel.queued.values())
+        channel.queued.clear()
+        self._send(channel, frames)
 
     def _track_streak(self, channel: RoomChannel, frame: dict[str, Any]) -> None:
         streak = frame.get("streak")
         sender = str(frame["from"])
+        if isinstance(streak, dict) and streak.get("end"):
+            return
         if not isinstance(streak, dict):
             self._end_streaks(channel, channel.book.close_sender(sender))
             return
@@ -274,20 +395,24 @@ class Hub:
         for tap in ended:
             last = dict(tap.event)
             last["streak"] = {"id": tap.streak_id, "repeat": tap.repeat, "end": True}
-            encoded = Encoded(last)
-            for member in channel.members:
-                member.deliver(encoded, lossless=False)
+            self._dispatch(channel, [last])
 
     async def _tick_forever(self) -> None:
         next_health = time.monotonic() + HEALTH_INTERVAL_S
         while True:
             await asyncio.sleep(self._tick_s)
-            now = _monotonic_ms()
+            now_ms, now = _monotonic_ms(), time.monotonic()
             for channel in list(self._rooms.values()):
-                if len(channel.book):
-                    self._end_streaks(channel, channel.book.expire(now))
-            if time.monotonic() >= next_health:
-                next_health = time.monotonic() + HEALTH_INTERVAL_S
+                try:
+                    if len(channel.book):
+                        self._end_streaks(channel, channel.book.expire(now_ms))
+                    self._flush(channel)
+                    if channel.presence_due or now >= channel.presence_refresh_at:
+                        await self._update_presence(channel)
+                except Exception:  # one room's failure must not stop every room's ticks
+                    log.exception("tick of room %s failed", channel.room)
+            if now >= next_health:
+                next_health = now + HEALTH_INTERVAL_S
                 if self.healthy and not await self.ping(SOCKET_TIMEOUT_S / 2):
                     log.warning("pub/sub connection does not answer; reconnecting")
                     await self._force_reconnect()
@@ -295,7 +420,3 @@ class Hub:
     async def _force_reconnect(self) -> None:
         if self._pubsub is not None and self._pubsub.connection is not None:
             await self._pubsub.connection.disconnect()
-
-
-def _room_of(channel: bytes) -> str:
-    return keys.room_from_key(channel.decode())

@@ -1,7 +1,6 @@
 """One WebSocket connection: authentication, rooms, gifts, and its writer task."""
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from giftstream.errors import (
     Unauthenticated,
 )
 from giftstream.gifting import Gifting, Sender
-from giftstream.realtime.frames import Encoded
+from giftstream.realtime.frames import single
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.member import Member
 from giftstream.realtime.outbound import Outbound
@@ -68,6 +67,7 @@ class Session:
         self.settings = settings
         self.outbound = Outbound(settings.send_queue_bytes)
         self.sender: Sender | None = None
+        self.extras = False
         self.members: dict[str, Member] = {}
         self._gift_slots = asyncio.Semaphore(MAX_GIFTS_IN_FLIGHT)
         self._gift_tasks: set[asyncio.Task[None]] = set()
@@ -178,6 +178,7 @@ class Session:
         if account is None:
             raise Unauthenticated("the token names a user that does not exist")
         self.sender = Sender(account.id, account.name, account.region, account.age)
+        self.extras = request.extras
         diamonds = await rooms.host_diamonds(self.redis, account.room)
         frame = {
             "t": "welcome",
@@ -201,13 +202,14 @@ class Session:
         member = Member(
             room=request.room,
             user=self.sender.user,
+            name=self.sender.name,
             is_host=state.host == self.sender.user,
             codec=self.codec,
             outbound=self.outbound,
+            extras=self.extras,
         )
         self.members[request.room] = member
-        await self.hub.attach(member, state)
-        await rooms.change_viewers(self.redis, request.room, 1)
+        viewers = await self.hub.attach(member, state)
         # Read again now that live events reach the member: nothing falls between the two.
         state = await rooms.room_state(self.redis, request.room) or state
         self.send(
@@ -219,20 +221,21 @@ class Session:
                     "live": state.live,
                     "epoch": state.epoch,
                     "offset": state.offset,
-                    "viewers": state.viewers,
+                    "viewers": viewers,
+                    "session": state.session,
                 },
                 request.id,
             )
         )
-        member.last_offset = state.offset
+        member.resume_from(state.offset)
         since = request.since
         if since is not None:
             start = since.offset if since.epoch == state.epoch else 0
-            member.last_offset = start
+            member.resume_from(start)
             for frame in await rooms.history_after(self.redis, request.room, start):
                 if member.wants(frame.get("t")):
                     # Asked-for history is lossless: if it cannot fit, the client resumes again.
-                    member.replay(Encoded(frame, frame.get("offset")), lossless=True)
+                    member.replay(single(frame), lossless=True)
         member.finish_replay()
 
     async def _leave(self, room: str) -> None:
@@ -240,8 +243,6 @@ class Session:
         if member is None:
             raise NotInRoom(f"you are not in room '{room}'")
         await self.hub.detach(member)
-        with contextlib.suppress(Exception):
-            await rooms.change_viewers(self.redis, room, -1)
 
     # -- gifts -------------------------------------------------------------------------------
 

@@ -154,7 +154,7 @@ def _purchase_result(reply: list[Any], user: str) -> PurchaseResult:
     if status == b"replay":
         return PurchaseResult(text(reply[3]), int(reply[1]), int(reply[2]), replayed=True)
     if status == b"declined":
-        return PurchaseResult("declined", 0, 0, replayed=False)
+        return PurchaseResult("declined", int(reply[1]), 0, replayed=False)
     if status == b"conflict":
         raise PurchaseConflict(user)
     if status == b"not_found":

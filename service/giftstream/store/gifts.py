@@ -131,14 +131,42 @@ async def stored_answer(r: Redis, user: str, request_id: str) -> StoredAnswer | 
     return StoredAnswer(str(record["fp"]), str(record["event"]), int(record["balance"]))
 
 
-async def credit(
-    r: Redis, room: str, payload: bytes, rate: DiamondRate, history_max: int
-) -> Credited:
+@dataclass(frozen=True, slots=True)
+class CreditRules:
+    """How a credit is made: the diamond rate, and the settings of history and boards."""
+
+    rate: DiamondRate
+    history_max: int
+    supporter_coins: int
+    big_gift_coins: int
+    leaderboard_size: int
+
+
+async def credit(r: Redis, room: str, payload: bytes, rules: CreditRules) -> Credited:
     reply = await fcall(
         r,
         "gift_credit",
-        [keys.room(room), keys.room_credited(room), keys.room_events(room), keys.room_ledger(room)],
-        [payload, rate.numerator, rate.denominator, history_max, keys.room_channel(room)],
+        [
+            keys.room(room),
+            keys.room_credited(room),
+            keys.room_events(room),
+            keys.room_ledger(room),
+            keys.room_session(room),
+            keys.room_session_gifts(room),
+            keys.room_session_top(room),
+            keys.room_top(room),
+            keys.room_names(room),
+        ],
+        [
+            payload,
+            rules.rate.numerator,
+            rules.rate.denominator,
+            rules.history_max,
+            keys.room_channel(room),
+            rules.supporter_coins,
+            rules.big_gift_coins,
+            rules.leaderboard_size,
+        ],
     )
     if reply[0] == b"no_room":
         raise CreditNoRoom(room)

@@ -82,6 +82,42 @@ def room_ledger(room_id: str) -> str:
     return f"{room_tag(room_id)}:ledger"
 
 
+def room_session(room_id: str) -> str:
+    """Hash: the current (or last) live session: id, started, diamonds, coins, gifts, peak,
+    viewer_ms and last_change (the integral of viewers over time, for the average)."""
+    return f"{room_tag(room_id)}:session"
+
+
+def room_session_gifts(room_id: str) -> str:
+    """Hash: gift id -> count sent in the current session."""
+    return f"{room_tag(room_id)}:session:gifts"
+
+
+def room_session_top(room_id: str) -> str:
+    """Sorted set: user -> coins sent in the current session."""
+    return f"{room_tag(room_id)}:session:top"
+
+
+def room_top(room_id: str) -> str:
+    """Sorted set: user -> coins sent to this host, all time."""
+    return f"{room_tag(room_id)}:top"
+
+
+def room_names(room_id: str) -> str:
+    """Hash: user -> display name, for the boards."""
+    return f"{room_tag(room_id)}:names"
+
+
+def room_sessions(room_id: str) -> str:
+    """Hash: session id -> summary (msgpack) of each ended session."""
+    return f"{room_tag(room_id)}:sessions"
+
+
+def room_presence(room_id: str) -> str:
+    """Hash: worker id -> 'members:expires_ms' (the viewer count, summed over live workers)."""
+    return f"{room_tag(room_id)}:presence"
+
+
 def room_payouts(room_id: str) -> str:
     """Hash: payout request id -> record (msgpack) of the host's cash-outs."""
     return f"{room_tag(room_id)}:payouts"
@@ -95,6 +131,10 @@ def video(video_id: str) -> str:
 def receipt(receipt_id: str) -> str:
     """String: the user who presented a store receipt (receipts are unique across users)."""
     return f"{PREFIX}:receipt:{receipt_id}"
+
+
+# Plain (not sharded) pub/sub channel of broadcast gifts: every worker hears every region.
+BROADCAST_CHANNEL = f"{PREFIX}:broadcast"
 
 
 def room_channel(room_id: str) -> str:

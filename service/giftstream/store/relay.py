@@ -9,10 +9,9 @@ import secrets
 
 import msgpack
 
-from giftstream.domain.catalog import DiamondRate
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, text
-from giftstream.store.gifts import CreditNoRoom, credit, settle
+from giftstream.store.gifts import CreditNoRoom, CreditRules, credit, settle
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ async def store_time_ms(r: Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def relay_once(r: Redis, rate: DiamondRate, history_max: int, grace_ms: int) -> int:
+async def relay_once(r: Redis, rules: CreditRules, grace_ms: int) -> int:
     """Credit every outbox entry older than `grace_ms`; returns how many were re-applied."""
     now = await store_time_ms(r)
     applied = 0
@@ -33,7 +32,7 @@ async def relay_once(r: Redis, rate: DiamondRate, history_max: int, grace_ms: in
             if now - int(p["ts"]) < grace_ms:
                 continue
             try:
-                await credit(r, str(p["room"]), payload, rate, history_max)
+                await credit(r, str(p["room"]), payload, rules)
             except CreditNoRoom:
                 log.error("outbox entry %s names a room that does not exist", event)
                 continue
@@ -42,15 +41,13 @@ async def relay_once(r: Redis, rate: DiamondRate, history_max: int, grace_ms: in
     return applied
 
 
-async def relay_if_leader(
-    r: Redis, rate: DiamondRate, history_max: int, grace_ms: int, lease_ms: int
-) -> int:
+async def relay_if_leader(r: Redis, rules: CreditRules, grace_ms: int, lease_ms: int) -> int:
     """Run one relay pass if no other worker holds the lease."""
     token = secrets.token_hex(8)
     if not await r.set(keys.RELAY_LOCK, token, nx=True, px=lease_ms):
         return 0
     try:
-        return await relay_once(r, rate, history_max, grace_ms)
+        return await relay_once(r, rules, grace_ms)
     finally:
         if await r.get(keys.RELAY_LOCK) == token.encode():
             await r.delete(keys.RELAY_LOCK)

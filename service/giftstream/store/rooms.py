@@ -23,6 +23,8 @@ class RoomState:
     viewers: int
     # False when the host may not receive gifts (under the minimum age).
     receives: bool = True
+    region: str = ""
+    session: int = 0
 
 
 class RoomForbidden(Exception):
@@ -41,8 +43,25 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
-async def open_room(r: Redis, host: str, receives: bool) -> tuple[str, str]:
-    """Open (or reopen) the host's room and set it live; returns (room, epoch)."""
+def _session_keys(room: str) -> list[str]:
+    return [
+        keys.room(room),
+        keys.room_session(room),
+        keys.room_session_gifts(room),
+        keys.room_session_top(room),
+        keys.room_sessions(room),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    room: str
+    epoch: str
+    session: int
+
+
+async def open_room(r: Redis, host: str, receives: bool, region: str) -> Opened:
+    """Open (or reopen) the host's room and set it live, starting a session if it was not."""
     reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
         raise NoSuchRoom(host)
@@ -50,22 +69,81 @@ async def open_room(r: Redis, host: str, receives: bool) -> tuple[str, str]:
     reply = await fcall(
         r,
         "room_open",
-        [keys.room(room)],
-        [host, new_epoch(), keys.room_channel(room), "1" if receives else "0"],
+        _session_keys(room),
+        [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region],
     )
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
     await r.zadd(keys.LIVE_ROOMS, {room: int(time.time() * 1000)})
-    return room, reply[1].decode()
+    return Opened(room, text(reply[1]), int(reply[2]))
 
 
-async def end_room(r: Redis, room: str, host: str) -> None:
-    reply = await fcall(r, "room_end", [keys.room(room)], [host, keys.room_channel(room)])
+async def end_room(r: Redis, room: str, host: str) -> dict[str, Any] | None:
+    """End the live session; returns its summary (the last one if the room was not live)."""
+    reply = await fcall(
+        r,
+        "room_end",
+        [*_session_keys(room), keys.room_names(room)],
+        [host, keys.room_channel(room)],
+    )
     if reply[0] == b"not_found":
         raise NoSuchRoom(room)
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
     await r.zrem(keys.LIVE_ROOMS, room)
+    if reply[1] is None:
+        return None
+    summary: dict[str, Any] = msgpack.unpackb(reply[1], raw=False)
+    return summary
+
+
+async def session_summary(r: Redis, room: str, session: int) -> dict[str, Any] | None:
+    """An ended session's summary, or the live figures of the current one."""
+    packed = await r.hget(keys.room_sessions(room), str(session))
+    if packed is not None:
+        summary: dict[str, Any] = msgpack.unpackb(packed, raw=False)
+        return summary
+    state = await read_hash(r, keys.room_session(room))
+    if int(state.get(b"id", b"0")) != session:
+        return None
+    now = int(time.time() * 1000)
+    started = int(state[b"started"])
+    board = cast(
+        list[tuple[bytes, float]],
+        await r.zrevrange(keys.room_session_top(room), 0, 9, withscores=True),
+    )
+    names = await r.hmget(keys.room_names(room), [u for u, _ in board]) if board else []
+    return {
+        "t": "session_summary",
+        "room": room,
+        "session": session,
+        "live": True,
+        "started": started,
+        "duration_ms": max(now - started, 1),
+        "diamonds": int(state.get(b"diamonds", b"0")),
+        "coins": int(state.get(b"coins", b"0")),
+        "gifts": int(state.get(b"gifts", b"0")),
+        "gifts_by_kind": [
+            {"gift": text(g), "count": int(c)}
+            for g, c in (await read_hash(r, keys.room_session_gifts(room))).items()
+        ],
+        "top_gifters": [
+            {"user": text(u), "name": text(n) if n else text(u), "coins": int(c)}
+            for (u, c), n in zip(board, names, strict=True)
+        ],
+        "peak_viewers": int(state.get(b"peak", b"0")),
+    }
+
+
+async def update_presence(r: Redis, room: str, worker: str, members: int, expires_ms: int) -> int:
+    """Record this worker's member count in the room; returns the room's viewer count."""
+    reply = await fcall(
+        r,
+        "presence",
+        [keys.room(room), keys.room_presence(room), keys.room_session(room)],
+        [worker, members, expires_ms, keys.room_channel(room)],
+    )
+    return int(reply[1])
 
 
 async def live_rooms(r: Redis, limit: int) -> list[RoomState]:
@@ -85,6 +163,8 @@ def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
         diamonds=int(h.get(b"diamonds", b"0")),
         viewers=max(0, int(h.get(b"viewers", b"0"))),
         receives=h.get(b"receives", b"1") == b"1",
+        region=h.get(b"region", b"").decode(),
+        session=int(h.get(b"session", b"0")),
     )
 
 
@@ -93,10 +173,6 @@ async def room_state(r: Redis, room: str) -> RoomState | None:
     if not h or b"host" not in h:
         return None
     return _state(room, h)
-
-
-async def change_viewers(r: Redis, room: str, delta: int) -> None:
-    await r.hincrby(keys.room(room), "viewers", delta)
 
 
 async def host_diamonds(r: Redis, room: str | None) -> int:

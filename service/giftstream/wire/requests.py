@@ -26,6 +26,9 @@ class Since:
 class Auth:
     token: str
     id: str | None = None
+    # Opt in to the room frames added to protocol v1 (presence, viewers, leaderboard, room,
+    # session_summary, broadcast) and to `batch` frames.
+    extras: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ class Ping:
 Request = Auth | Join | Leave | SendGift | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
-    "auth": frozenset({"t", "id", "token"}),
+    "auth": frozenset({"t", "id", "token", "extras"}),
     "join": frozenset({"t", "id", "room", "since"}),
     "leave": frozenset({"t", "id", "room"}),
     "gift": frozenset({"t", "id", "room", "gift", "count"}),
@@ -138,7 +141,10 @@ def parse_request(frame: Any) -> Request:
         raise InvalidField(f"unknown fields for '{kind}': {names}")
     ident = _string(frame, "id", MAX_ID_LENGTH, required=kind == "gift")
     if kind == "auth":
-        return Auth(token=_string(frame, "token", MAX_TOKEN_LENGTH), id=ident)
+        extras = frame.get("extras", False)
+        if not isinstance(extras, bool):
+            raise InvalidField("the field 'extras' must be true or false")
+        return Auth(token=_string(frame, "token", MAX_TOKEN_LENGTH), id=ident, extras=extras)
     if kind == "join":
         return Join(room=_string(frame, "room", MAX_ID_LENGTH), since=_since(frame), id=ident)
     if kind == "leave":

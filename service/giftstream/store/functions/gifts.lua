@@ -21,15 +21,22 @@ gift_debit   (viewer slot {u:<viewer>})
   Ledger: user:<viewer> coins -cost, platform:spent coins +cost.
 
 gift_credit  (room slot {r:<room>})
-  KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger
+  KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger,
+        session, session gifts (gift -> count), session top (zset user -> coins),
+        all-time top (zset), names (user -> display name)
   ARGV: 1 payload (from gift_debit), 2 diamonds per coin numerator, 3 denominator,
-        4 history length kept, 5 pub/sub channel of the room
+        4 history length kept, 5 pub/sub channel of the room, 6 coins that make a long-time
+        supporter, 7 coins that make a big gift, 8 leaderboard size
   -> {'ok', gift offset, credit offset, diamonds, total}
      {'dup', gift offset, credit offset, diamonds, total}   already credited: nothing changed
      {'no_room'}                                            no such room; nothing changed
   Dedupes on the event id, credits the host's diamonds (carrying any fraction), appends a `gift`
   and a `credit` event to the room history with consecutive offsets, and publishes both. A gift
   to a video (payload.video) appends and publishes only the `credit` event.
+  Boards: adds the coins to the session's and the all-time top gifters; the gift frame carries the
+  sender's badge ({rank} in the session's top 3, {supporter} past the all-time threshold), the
+  credit frame a `thank` reason for the host ('new' gifter this session, or a 'big' gift), and a
+  `leaderboard` frame is published when the sender is on the session's board.
   Ledger: platform:diamonds diamonds -d, host:<host> diamonds +d.
 ]]
 
@@ -98,8 +105,19 @@ local function gift_debit(keys, args)
   return {'ok', event, after, packed}
 end
 
+local function leaderboard(top, names, size)
+  local board = {}
+  local ranked = redis.call('ZREVRANGE', top, 0, size - 1, 'WITHSCORES')
+  for i = 1, #ranked, 2 do
+    board[#board + 1] = {user = ranked[i], name = redis.call('HGET', names, ranked[i]),
+      coins = tonumber(ranked[i + 1])}
+  end
+  return board
+end
+
 local function gift_credit(keys, args)
   local room, credited, events, ledger = keys[1], keys[2], keys[3], keys[4]
+  local session, session_gifts, top, alltime, names = keys[5], keys[6], keys[7], keys[8], keys[9]
   local p = cmsgpack.unpack(args[1])
   local numerator, denominator = tonumber(args[2]), tonumber(args[3])
   local history, channel = args[4], args[5]
@@ -125,9 +143,26 @@ local function gift_credit(keys, args)
   local credit_offset = redis.call('HINCRBY', room, 'offset', events_added)
   local gift_offset = credit_offset - 1
 
+  redis.call('HSET', names, p.from, p.from_name)
+  local all_time = tonumber(redis.call('ZINCRBY', alltime, p.coins, p.from))
+  local in_session = redis.call('HGET', room, 'live') == '1' and not p.video
+  local rank = nil
+  local thank = nil
+  if in_session then
+    if not redis.call('ZSCORE', top, p.from) then thank = 'new' end
+    redis.call('ZINCRBY', top, p.coins, p.from)
+    rank = redis.call('ZREVRANK', top, p.from)
+    redis.call('HINCRBY', session, 'diamonds', diamonds)
+    redis.call('HINCRBY', session, 'coins', p.coins)
+    redis.call('HINCRBY', session, 'gifts', p.count)
+    redis.call('HINCRBY', session_gifts, p.gift, p.count)
+  end
+  if p.coins >= tonumber(args[7]) then thank = 'big' end
+
   local credit = {t = 'credit', room = p.room, event = p.event, offset = credit_offset,
     from = p.from, from_name = p.from_name, gift = p.gift, name = p.name, count = p.count,
-    coins = p.coins, diamonds = diamonds, total = total, ts = p.ts, video = p.video}
+    coins = p.coins, diamonds = diamonds, total = total, ts = p.ts, video = p.video,
+    thank = thank}
   local frames = {}
   if not p.video then
     local gift = {t = 'gift', room = p.room, event = p.event, offset = gift_offset, from = p.from,
@@ -135,6 +170,11 @@ local function gift_credit(keys, args)
       coins = p.coins, diamonds = diamonds, ts = p.ts}
     if p.streak_id then
       gift.streak = {id = p.streak_id, ['repeat'] = p.streak_repeat, ['end'] = false}
+    end
+    local supporter = all_time >= tonumber(args[6])
+    if (rank and rank < 3) or supporter then
+      gift.badge = {supporter = supporter}
+      if rank and rank < 3 then gift.badge.rank = rank + 1 end
     end
     local packed = cmsgpack.pack(gift)
     redis.call('XADD', events, 'MAXLEN', '~', history, gift_offset .. '-0', 'f', packed)
@@ -147,6 +187,10 @@ local function gift_credit(keys, args)
   post(ledger, 'credit', p.event, total,
     {{'platform:diamonds', 'diamonds', -diamonds}, {'host:' .. p.host, 'diamonds', diamonds}},
     {'from', p.from, 'coins', p.coins, 'carry', carry, 'rate', numerator .. '/' .. denominator})
+  local size = tonumber(args[8])
+  if rank and rank < size then
+    frames[#frames + 1] = {t = 'leaderboard', room = p.room, top = leaderboard(top, names, size)}
+  end
   redis.call('SPUBLISH', channel, cmsgpack.pack(frames))
   return {'ok', gift_offset, credit_offset, diamonds, total}
 end

@@ -12,12 +12,13 @@ purchase         ARGV: receipt, fingerprint, coins, bonus, state ('paid'|'pendin
                        price, currency, package, channel, region
                  -> {'ok', balance, credited}       paid now: coins + bonus credited
                     {'pending', settle_at_ms}       the store has not settled yet
-                    {'replay', balance, credited, state}   this receipt was seen: first result
+                    {'replay', balance, credited, state}   this receipt was seen: its result
+                                                    (the balance right after it was credited)
                     {'conflict'}                    this receipt was used for another purchase
                     {'no_user'}
 purchase_settle  ARGV: receipt, outcome ('paid'|'declined')
                  -> {'ok', balance, credited} | {'replay', balance, credited, state}
-                    | {'declined'} | {'not_found'}
+                    | {'declined', balance} | {'not_found'}
 purchase_refund  ARGV: receipt
                  -> {'ok', balance, clawed back, unrecovered} | {'replay', balance, clawed back,
                     unrecovered} | {'not_found'} | {'not_paid'}
@@ -89,6 +90,7 @@ local function credit_purchase(acct, records, ledger, receipt, record)
      'region', record.region})
   record.state = 'paid'
   record.credited = total
+  record.balance = after
   redis.call('HSET', records, 'purchase:' .. receipt, cmsgpack.pack(record))
   return after
 end
@@ -99,8 +101,8 @@ local function purchase(keys, args)
   local record = purchase_record(records, receipt)
   if record then
     if record.fp ~= fingerprint then return {'conflict'} end
-    return {'replay', tonumber(redis.call('HGET', acct, 'coins')), record.credited or 0,
-      record.state}
+    return {'replay', record.balance or tonumber(redis.call('HGET', acct, 'coins')),
+      record.credited or 0, record.state}
   end
   if redis.call('EXISTS', acct) == 0 then return {'no_user'} end
   record = {fp = fingerprint, coins = tonumber(args[3]), bonus = tonumber(args[4]),
@@ -126,7 +128,7 @@ local function purchase_settle(keys, args)
   if outcome == 'declined' then
     record.state = 'declined'
     redis.call('HSET', records, 'purchase:' .. receipt, cmsgpack.pack(record))
-    return {'declined'}
+    return {'declined', tonumber(redis.call('HGET', acct, 'coins'))}
   end
   local after = credit_purchase(acct, records, ledger, receipt, record)
   return {'ok', after, record.credited}

@@ -1,0 +1,64 @@
+// Small DOM and formatting helpers shared by the viewer and host views.
+
+export const $ = (selector, root = document) => root.querySelector(selector);
+
+/** h("div", {class: "x", onclick}, child, "text") → an element. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "style" && typeof value === "object") Object.assign(el.style, value);
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
+
+const integer = new Intl.NumberFormat("en-US");
+export const fmt = (n) => integer.format(n);
+
+export function money(amount, currency = "USD") {
+  return new Intl.NumberFormat("en-US", { style: "currency", currency }).format(amount);
+}
+
+/** A stable hue (0–359) for a string: each user and room keeps its colour. */
+export function hueOf(text) {
+  let hash = 0;
+  for (const ch of String(text)) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return hash % 360;
+}
+
+export function avatar(name, id = name, size = "") {
+  const letter = (String(name).trim()[0] ?? "?").toUpperCase();
+  return h("span", { class: `avatar ${size}`, style: { "--hue": hueOf(id) } }, letter);
+}
+
+export function duration(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  const hh = Math.floor(s / 3600);
+  const mm = String(Math.floor((s % 3600) / 60)).padStart(2, "0");
+  const ss = String(s % 60).padStart(2, "0");
+  return hh ? `${hh}:${mm}:${ss}` : `${mm}:${ss}`;
+}
+
+const TOAST_MS = 4200;
+
+/** A message in the corner: kind is "error", "success" or "info". */
+export function toast(message, kind = "info") {
+  const box = $("#toasts");
+  const el = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+  box.append(el);
+  while (box.children.length > 4) box.firstElementChild.remove();
+  setTimeout(() => {
+    el.classList.add("leaving");
+    el.addEventListener("animationend", () => el.remove(), { once: true });
+  }, TOAST_MS);
+}
+
+/** Re-trigger a CSS animation on an element. */
+export function replay(el, className) {
+  el.classList.remove(className);
+  void el.offsetWidth; // restart: the class must be seen removed before it is added again
+  el.classList.add(className);
+}
