@@ -17,7 +17,8 @@
     ├── SpendingLimit          spending_limit: over the account's daily cap
     ├── PaymentDeclined        payment_declined: the store refused the payment
     ├── BelowMinimum           below_minimum: under the minimum cash-out
-    └── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
+    ├── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
+    └── ChestError             chest_not_open | chest_closed | not_present | already_claimed
 
 Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
 """
@@ -43,6 +44,10 @@ class ErrorCode(StrEnum):
     PAYMENT_DECLINED = "payment_declined"
     BELOW_MINIMUM = "below_minimum"
     INSUFFICIENT_DIAMONDS = "insufficient_diamonds"
+    CHEST_NOT_OPEN = "chest_not_open"
+    CHEST_CLOSED = "chest_closed"
+    NOT_PRESENT = "not_present"
+    ALREADY_CLAIMED = "already_claimed"
     INTERNAL = "internal"
 
 
@@ -65,6 +70,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.PAYMENT_DECLINED: 402,
     ErrorCode.BELOW_MINIMUM: 400,
     ErrorCode.INSUFFICIENT_DIAMONDS: 402,
+    ErrorCode.CHEST_NOT_OPEN: 409,
+    ErrorCode.CHEST_CLOSED: 409,
+    ErrorCode.NOT_PRESENT: 403,
+    ErrorCode.ALREADY_CLAIMED: 409,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -143,3 +152,11 @@ class BelowMinimum(GiftstreamError):
 
 class InsufficientDiamonds(GiftstreamError):
     code = ErrorCode.INSUFFICIENT_DIAMONDS
+
+
+class ChestError(GiftstreamError):
+    """A claim refused; the code says why."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -47,6 +47,9 @@ class Settings:
     supporter_coins: int = 10_000
     # A gift of at least this many coins is flagged for the host to thank.
     big_gift_coins: int = 1_000
+    # A treasure chest opens this long after it is dropped, and can be claimed for this long.
+    chest_countdown_ms: int = 10_000
+    chest_claim_ms: int = 10_000
     # How long a gift `id` is remembered for idempotent retries.
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).

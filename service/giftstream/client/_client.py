@@ -239,7 +239,8 @@ class Client:
 
         Raises a `ServerError` subclass for a refusal: `InsufficientCoins`, `NotInRoom`,
         `RoomNotLive`, `NotFound` (unknown gift), `IdempotencyConflict`, ... and ValueError
-        for an id the protocol does not allow (the server could not name it in its answer).
+        for an id the protocol does not allow (the server could not name it in its answer)
+        or one that a call still waiting on this client uses.
         """
         if id is not None and not (0 < len(id) <= MAX_ID_LENGTH and id.isprintable()):
             raise ValueError(f"a gift id is 1 to {MAX_ID_LENGTH} printable characters: {id!r}")

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 HEALTH_INTERVAL_S = 5.0
 RECONNECT_DELAY_S = 0.5
 # Lossless frames: never merged, never dropped for a slow client.
-LOSSLESS = frozenset({"credit", "room", "session_summary"})
+LOSSLESS = frozenset({"credit", "room", "session_summary", "chest", "chest_result"})
 # The room frames of protocol v1; members that did not opt in get only these.
 V1_ROOM_FRAMES = frozenset({"gift", "credit"})
 
@@ -71,7 +71,8 @@ def _monotonic_ms() -> int:
 def _merge_key(frame: dict[str, Any]) -> str:
     kind = str(frame.get("t"))
     if kind in LOSSLESS:
-        return f"{kind}:{frame.get('offset', frame.get('session', ''))}:{frame.get('live', '')}"
+        ident = frame.get("offset") or frame.get("chest") or frame.get("session")
+        return f"{kind}:{ident}:{frame.get('live', '')}"
     if kind == "gift":
         streak = frame.get("streak")
         return f"streak:{streak['id']}" if isinstance(streak, dict) else f"gift:{frame['event']}"

@@ -24,6 +24,8 @@ class Member:
     outbound: Outbound
     # Receives the room frames beyond protocol v1, and `batch` frames.
     extras: bool = False
+    # When it joined (ms since 1970): only members present when a chest opens may claim it.
+    joined_ms: int = 0
     last_offsets: dict[str, int] = field(default_factory=dict)
     replaying: bool = True
     pending: list[tuple[Encoded, bool]] = field(default_factory=list)

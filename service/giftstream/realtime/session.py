@@ -9,8 +9,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from giftstream import metrics, tokens
 from giftstream.errors import (
+    ChestError,
     ErrorCode,
+    Forbidden,
     GiftstreamError,
+    IdempotencyConflict,
+    InsufficientCoins,
     NotFound,
     NotInRoom,
     RoomNotLive,
@@ -22,11 +26,13 @@ from giftstream.realtime.hub import Hub
 from giftstream.realtime.member import Member
 from giftstream.realtime.outbound import Outbound
 from giftstream.settings import Settings
-from giftstream.store import accounts, rooms
+from giftstream.store import accounts, chests, rooms
 from giftstream.store.connection import Redis
 from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
 from giftstream.wire.requests import (
     Auth,
+    Claim,
+    DropChest,
     Join,
     Leave,
     Ping,
@@ -166,6 +172,10 @@ class Session:
             raise Unauthenticated("send {t: 'auth', token} first")
         if isinstance(request, Join):
             await self._join(request)
+        elif isinstance(request, DropChest):
+            await self._drop_chest(request)
+        elif isinstance(request, Claim):
+            await self._claim(request)
         elif isinstance(request, Leave):
             await self._leave(request.room)
             self.send(_with_id({"t": "left", "room": request.room}, request.id))
@@ -207,6 +217,7 @@ class Session:
             codec=self.codec,
             outbound=self.outbound,
             extras=self.extras,
+            joined_ms=int(time.time() * 1000),
         )
         self.members[request.room] = member
         viewers = await self.hub.attach(member, state)
@@ -243,6 +254,78 @@ class Session:
         if member is None:
             raise NotInRoom(f"you are not in room '{room}'")
         await self.hub.detach(member)
+
+    # -- treasure chests ----------------------------------------------------------------------
+
+    def _live_member(self, room: str) -> Member:
+        member = self.members.get(room)
+        if member is None:
+            raise NotInRoom(f"join room '{room}' first")
+        if not self.hub.room_live(room):
+            raise RoomNotLive(f"room '{room}' is not live")
+        return member
+
+    async def _drop_chest(self, request: DropChest) -> None:
+        assert self.sender is not None
+        self._live_member(request.room)
+        s = self.settings
+        try:
+            funded = await chests.fund(
+                self.redis,
+                self.sender.user,
+                self.sender.name,
+                request.id,
+                request.room,
+                request.coins,
+                s.chest_countdown_ms,
+                s.chest_claim_ms,
+            )
+        except chests.ChestRefused as e:
+            if e.reason == "insufficient":
+                raise InsufficientCoins(
+                    f"a chest of {request.coins} coins needs more than your {e.value}"
+                ) from e
+            if e.reason == "conflict":
+                raise IdempotencyConflict(
+                    f"the id '{request.id}' was already used for another chest"
+                ) from e
+            raise NotFound("your account no longer exists") from e
+        chest: dict[str, object] = {"chest": funded.chest}
+        if funded.payload is not None:
+            chest = await chests.create(self.redis, funded.payload)
+        frame = {
+            "t": "dropped",
+            "id": request.id,
+            "room": request.room,
+            "chest": funded.chest,
+            "coins": funded.balance,
+            "opens_at": chest.get("opens_at"),
+            "closes_at": chest.get("closes_at"),
+        }
+        self.send({k: v for k, v in frame.items() if v is not None})
+
+    async def _claim(self, request: Claim) -> None:
+        assert self.sender is not None
+        member = self.members.get(request.room)
+        if member is None:
+            raise NotInRoom(f"join room '{request.room}' first")
+        try:
+            order = await chests.claim(
+                self.redis,
+                request.room,
+                request.chest,
+                self.sender.user,
+                self.sender.name,
+                member.joined_ms,
+            )
+        except chests.ChestRefused as e:
+            raise _chest_error(e, request.chest) from e
+        self.send(
+            _with_id(
+                {"t": "claimed", "room": request.room, "chest": request.chest, "order": order},
+                request.id,
+            )
+        )
 
     # -- gifts -------------------------------------------------------------------------------
 
@@ -287,6 +370,23 @@ class Session:
         return await self.gifting.send(
             self.sender, request, host, self.hub.room_receives(request.room)
         )
+
+
+def _chest_error(refused: chests.ChestRefused, chest: str) -> GiftstreamError:
+    reason = refused.reason
+    if reason == "not_open":
+        return ChestError(ErrorCode.CHEST_NOT_OPEN, f"chest '{chest}' is not open yet")
+    if reason == "closed":
+        return ChestError(ErrorCode.CHEST_CLOSED, f"chest '{chest}' can no longer be claimed")
+    if reason == "not_present":
+        return ChestError(
+            ErrorCode.NOT_PRESENT, "only viewers present when the chest opened can claim it"
+        )
+    if reason == "already":
+        return ChestError(ErrorCode.ALREADY_CLAIMED, f"you already claimed chest '{chest}'")
+    if reason == "own_chest":
+        return Forbidden("you cannot claim your own chest")
+    return NotFound(f"there is no chest '{chest}' in this room")
 
 
 def _with_id(frame: dict[str, Any], rid: str | None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 // streaks ("×17"), a pop for mid-size gifts, and a full-screen moment for big ones.
 
 import { art, tier } from "./gifts.js";
-import { $, avatar, fmt, h, hueOf, replay } from "./ui.js";
+import { $, avatar, bump, fmt, h, hueOf } from "./ui.js";
 
 const MAX_BANNERS = 3;
 const MAX_FEED = 7;
@@ -11,6 +11,7 @@ const MAX_FLOATS_PER_GIFT = 6;
 const BANNER_IDLE_MS = 5000;
 const BANNER_LINGER_MS = 1600;
 const MOMENT_MS = 4200;
+const MOMENT_FADE = [{ opacity: 0 }, { opacity: 1, offset: 0.08 }, { opacity: 1, offset: 0.88 }, { opacity: 0 }];
 
 export class Effects {
   /** stage: the element holding .banners, .floats, .pops and .feed; moment: the full-screen layer. */
@@ -97,7 +98,7 @@ export class Effects {
     if (times >= shown) {
       combo.dataset.times = times;
       combo.textContent = `×${fmt(times)}`;
-      if (times !== shown) replay(combo, "bump");
+      if (times !== shown) bump(combo);
     }
     clearTimeout(banner.timer);
     const done = e.closesStreak || !e.streak;
@@ -179,7 +180,7 @@ export class Effects {
       ),
     );
     this.moment.hidden = false;
-    replay(this.moment, "playing");
+    this.moment.animate(MOMENT_FADE, MOMENT_MS);
     const stop = burst(confetti);
     setTimeout(() => {
       stop();

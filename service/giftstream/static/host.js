@@ -2,7 +2,7 @@
 
 import { api } from "./api.js";
 import { art } from "./gifts.js";
-import { $, avatar, duration, fmt, h, money, replay, toast } from "./ui.js";
+import { $, avatar, duration, flash, fmt, h, money, toast } from "./ui.js";
 
 const DIAMOND_VALUE_USD = 0.005; // until GET /v1/earnings says otherwise
 const FEED_SIZE = 60;
@@ -145,7 +145,7 @@ export class HostView {
   #render() {
     $("#golive").hidden = this.live;
     $("#studio").hidden = !this.live;
-    $("#stage-ended").hidden = this.live;
+    $("#stage-offline").hidden = this.live;
     $("#stage").classList.toggle("is-ended", !this.live);
   }
 
@@ -175,7 +175,7 @@ export class HostView {
     $("#credits-empty").hidden = true;
     if (fan) {
       this.#renderSession();
-      this.#renderThanks(fan.user);
+      this.#renderThanks(fan.gifts === c.count ? fan.user : null);
     }
   }
 
@@ -189,12 +189,12 @@ export class HostView {
       el.textContent = fmt(total);
       return;
     }
-    replay($(".earnings"), "glow");
+    flash($(".earnings"), "glow");
     const from = this.shownTotal;
     const started = performance.now();
     const step = (now) => {
       if (this.total !== total) return; // a newer total took over
-      const k = Math.min(1, (now - started) / COUNT_UP_MS);
+      const k = Math.min(1, Math.max(0, now - started) / COUNT_UP_MS);
       this.shownTotal = Math.round(from + (total - from) * (1 - (1 - k) ** 3));
       el.textContent = fmt(this.shownTotal);
       if (k < 1) requestAnimationFrame(step);
@@ -208,7 +208,7 @@ export class HostView {
       this.diamondValue = Number(body.diamond_value) || DIAMOND_VALUE_USD;
       this.currency = body.currency ?? "USD";
       $("#money").textContent = money(this.total * this.diamondValue, this.currency);
-      $("#diamond-rate").textContent = `${money(this.diamondValue, this.currency)} per diamond`;
+      $("#diamond-rate").textContent = `${money(this.diamondValue, this.currency, 4)} per diamond`;
     } catch {
       // the default rate stands
     }

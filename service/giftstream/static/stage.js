@@ -4,6 +4,7 @@
 import { hueOf } from "./ui.js";
 
 const BOKEH = 22;
+const FRAME_MS = 1000 / 30 - 2;
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)").matches;
 
 export class Stage {
@@ -13,6 +14,7 @@ export class Stage {
     this.hue = 280;
     this.lights = [];
     this.energy = 0; // rises with gifts: the lights and the beat answer the room
+    this.drawnAt = -Infinity;
     new ResizeObserver(() => this.#resize()).observe(canvas);
     this.#resize();
     this.setScene("giftstream");
@@ -46,10 +48,12 @@ export class Stage {
   }
 
   #frame(ms) {
-    const t = reducedMotion ? 0 : ms / 1000;
-    this.#draw(t);
-    this.energy *= 0.985;
     if (!reducedMotion) requestAnimationFrame((next) => this.#frame(next));
+    // About 30 frames a second: a calm scene needs no more, and laptops stay cool.
+    if (ms - this.drawnAt < FRAME_MS) return;
+    this.drawnAt = ms;
+    this.#draw(reducedMotion ? 0 : ms / 1000);
+    this.energy *= 0.97;
   }
 
   #draw(t) {

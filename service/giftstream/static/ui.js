@@ -18,8 +18,9 @@ export function h(tag, attrs = {}, ...children) {
 const integer = new Intl.NumberFormat("en-US");
 export const fmt = (n) => integer.format(n);
 
-export function money(amount, currency = "USD") {
-  return new Intl.NumberFormat("en-US", { style: "currency", currency }).format(amount);
+export function money(amount, currency = "USD", digits = undefined) {
+  const options = { style: "currency", currency, maximumFractionDigits: digits };
+  return new Intl.NumberFormat("en-US", options).format(amount);
 }
 
 /** A stable hue (0–359) for a string: each user and room keeps its colour. */
@@ -56,9 +57,22 @@ export function toast(message, kind = "info") {
   }, TOAST_MS);
 }
 
-/** Re-trigger a CSS animation on an element. */
-export function replay(el, className) {
-  el.classList.remove(className);
-  void el.offsetWidth; // restart: the class must be seen removed before it is added again
+/** Run a class's CSS animation once; a call while it runs is a no-op (no forced layout). */
+export function flash(el, className) {
+  if (el.classList.contains(className)) return;
   el.classList.add(className);
+  const done = (ev) => {
+    if (ev.target !== el) return;
+    el.classList.remove(className);
+    el.removeEventListener("animationend", done);
+  };
+  el.addEventListener("animationend", done);
+}
+
+/** A springy scale-down, restarted by every call (Web Animations: no forced layout). */
+export function bump(el, from = 1.9) {
+  el.animate([{ transform: `scale(${from})` }, { transform: "scale(1)" }], {
+    duration: 320,
+    easing: "cubic-bezier(0.3, 1.6, 0.5, 1)",
+  });
 }

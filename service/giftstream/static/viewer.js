@@ -2,7 +2,7 @@
 
 import { api } from "./api.js";
 import { art, tier } from "./gifts.js";
-import { $, avatar, fmt, h, hueOf, replay, toast } from "./ui.js";
+import { $, avatar, bump, flash, fmt, h, hueOf, toast } from "./ui.js";
 
 const ROOMS_REFRESH_MS = 5000;
 // History events replayed on joining, so the feed and the board are not empty at first.
@@ -218,7 +218,8 @@ export class ViewerView {
       toast("Pick a live room first.", "info");
       return;
     }
-    replay(tile, "tapped");
+    flash(tile, "tapped");
+    bump($(".tile-art", tile), 0.8);
     const generation = this.wallet.generation;
     try {
       const ack = await this.client.sendGift(this.room, gift.id, 1);
@@ -245,7 +246,8 @@ export class ViewerView {
     const bubble = document.querySelector(`.gift-tile[data-gift="${e.gift}"] .tile-combo`);
     if (!bubble) return;
     bubble.textContent = `×${fmt(e.streak.repeat)}`;
-    replay(bubble, "show");
+    bubble.classList.add("show");
+    bump(bubble);
     clearTimeout(this.myStreaks.get(e.gift));
     this.myStreaks.set(
       e.gift,

@@ -1,6 +1,6 @@
 // The viewer's coin balance, kept from welcome frames, gift acks and recharges.
 
-import { fmt, replay } from "./ui.js";
+import { flash, fmt } from "./ui.js";
 
 export class Wallet extends EventTarget {
   coins = null;
@@ -38,7 +38,8 @@ export class Wallet extends EventTarget {
     this.coins = coins;
     this.display.textContent = fmt(coins);
     this.display.dataset.coins = coins;
-    replay(this.display, dropped ? "spent" : "gained");
+    this.display.classList.remove(dropped ? "gained" : "spent");
+    flash(this.display, dropped ? "spent" : "gained");
     this.dispatchEvent(new Event("change"));
   }
 }

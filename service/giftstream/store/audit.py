@@ -10,7 +10,8 @@ The audit checks, naming the first broken entry of each ledger:
   4. every gift debited is credited exactly once, to its room, for the same coins, or is still in
      its viewer's outbox (in flight); nothing is credited that was never debited;
   5. conservation, from the balances actually held: coins issued (sales, promotions, rewards,
-     dev grants) = coins held + coins spent + coins clawed back by refunds; diamonds issued =
+     dev grants) = coins held + coins spent + coins clawed back by refunds + coins in chests not
+     yet paid out (escrow); diamonds issued =
      diamonds held + diamonds paid out; points issued = points held + points redeemed.
 """
 
@@ -23,7 +24,7 @@ from giftstream.store.connection import HashReply, Redis, read_hash, read_stream
 # Platform accounts into which an asset flows and stays (the rest of the platform's accounts
 # are sources, whose balances are negative: what they issued).
 SINKS = {
-    "coins": ("platform:spent", "platform:refunds"),
+    "coins": ("platform:spent", "platform:refunds", "platform:chests"),
     "diamonds": ("platform:payouts",),
     "points": ("platform:points_redeemed",),
 }
@@ -38,6 +39,7 @@ class AuditReport:
     coins_held: int = 0
     coins_spent: int = 0
     coins_refunded: int = 0
+    coins_in_chests: int = 0
     diamonds_issued: int = 0
     diamonds_held: int = 0
     diamonds_paid_out: int = 0
@@ -61,7 +63,8 @@ class AuditReport:
         lines = [
             f"users {self.users}, rooms {self.rooms}, ledger entries {self.entries}",
             f"coins granted {self.coins_granted} = held {self.coins_held}"
-            f" + spent {self.coins_spent} + refunded {self.coins_refunded}",
+            f" + spent {self.coins_spent} + refunded {self.coins_refunded}"
+            f" + in chests {self.coins_in_chests}",
             f"gifts debited {self.gifts_debited}: credited {self.gifts_credited},"
             f" in flight {self.gifts_in_flight}",
             f"diamonds credited {self.diamonds_issued} = held {self.diamonds_held}"
@@ -213,6 +216,7 @@ def _conservation(report: AuditReport, books: _Books) -> None:
             report.coins_granted = issued
             report.coins_spent = sinks.get("platform:spent", 0)
             report.coins_refunded = sinks.get("platform:refunds", 0)
+            report.coins_in_chests = sinks.get("platform:chests", 0)
             held = report.coins_held
         elif asset == "diamonds":
             report.diamonds_issued = issued

@@ -15,7 +15,7 @@ Redis = aioredis.Redis
 # loosely, so the store casts them once, to these, where it reads them.
 HashReply = dict[bytes, bytes]
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
-FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua", "earnings.lua")
+FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua", "earnings.lua", "chests.lua")
 COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
 

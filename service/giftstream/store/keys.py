@@ -133,6 +133,25 @@ def receipt(receipt_id: str) -> str:
     return f"{PREFIX}:receipt:{receipt_id}"
 
 
+# Sorted set: '<room> <chest>' -> when the chest closes (ms): chests still to settle and pay.
+CHESTS_DUE = f"{PREFIX}:chests:due"
+
+
+def chest(room_id: str, chest_id: str) -> str:
+    """Hash: a treasure chest: from, coins, opens_at, closes_at, state, claims, share."""
+    return f"{room_tag(room_id)}:chest:{chest_id}"
+
+
+def chest_claimants(room_id: str, chest_id: str) -> str:
+    """Sorted set: claimant -> claim order (1, 2, ...)."""
+    return f"{room_tag(room_id)}:chest:{chest_id}:claims"
+
+
+def chest_plan(room_id: str, chest_id: str) -> str:
+    """Hash: user -> coins to pay when the chest is settled."""
+    return f"{room_tag(room_id)}:chest:{chest_id}:plan"
+
+
 # Plain (not sharded) pub/sub channel of broadcast gifts: every worker hears every region.
 BROADCAST_CHANNEL = f"{PREFIX}:broadcast"
 

@@ -1,4 +1,5 @@
-"""The relay: credits every debited gift whose credit is missing (a crash between the halves).
+"""The relay: credits every debited gift whose credit is missing (a crash between the halves),
+creates every funded chest that is missing, and settles the chests whose claim window closed.
 
 Credit is idempotent on the event id, so a relay that races the live path does no harm.
 One worker at a time runs it, under a lock in the store.
@@ -9,7 +10,7 @@ import secrets
 
 import msgpack
 
-from giftstream.store import keys
+from giftstream.store import chests, keys
 from giftstream.store.connection import Redis, read_hash, text
 from giftstream.store.gifts import CreditNoRoom, CreditRules, credit, settle
 
@@ -31,6 +32,10 @@ async def relay_once(r: Redis, rules: CreditRules, grace_ms: int) -> int:
             p = msgpack.unpackb(payload, raw=False)
             if now - int(p["ts"]) < grace_ms:
                 continue
+            if p.get("kind") == "chest":
+                await chests.create(r, payload)
+                applied += 1
+                continue
             try:
                 await credit(r, str(p["room"]), payload, rules)
             except CreditNoRoom:
@@ -42,11 +47,13 @@ async def relay_once(r: Redis, rules: CreditRules, grace_ms: int) -> int:
 
 
 async def relay_if_leader(r: Redis, rules: CreditRules, grace_ms: int, lease_ms: int) -> int:
-    """Run one relay pass if no other worker holds the lease."""
+    """Run one relay pass, and settle the chests that are due, if no other worker holds the
+    lease."""
     token = secrets.token_hex(8)
     if not await r.set(keys.RELAY_LOCK, token, nx=True, px=lease_ms):
         return 0
     try:
+        await chests.settle_due(r, await store_time_ms(r))
         return await relay_once(r, rules, grace_ms)
     finally:
         if await r.get(keys.RELAY_LOCK) == token.encode():

@@ -13,6 +13,7 @@ from giftstream.errors import BadFrame, InvalidField, UnknownType
 MAX_ID_LENGTH = 64
 MAX_TOKEN_LENGTH = 1024
 MAX_GIFT_COUNT = 10_000
+MAX_CHEST_COINS = 1_000_000
 MAX_OFFSET = 2**53 - 1
 
 
@@ -58,17 +59,33 @@ class SendGift:
 
 
 @dataclass(frozen=True, slots=True)
+class DropChest:
+    id: str
+    room: str
+    coins: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    room: str
+    chest: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     id: str | None = None
 
 
-Request = Auth | Join | Leave | SendGift | Ping
+Request = Auth | Join | Leave | SendGift | DropChest | Claim | Ping
 
 _FIELDS: dict[str, frozenset[str]] = {
     "auth": frozenset({"t", "id", "token", "extras"}),
     "join": frozenset({"t", "id", "room", "since"}),
     "leave": frozenset({"t", "id", "room"}),
     "gift": frozenset({"t", "id", "room", "gift", "count"}),
+    "drop_chest": frozenset({"t", "id", "room", "coins"}),
+    "claim": frozenset({"t", "id", "room", "chest"}),
     "ping": frozenset({"t", "id"}),
 }
 REQUEST_TYPES = frozenset(_FIELDS)
@@ -139,7 +156,7 @@ def parse_request(frame: Any) -> Request:
     if unknown:
         names = ", ".join(sorted(repr(k)[:MAX_ID_LENGTH] for k in unknown))
         raise InvalidField(f"unknown fields for '{kind}': {names}")
-    ident = _string(frame, "id", MAX_ID_LENGTH, required=kind == "gift")
+    ident = _string(frame, "id", MAX_ID_LENGTH, required=kind in ("gift", "drop_chest"))
     if kind == "auth":
         extras = frame.get("extras", False)
         if not isinstance(extras, bool):
@@ -155,5 +172,19 @@ def parse_request(frame: Any) -> Request:
             room=_string(frame, "room", MAX_ID_LENGTH),
             gift=_string(frame, "gift", MAX_ID_LENGTH),
             count=_integer(frame, "count", 1, MAX_GIFT_COUNT, 1),
+        )
+    if kind == "drop_chest":
+        if "coins" not in frame:
+            raise InvalidField("the field 'coins' is required")
+        return DropChest(
+            id=ident,
+            room=_string(frame, "room", MAX_ID_LENGTH),
+            coins=_integer(frame, "coins", 1, MAX_CHEST_COINS, 1),
+        )
+    if kind == "claim":
+        return Claim(
+            room=_string(frame, "room", MAX_ID_LENGTH),
+            chest=_string(frame, "chest", MAX_ID_LENGTH),
+            id=ident,
         )
     return Ping(id=ident)

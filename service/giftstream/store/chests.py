@@ -1,0 +1,128 @@
+"""Treasure chests: fund (dropper's slot), create, claim and settle (room slot), pay (each
+claimant's slot). See store/functions/chests.lua for the split rule."""
+
+import secrets
+from dataclasses import dataclass
+from typing import cast
+
+import msgpack
+
+from giftstream.store import keys
+from giftstream.store.connection import Redis, fcall, text
+
+
+@dataclass(frozen=True, slots=True)
+class Funded:
+    chest: str
+    balance: int
+    payload: bytes | None
+    replayed: bool
+
+
+class ChestRefused(Exception):
+    """reason: conflict | insufficient | no_user | not_found | not_open | closed | not_present
+    | already | no_room; value: the balance, the opening time or the claim order."""
+
+    def __init__(self, reason: str, value: int = 0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.value = value
+
+
+def new_chest_id() -> str:
+    return "c" + secrets.token_hex(8)
+
+
+def _user_keys(user: str) -> list[str]:
+    return [keys.account(user), keys.records(user), keys.user_ledger(user), keys.outbox(user)]
+
+
+async def fund(
+    r: Redis,
+    user: str,
+    name: str,
+    request_id: str,
+    room: str,
+    coins: int,
+    countdown_ms: int,
+    claim_ms: int,
+) -> Funded:
+    reply = await fcall(
+        r,
+        "chest_fund",
+        _user_keys(user),
+        [request_id, new_chest_id(), room, coins, name, countdown_ms, claim_ms],
+    )
+    status = reply[0]
+    if status in (b"ok", b"replay"):
+        payload = bytes(reply[3]) if reply[3] is not None else None
+        return Funded(text(reply[1]), int(reply[2]), payload, status == b"replay")
+    raise ChestRefused(text(status), int(reply[1]) if len(reply) > 1 else 0)
+
+
+async def create(r: Redis, payload: bytes) -> dict[str, object]:
+    """Create the chest in its room (idempotent) and put it on the list of chests to settle."""
+    p = msgpack.unpackb(payload, raw=False)
+    room, chest = str(p["room"]), str(p["chest"])
+    reply = await fcall(
+        r,
+        "chest_create",
+        [keys.room(room), keys.chest(room, chest)],
+        [payload, keys.room_channel(room)],
+    )
+    if reply[0] == b"no_room":
+        raise ChestRefused("no_room")
+    await r.zadd(keys.CHESTS_DUE, {f"{room} {chest}": int(p["closes_at"])})
+    await r.hdel(keys.outbox(str(p["from"])), chest)
+    return dict(p)
+
+
+async def claim(r: Redis, room: str, chest: str, user: str, name: str, joined_ms: int) -> int:
+    reply = await fcall(
+        r,
+        "chest_claim",
+        [keys.chest(room, chest), keys.chest_claimants(room, chest), keys.room_names(room)],
+        [user, name, joined_ms],
+    )
+    if reply[0] == b"ok":
+        return int(reply[1])
+    raise ChestRefused(text(reply[0]), int(reply[1]) if len(reply) > 1 else 0)
+
+
+async def settle_and_pay(r: Redis, room: str, chest: str) -> bool:
+    """Settle a chest whose claim window closed and pay everyone; True once fully paid.
+    Every step is idempotent, so a pass interrupted by a crash is simply run again."""
+    reply = await fcall(
+        r,
+        "chest_settle",
+        [
+            keys.chest(room, chest),
+            keys.chest_claimants(room, chest),
+            keys.chest_plan(room, chest),
+            keys.room_names(room),
+        ],
+        [keys.room_channel(room)],
+    )
+    if reply[0] in (b"not_due", b"not_found"):
+        return bool(reply[0] == b"not_found")
+    flat = reply[1]
+    # The dropper cannot claim: a payment to it is the return of an unclaimed chest.
+    dropper = text(await r.hget(keys.chest(room, chest), "from") or b"")
+    for user_raw, coins in zip(flat[::2], flat[1::2], strict=True):
+        user = text(user_raw)
+        kind = "return" if user == dropper else "share"
+        await fcall(r, "chest_payout", _user_keys(user)[:3], [chest, int(coins), kind])
+    await fcall(r, "chest_done", [keys.chest(room, chest)], [])
+    return True
+
+
+async def settle_due(r: Redis, now_ms: int) -> int:
+    """Settle and pay every chest whose claim window has closed; returns how many."""
+    done = 0
+    due = cast(list[bytes], await r.zrangebyscore(keys.CHESTS_DUE, "-inf", now_ms))
+    for member in due:
+        room, chest = text(member).split(" ")
+        if await settle_and_pay(r, room, chest):
+            await r.zrem(keys.CHESTS_DUE, member)
+            done += 1
+    return done
