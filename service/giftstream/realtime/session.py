@@ -129,6 +129,11 @@ class Session:
                         await self.ws.send_text(item)
             if self.outbound.overflowed:
                 metrics.CLOSES.labels("slow_consumer").inc()
+                log.warning(
+                    "closing a slow consumer (user %s, %d bytes queued)",
+                    self.sender.user if self.sender else "-",
+                    self.outbound.queued_bytes,
+                )
                 self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
             if self._close is not None and self.ws.client_state is WebSocketState.CONNECTED:
                 await self.ws.close(*self._close)
