@@ -9,6 +9,7 @@ import pytest
 
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedValkey
+from proxy import Proxy
 from support import Api, ServerProcess, running
 
 # Short enough for tests to see streaks end quickly; a setting like any other.
@@ -62,3 +63,11 @@ def fresh_valkey(short_tmp: Path) -> Iterator[EmbeddedValkey]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def proxy(server: ServerProcess) -> AsyncIterator[Proxy]:
+    """A TCP proxy in front of the shared server, to cut connections from the server's side."""
+    p = await Proxy(server.port).start()
+    yield p
+    await p.close()

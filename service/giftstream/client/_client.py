@@ -325,7 +325,9 @@ class Client:
         link.reader = asyncio.create_task(self._read(link), name="giftstream-client-reader")
         try:
             async with asyncio.timeout(self._open_timeout_s):
-                answer = await link.ask({"t": "auth", "id": self._next_id(), "token": self._token})
+                answer = await link.ask(
+                    {"t": "auth", "id": self._next_id(), "token": self._token, "extras": True}
+                )
                 if answer["t"] == "error":
                     raise server_error(answer)
                 self._welcome = Welcome.from_frame(answer)
