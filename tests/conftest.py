@@ -29,7 +29,12 @@ def valkey() -> Iterator[EmbeddedValkey]:
 @pytest.fixture(scope="session")
 def server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
     """One service process shared by the tests that need no special settings."""
-    env = {"GIFTSTREAM_STREAK_TIMEOUT_MS": TEST_STREAK_TIMEOUT_MS}
+    env = {
+        "GIFTSTREAM_STREAK_TIMEOUT_MS": TEST_STREAK_TIMEOUT_MS,
+        # Tests gift as fast as they can; the default gift rate limit has tests of its own.
+        "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
+        "GIFTSTREAM_GIFT_BURST": "1000000",
+    }
     with running(ServerProcess(valkey.url, env=env)) as s:
         yield s
 

@@ -15,11 +15,12 @@ from giftstream import metrics
 from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
-from giftstream.http import core, money
+from giftstream.http import admin, core, money
 from giftstream.http.common import Handler, handles_errors
 from giftstream.payments import no_provider_verdict, simulated_verdict
 from giftstream.realtime.hub import Hub
-from giftstream.realtime.session import Session
+from giftstream.realtime.limits import ConnectionLimits, origin_allowed
+from giftstream.realtime.session import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Session
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
 from giftstream.store.connection import connect, load_functions, shared_secret
@@ -32,19 +33,37 @@ log = logging.getLogger(__name__)
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     runtime: Runtime = ws.app.state.runtime
+    limits = runtime.limits
+    if not origin_allowed(
+        ws.headers.get("origin"), ws.headers.get("host"), runtime.settings.allowed_origins
+    ):
+        metrics.LIMITED.labels("origin").inc()
+        await ws.close(code=CLOSE_POLICY)  # before accepting: the handshake gets HTTP 403
+        return
+    ip = ws.client.host if ws.client else "-"
+    if not limits.attempt(ip):
+        await ws.close(code=CLOSE_TRY_AGAIN_LATER)
+        return
     offered = ws.scope.get("subprotocols", [])
     codec = negotiate(offered)
     await ws.accept(subprotocol=codec.subprotocol if codec.subprotocol in offered else None)
-    session = Session(
-        ws,
-        codec,
-        redis=runtime.redis,
-        hub=runtime.hub,
-        gifting=runtime.gifting,
-        secret=runtime.secret,
-        settings=runtime.settings,
-    )
-    await session.run()
+    if not limits.open_ip(ip):
+        await ws.close(code=CLOSE_POLICY, reason="too many connections from this address")
+        return
+    try:
+        session = Session(
+            ws,
+            codec,
+            redis=runtime.redis,
+            hub=runtime.hub,
+            gifting=runtime.gifting,
+            secret=runtime.secret,
+            settings=runtime.settings,
+            limits=limits,
+        )
+        await session.run()
+    finally:
+        limits.close_ip(ip)
 
 
 async def _relay_forever(runtime: Runtime) -> None:
@@ -98,6 +117,9 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         get("/v1/earnings", money.get_earnings),
         get("/v1/payouts", money.list_payouts),
         post("/v1/payouts", money.create_payout),
+        get("/v1/admin/users/{user}", admin.inspect_user),
+        post("/v1/admin/users/{user}/freeze", admin.freeze_user),
+        get("/v1/admin/rooms/{room}", admin.inspect_room),
         WebSocketRoute("/v1/ws", websocket_endpoint),
         Mount("/static", StaticFiles(directory=core.STATIC_DIR), name="static"),
     ]
@@ -129,6 +151,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             hub=hub,
             gifting=Gifting(redis, catalog, economy, settings),
             wallet=Wallet(redis, economy, catalog.rate, verdict),
+            limits=ConnectionLimits(settings),
         )
         app.state.runtime = runtime
         relay = asyncio.create_task(_relay_forever(runtime), name="relay")

@@ -7,14 +7,16 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
 
+from giftstream import tokens
 from giftstream.settings import Settings
 from giftstream.store.audit import run_audit
-from giftstream.store.connection import connect
+from giftstream.store.connection import connect, shared_secret
 from giftstream.store.embedded import store_url
 
 
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bots", type=int, default=6, help="bot viewers per room")
     audit = commands.add_parser("audit", help="check every money invariant from the ledger")
     _add_store_flags(audit)
+    minter = commands.add_parser("admin-token", help="print a token with role admin")
+    _add_store_flags(minter)
+    minter.add_argument("--ttl-s", type=int, default=3600, help="lifetime in seconds")
     return parser
 
 
@@ -98,6 +103,23 @@ def audit(settings: Settings) -> int:
         return asyncio.run(run(url))
 
 
+def admin_token(settings: Settings, ttl_s: int) -> int:
+    """Sign an admin token with the store's secret (the one every worker uses)."""
+
+    async def run(url: str) -> str:
+        redis = connect(url)
+        try:
+            secret = await shared_secret(redis, settings.secret)
+        finally:
+            await redis.aclose()
+        claims = tokens.Claims(user="admin", role="admin", expires=int(time.time()) + ttl_s)
+        return tokens.sign(claims, secret)
+
+    with store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url:
+        print(asyncio.run(run(url)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -112,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args, dev=True)
         serve(settings, args.log_level, on_ready=start_bots(args.rooms, args.bots))
         return 0
+    if args.command == "admin-token":
+        return admin_token(_settings(args), args.ttl_s)
     return audit(_settings(args))
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import msgpack
 
+from giftstream import metrics
 from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.domain.money import gift_cost
@@ -17,6 +18,7 @@ from giftstream.errors import (
     IdempotencyConflict,
     InsufficientCoins,
     NotFound,
+    RateLimited,
     SpendingLimit,
     UnavailableInRegion,
     UnknownGift,
@@ -67,6 +69,12 @@ class Gifting:
         self.economy = economy
         self.settings = settings
         self.rules = credit_rules(catalog, settings)
+        self.debit_rules = gifts.DebitRules(
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            streak_timeout_ms=settings.streak_timeout_ms,
+            gifts_per_s=settings.gift_rate_per_s,
+            gift_burst=settings.gift_burst,
+        )
 
     async def send(
         self,
@@ -105,12 +113,7 @@ class Gifting:
             video=video,
         )
         try:
-            debited = await gifts.debit(
-                self.redis,
-                debit,
-                self.settings.idempotency_ttl_s,
-                self.settings.streak_timeout_ms,
-            )
+            debited = await gifts.debit(self.redis, debit, self.debit_rules)
         except gifts.DebitConflict as e:
             raise IdempotencyConflict(
                 f"the gift id '{req.id}' was already used for a different gift"
@@ -125,6 +128,15 @@ class Gifting:
                 f"this gift would take today's spending to {e.spent_today + debit.cost} coins,"
                 f" over your daily limit of {e.cap}"
             ) from e
+        except gifts.DebitRateLimited as e:
+            metrics.LIMITED.labels("gift_rate").inc()
+            raise RateLimited(
+                f"too many gifts: try again in {e.retry_after_ms} ms"
+                f" (at most {self.settings.gift_burst} at once, then"
+                f" {self.settings.gift_rate_per_s:g} a second)"
+            ) from e
+        except gifts.DebitFrozen as e:
+            raise Forbidden("this account is frozen") from e
         except gifts.DebitNoUser as e:
             raise NotFound("your account no longer exists") from e
         if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:

@@ -27,3 +27,9 @@ GIFT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
+LIMITED = Counter(
+    "giftstream_limited_total",
+    "Requests and connections refused by a limit",
+    ["limit"],
+    registry=REGISTRY,
+)

@@ -7,6 +7,7 @@ from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.gifting import Gifting
 from giftstream.realtime.hub import Hub
+from giftstream.realtime.limits import ConnectionLimits
 from giftstream.settings import Settings
 from giftstream.store.connection import Redis
 from giftstream.wallet import Wallet
@@ -22,3 +23,4 @@ class Runtime:
     hub: Hub
     gifting: Gifting
     wallet: Wallet
+    limits: ConnectionLimits

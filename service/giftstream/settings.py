@@ -50,6 +50,22 @@ class Settings:
     # A treasure chest opens this long after it is dropped, and can be claimed for this long.
     chest_countdown_ms: int = 10_000
     chest_claim_ms: int = 10_000
+    # Gifts per user: a token bucket shared by every worker — `gift_burst` at once, refilled at
+    # `gift_rate_per_s` (a streak of taps is bursty by nature: the burst is generous).
+    gift_rate_per_s: float = 50.0
+    gift_burst: int = 300
+    # Connections and their use, per worker process.
+    max_connections_per_user: int = 20
+    max_connections_per_ip: int = 200
+    connection_attempts_per_ip_per_s: float = 50.0
+    max_rooms_per_connection: int = 20
+    # Addresses the per-address limits do not apply to (loopback: local tools and tests; a
+    # deployment behind a proxy should pass the client's address with proxy headers). "none"
+    # trusts no address.
+    trusted_ips: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    # Origins allowed to open a WebSocket from a browser ("*": any). A request without an
+    # Origin header (a program) or from the server's own origin is always allowed.
+    allowed_origins: frozenset[str] = field(default_factory=frozenset)
     # How long a gift `id` is remembered for idempotent retries.
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).
@@ -89,7 +105,7 @@ class Settings:
             if value is None:
                 continue
             if isinstance(value, frozenset):
-                value = ",".join(sorted(value))
+                value = ",".join(sorted(value)) or "none"
             elif isinstance(value, bool):
                 value = "1" if value else "0"
             env[ENV_PREFIX + f.name.upper()] = str(value)
@@ -106,5 +122,7 @@ def _parse(raw: str, default: Any, name: str) -> Any:
     if isinstance(default, Path) or name.endswith("_path"):
         return Path(raw)
     if isinstance(default, frozenset):
+        if raw.strip().lower() == "none":
+            return frozenset()
         return frozenset(p.strip() for p in raw.split(",") if p.strip())
     return raw

@@ -133,6 +133,8 @@ class Wallet:
             raise IdempotencyConflict(
                 "this store receipt was already used for a different purchase"
             ) from e
+        except accounts.AccountFrozen as e:
+            raise Forbidden("this account is frozen") from e
         if result.state == "pending":
             result = await self._settle_if_due(account.id, receipt) or result
         return Recharge(

@@ -17,12 +17,14 @@ from giftstream.errors import (
     InsufficientCoins,
     NotFound,
     NotInRoom,
+    RateLimited,
     RoomNotLive,
     Unauthenticated,
 )
 from giftstream.gifting import Gifting, Sender
 from giftstream.realtime.frames import single
 from giftstream.realtime.hub import Hub
+from giftstream.realtime.limits import ConnectionLimits
 from giftstream.realtime.member import Member
 from giftstream.realtime.outbound import Outbound
 from giftstream.settings import Settings
@@ -48,6 +50,7 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
 # Concurrent gifts in flight per connection: a client may pipeline, within bounds.
 MAX_GIFTS_IN_FLIGHT = 64
 
@@ -63,6 +66,7 @@ class Session:
         gifting: Gifting,
         secret: bytes,
         settings: Settings,
+        limits: ConnectionLimits,
     ) -> None:
         self.ws = ws
         self.codec = codec
@@ -71,6 +75,7 @@ class Session:
         self.gifting = gifting
         self.secret = secret
         self.settings = settings
+        self.limits = limits
         self.outbound = Outbound(settings.send_queue_bytes)
         self.sender: Sender | None = None
         self.extras = False
@@ -91,6 +96,8 @@ class Session:
                 task.cancel()
             for member in list(self.members.values()):
                 await self._leave(member.room)
+            if self.sender is not None:
+                self.limits.close_user(self.sender.user)
             self.outbound.close()
             await writer
             metrics.CONNECTIONS.dec()
@@ -192,6 +199,11 @@ class Session:
         account = await accounts.get_account(self.redis, claims.user)
         if account is None:
             raise Unauthenticated("the token names a user that does not exist")
+        if self.sender is None and not self.limits.open_user(account.id):
+            limit = self.settings.max_connections_per_user
+            self.send_error(RateLimited(f"at most {limit} connections per user"), request.id)
+            self._close_with(CLOSE_POLICY, "too many connections for this user")
+            return
         self.sender = Sender(account.id, account.name, account.region, account.age)
         self.extras = request.extras
         diamonds = await rooms.host_diamonds(self.redis, account.room)
@@ -211,6 +223,12 @@ class Session:
         assert self.sender is not None
         if request.room in self.members:
             await self._leave(request.room)
+        if len(self.members) >= self.settings.max_rooms_per_connection:
+            metrics.LIMITED.labels("rooms_per_connection").inc()
+            raise RateLimited(
+                f"at most {self.settings.max_rooms_per_connection} rooms per connection:"
+                " leave one first"
+            )
         state = await rooms.room_state(self.redis, request.room)
         if state is None:
             raise NotFound(f"there is no room '{request.room}'")
@@ -294,6 +312,8 @@ class Session:
                 raise IdempotencyConflict(
                     f"the id '{request.id}' was already used for another chest"
                 ) from e
+            if e.reason == "frozen":
+                raise Forbidden("this account is frozen") from e
             raise NotFound("your account no longer exists") from e
         chest: dict[str, object] = {"chest": funded.chest}
         if funded.payload is not None:

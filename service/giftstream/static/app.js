@@ -115,6 +115,8 @@ async function main() {
     host = new HostView({ client, account: me, stage, effects });
   }
   client.addEventListener("welcome", (e) => wallet.set(e.coins));
+  client.addEventListener("epoch", () => toast("The room's history was reset: replaying it.", "info"));
+  client.addEventListener("servererror", (e) => toast(e.error.message, "error"));
 
   let welcome;
   try {

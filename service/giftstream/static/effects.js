@@ -53,23 +53,27 @@ export class Effects {
   #feedLine(e) {
     const key = e.streak?.id;
     const times = e.streak ? e.streak.repeat : e.count;
-    const line = h(
-      "li",
-      { class: "feed-line" },
-      avatar(e.fromName, e.from, "xs"),
-      h("b", {}, e.fromName),
-      h("span", {}, ` sent ${e.giftName} `),
-      h("span", { class: "feed-art" }, art(e.gift)),
-      times > 1 ? h("b", { class: "feed-times" }, `×${fmt(times)}`) : null,
-    );
-    const existing = key && this.feedByStreak.get(key);
-    if (existing?.isConnected) {
-      existing.replaceWith(line);
-    } else {
+    let line = key && this.feedByStreak.get(key);
+    if (!line?.isConnected) {
+      line = h(
+        "li",
+        { class: "feed-line" },
+        avatar(e.fromName, e.from, "xs"),
+        h("b", {}, e.fromName),
+        h("span", {}, ` sent ${e.giftName} `),
+        h("span", { class: "feed-art" }, art(e.gift)),
+        h("b", { class: "feed-times" }),
+      );
       this.feed.append(line);
       while (this.feed.children.length > MAX_FEED) this.feed.firstElementChild.remove();
+      if (key) this.feedByStreak.set(key, line);
     }
-    if (key) this.feedByStreak.set(key, line);
+    // A streak's line counts up in place (updates of a streak may come merged or late).
+    const shown = $(".feed-times", line);
+    if (times > 1 && times >= Number(shown.dataset.times ?? 0)) {
+      shown.dataset.times = times;
+      shown.textContent = `×${fmt(times)}`;
+    }
   }
 
   #banner(e, size) {
@@ -98,7 +102,7 @@ export class Effects {
     if (times >= shown) {
       combo.dataset.times = times;
       combo.textContent = `×${fmt(times)}`;
-      if (times !== shown) bump(combo);
+      if (times !== shown) bump(combo, 1.5);
     }
     clearTimeout(banner.timer);
     const done = e.closesStreak || !e.streak;

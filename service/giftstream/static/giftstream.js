@@ -377,8 +377,9 @@ export class GiftstreamClient extends EventTarget {
       return; // dropped: #drop schedules the next attempt
     }
     if (answer.t === "error") {
-      // A refused token stays refused: retrying would not help.
-      this.#finish(toError(answer));
+      // A refused token stays refused; any other failure may pass on the next attempt.
+      if (answer.code === "unauthenticated") this.#finish(toError(answer));
+      else this.#drop(ws);
       return;
     }
     this.#ready = true;

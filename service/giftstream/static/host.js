@@ -154,7 +154,7 @@ export class HostView {
   #onCredit(c) {
     this.#setTotal(c.total, true);
     const fan = this.session ? this.session.add(c) : null;
-    const time = new Date(c.ts ?? Date.now()).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    const time = new Date(c.ts ?? Date.now()).toLocaleTimeString([], { hourCycle: "h23" });
     const item = h(
       "li",
       { class: `credit${c.diamonds >= 1000 ? " big" : ""}`, "data-event": c.event },

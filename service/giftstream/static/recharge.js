@@ -57,7 +57,8 @@ export class RechargeDialog {
           h("span", { class: "package-coins" }, h("i", { class: "coin" }), fmt(p.coins)),
           p.bonus ? h("span", { class: "package-bonus" }, `+${fmt(p.bonus)} bonus`) : null,
           h("span", { class: "package-price" }, money(Number(p.price), p.currency)),
-          h("small", { class: "package-rate" }, `${i === packages.length - 1 ? "best value · " : ""}${money(Number(p.price_per_coin) * 100, p.currency)} / 100`),
+          h("small", { class: "package-rate" }, `${money(Number(p.price_per_coin) * 100, p.currency)} per 100`),
+          i === packages.length - 1 && i > 0 ? h("span", { class: "package-tag" }, "best value") : null,
         ),
       ),
     );

@@ -5,6 +5,14 @@ import { hueOf } from "./ui.js";
 
 const BOKEH = 22;
 const FRAME_MS = 1000 / 30 - 2;
+// Skin tones as [hue, saturation %, lightness %] of the lit side, less the highlight.
+const SKIN = [
+  [28, 55, 62],
+  [24, 45, 50],
+  [22, 40, 38],
+  [30, 60, 70],
+  [20, 35, 28],
+];
 const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)").matches;
 
 export class Stage {
@@ -33,6 +41,14 @@ export class Stage {
       speed: 0.2 + rand() * 0.6,
       phase: rand() * Math.PI * 2,
     }));
+    const skin = SKIN[Math.floor(rand() * SKIN.length)];
+    this.look = {
+      skinLight: `hsl(${skin[0]} ${skin[1]}% ${skin[2] + 14}%)`,
+      skinShade: `hsl(${skin[0]} ${skin[1] - 8}% ${skin[2] - 12}%)`,
+      hair: `hsl(${Math.floor(rand() * 40) + (rand() < 0.3 ? 280 : 10)} ${25 + rand() * 45}% ${10 + rand() * 22}%)`,
+      hoodie: this.hue + 40 + rand() * 80,
+      blinkPhase: rand() * 4,
+    };
   }
 
   /** A gift arrived: brighten the scene a little, more for bigger gifts. */
@@ -113,52 +129,117 @@ export class Stage {
   }
 
   #streamer(t, cx, cy) {
-    const { ctx, hue } = this;
+    const { ctx, hue, look } = this;
     const w = this.canvas.width;
     const hgt = this.canvas.height;
-    const bob = Math.sin(t * 1.6) * w * 0.006 + this.energy * Math.sin(t * 9) * w * 0.01;
+    const bob = Math.sin(t * 1.6) * w * 0.006 + this.energy * Math.sin(t * 9) * w * 0.008;
     const sway = Math.sin(t * 0.7) * w * 0.015;
+    const tilt = Math.sin(t * 0.9) * 0.06;
     const headR = w * 0.12;
     const hx = cx + sway;
     const hy = cy + headR * 0.35 + bob;
-    const rim = `hsla(${hue + 180} 95% 75% / 0.85)`;
-    const body = ctx.createLinearGradient(0, hy, 0, hgt);
-    body.addColorStop(0, `hsl(${hue + 10} 35% 14%)`);
-    body.addColorStop(1, `hsl(${hue + 10} 30% 7%)`);
+    const rim = `hsla(${hue + 180} 95% 75% / 0.8)`;
 
+    // Hair behind the head, then the hoodie.
+    ctx.fillStyle = look.hair;
+    ctx.beginPath();
+    ctx.ellipse(hx, hy + headR * 0.45, headR * 1.08, headR * 1.35, tilt, 0, Math.PI * 2);
+    ctx.fill();
+    const top = hy + headR * 1.3;
+    const hoodie = ctx.createLinearGradient(0, top, 0, hgt);
+    hoodie.addColorStop(0, `hsl(${look.hoodie} 55% 32%)`);
+    hoodie.addColorStop(1, `hsl(${look.hoodie} 50% 12%)`);
     ctx.save();
     ctx.shadowColor = rim;
     ctx.shadowBlur = w * 0.03;
-    ctx.fillStyle = body;
-    // Shoulders and torso.
-    const top = hy + headR * 1.35;
+    ctx.fillStyle = hoodie;
     ctx.beginPath();
     ctx.moveTo(cx - w * 0.42 + sway * 0.4, hgt);
     ctx.bezierCurveTo(cx - w * 0.42, top + headR * 0.4, cx - w * 0.2, top, hx, top);
     ctx.bezierCurveTo(cx + w * 0.2, top, cx + w * 0.42, top + headR * 0.4, cx + w * 0.42 + sway * 0.4, hgt);
     ctx.closePath();
     ctx.fill();
-    // Neck and head.
-    ctx.fillRect(hx - headR * 0.35, hy + headR * 0.6, headR * 0.7, headR * 0.9);
+    ctx.restore();
+    // The hoodie's strings.
+    ctx.strokeStyle = `hsl(${look.hoodie} 40% 80% / 0.7)`;
+    ctx.lineWidth = w * 0.006;
+    for (const side of [-1, 1]) {
+      ctx.beginPath();
+      ctx.moveTo(hx + side * headR * 0.3, top + headR * 0.15);
+      ctx.lineTo(hx + side * headR * 0.34 + sway * 0.1, top + headR * 0.9);
+      ctx.stroke();
+    }
+
+    // Neck and face, lit from the front by the ring light.
+    ctx.fillStyle = look.skinShade;
+    ctx.fillRect(hx - headR * 0.3, hy + headR * 0.6, headR * 0.6, headR * 0.8);
+    const face = ctx.createRadialGradient(hx - headR * 0.2, hy - headR * 0.3, headR * 0.1, hx, hy, headR * 1.1);
+    face.addColorStop(0, look.skinLight);
+    face.addColorStop(1, look.skinShade);
+    ctx.save();
+    ctx.translate(hx, hy);
+    ctx.rotate(tilt);
+    ctx.fillStyle = face;
     ctx.beginPath();
-    ctx.ellipse(hx, hy, headR * 0.88, headR, Math.sin(t * 0.9) * 0.06, 0, Math.PI * 2);
+    ctx.ellipse(0, 0, headR * 0.86, headR, 0, 0, Math.PI * 2);
     ctx.fill();
+    // Fringe.
+    ctx.fillStyle = look.hair;
+    ctx.beginPath();
+    ctx.ellipse(0, -headR * 0.55, headR * 0.95, headR * 0.6, 0, Math.PI, Math.PI * 2);
+    ctx.quadraticCurveTo(headR * 0.2, -headR * 0.25, -headR * 0.95, -headR * 0.5);
+    ctx.fill();
+    // Eyes that blink now and then, cheeks, and a mouth that opens when gifts arrive.
+    const blink = (t + look.blinkPhase) % 4.2 < 0.14 ? 0.12 : 1;
+    ctx.fillStyle = "#1d1420";
+    for (const side of [-1, 1]) {
+      ctx.beginPath();
+      ctx.ellipse(side * headR * 0.33, headR * 0.02, headR * 0.085, headR * 0.12 * blink, 0, 0, Math.PI * 2);
+      ctx.fill();
+    }
+    if (blink === 1) {
+      ctx.fillStyle = "rgba(255,255,255,0.9)";
+      for (const side of [-1, 1]) {
+        ctx.beginPath();
+        ctx.arc(side * headR * 0.33 + headR * 0.03, -headR * 0.03, headR * 0.03, 0, Math.PI * 2);
+        ctx.fill();
+      }
+    }
+    ctx.fillStyle = "rgba(255, 110, 140, 0.28)";
+    for (const side of [-1, 1]) {
+      ctx.beginPath();
+      ctx.ellipse(side * headR * 0.5, headR * 0.3, headR * 0.14, headR * 0.08, 0, 0, Math.PI * 2);
+      ctx.fill();
+    }
+    const open = Math.min(1, this.energy * 2) * (0.5 + 0.5 * Math.abs(Math.sin(t * 11)));
+    ctx.fillStyle = "#5a1f2c";
+    ctx.strokeStyle = "#5a1f2c";
+    ctx.lineWidth = headR * 0.05;
+    ctx.lineCap = "round";
+    ctx.beginPath();
+    if (open > 0.15) {
+      ctx.ellipse(0, headR * 0.45, headR * 0.16, headR * 0.12 * open + headR * 0.03, 0, 0, Math.PI * 2);
+      ctx.fill();
+    } else {
+      ctx.arc(0, headR * 0.3, headR * 0.2, Math.PI * 0.2, Math.PI * 0.8);
+      ctx.stroke();
+    }
     ctx.restore();
 
     // Headphones, in the room's accent colour.
     ctx.save();
-    ctx.lineCap = "round";
     ctx.strokeStyle = `hsl(${hue + 150} 90% 62%)`;
     ctx.shadowColor = `hsl(${hue + 150} 90% 62%)`;
     ctx.shadowBlur = w * 0.02;
     ctx.lineWidth = w * 0.018;
+    ctx.lineCap = "round";
     ctx.beginPath();
-    ctx.arc(hx, hy, headR * 1.08, Math.PI * 1.08, Math.PI * 1.92);
+    ctx.arc(hx, hy, headR * 1.1, Math.PI * 1.08 + tilt, Math.PI * 1.92 + tilt);
     ctx.stroke();
     ctx.fillStyle = `hsl(${hue + 150} 85% 55%)`;
     for (const side of [-1, 1]) {
       ctx.beginPath();
-      ctx.ellipse(hx + side * headR * 0.98, hy + headR * 0.1, headR * 0.2, headR * 0.32, 0, 0, Math.PI * 2);
+      ctx.ellipse(hx + side * headR * 0.98, hy + headR * 0.1 + side * tilt * headR, headR * 0.2, headR * 0.32, tilt, 0, Math.PI * 2);
       ctx.fill();
     }
     ctx.restore();
@@ -173,4 +254,5 @@ export class Stage {
       ctx.fillRect(i * bw + bw * 0.2, hgt - bh, bw * 0.6, bh);
     }
   }
+
 }

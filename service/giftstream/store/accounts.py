@@ -105,6 +105,10 @@ class PurchaseConflict(Exception):
     pass
 
 
+class AccountFrozen(Exception):
+    pass
+
+
 class NoSuchPurchase(Exception):
     pass
 
@@ -157,6 +161,8 @@ def _purchase_result(reply: list[Any], user: str) -> PurchaseResult:
         return PurchaseResult("declined", int(reply[1]), 0, replayed=False)
     if status == b"conflict":
         raise PurchaseConflict(user)
+    if status == b"frozen":
+        raise AccountFrozen(user)
     if status == b"not_found":
         raise NoSuchPurchase(user)
     raise NoSuchUser(user)
@@ -263,3 +269,9 @@ async def exchange_points(
         coins_balance, points_balance, coins, points = (int(x) for x in reply[1:5])
         return Exchange(coins_balance, points_balance, coins, points, status == b"replay")
     raise ExchangeRefused(text(status), int(reply[1]) if len(reply) > 1 else 0)
+
+
+async def set_frozen(r: Redis, user: str, frozen: bool, reason: str) -> None:
+    reply = await fcall(r, "set_frozen", _user_keys(user), ["1" if frozen else "0", reason])
+    if reply[0] == b"no_user":
+        raise NoSuchUser(user)

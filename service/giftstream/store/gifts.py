@@ -67,9 +67,25 @@ class CreditNoRoom(Exception):
     pass
 
 
-async def debit(
-    r: Redis, req: DebitRequest, idempotency_ttl_s: int, streak_timeout_ms: int
-) -> Debited:
+@dataclass(frozen=True, slots=True)
+class DebitRules:
+    idempotency_ttl_s: int
+    streak_timeout_ms: int
+    gifts_per_s: float
+    gift_burst: int
+
+
+class DebitRateLimited(Exception):
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(retry_after_ms)
+        self.retry_after_ms = retry_after_ms
+
+
+class DebitFrozen(Exception):
+    pass
+
+
+async def debit(r: Redis, req: DebitRequest, rules: DebitRules) -> Debited:
     reply = await fcall(
         r,
         "gift_debit",
@@ -80,13 +96,14 @@ async def debit(
             keys.outbox(req.viewer),
             keys.streak(req.viewer),
             keys.daily(req.viewer),
+            keys.gift_bucket(req.viewer),
         ],
         [
             req.request_id,
             req.fingerprint,
             req.event,
             req.cost,
-            idempotency_ttl_s,
+            rules.idempotency_ttl_s,
             req.viewer,
             req.room,
             req.host,
@@ -94,9 +111,11 @@ async def debit(
             req.gift.name,
             req.count,
             "1" if req.gift.streakable and req.video is None else "0",
-            streak_timeout_ms,
+            rules.streak_timeout_ms,
             req.viewer_name,
             req.video or "",
+            rules.gifts_per_s,
+            rules.gift_burst,
         ],
     )
     status = reply[0]
@@ -111,6 +130,10 @@ async def debit(
         raise DebitInsufficient(int(reply[1]))
     if status == b"spending_limit":
         raise DebitOverCap(int(reply[1]), int(reply[2]))
+    if status == b"rate_limited":
+        raise DebitRateLimited(int(reply[1]))
+    if status == b"frozen":
+        raise DebitFrozen(req.viewer)
     raise DebitNoUser(req.viewer)
 
 

@@ -28,6 +28,11 @@ def records(user: str) -> str:
     return f"{user_tag(user)}:records"
 
 
+def gift_bucket(user: str) -> str:
+    """Hash: tokens, at — the user's gift rate limit (a token bucket)."""
+    return f"{user_tag(user)}:bucket"
+
+
 def daily(user: str) -> str:
     """Hash: day (UTC, days since 1970) and coins spent on gifts that day."""
     return f"{user_tag(user)}:daily"

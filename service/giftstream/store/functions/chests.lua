@@ -11,7 +11,7 @@ chest_fund     (dropper's slot {u:<id>})
   KEYS: acct, records, ledger, outbox
   ARGV: request id, chest id, room, coins, display name, countdown (ms), claim window (ms)
   -> {'ok', chest, balance, payload} | {'replay', chest, balance, payload|nil}
-     | {'conflict'} | {'insufficient', balance} | {'no_user'}
+     | {'conflict'} | {'insufficient', balance} | {'no_user'} | {'frozen'}
   Debits the dropper (user -N, platform:chests +N) and leaves the chest's creation in the outbox
   (idempotent on the request id, like a gift).
 chest_create   (room slot {r:<room>})
@@ -57,6 +57,7 @@ local function chest_fund(keys, args)
   end
   local balance = redis.call('HGET', acct, 'coins')
   if not balance then return {'no_user'} end
+  if redis.call('HGET', acct, 'frozen') == '1' then return {'frozen'} end
   if tonumber(balance) < coins then return {'insufficient', tonumber(balance)} end
   local now = now_ms()
   local opens_at = now + tonumber(args[6])

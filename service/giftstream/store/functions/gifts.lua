@@ -5,10 +5,12 @@ shards; the outbox on the viewer's slot carries the gift from the first half to 
 Payloads are msgpack maps (cmsgpack keeps integers exact).
 
 gift_debit   (viewer slot {u:<viewer>})
-  KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today)
+  KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today),
+        bucket (the gift rate limit: tokens, at)
   ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
         6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
-        13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift)
+        13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift),
+        16 gifts per second refilled, 17 burst (bucket size)
   -> {'ok', event, balance, payload}      debited now; payload is the outbox entry to credit
      {'replay', event, balance, payload|nil}  this id was debited before (same content): the
                                           original answer; payload while its credit is pending
@@ -16,6 +18,9 @@ gift_debit   (viewer slot {u:<viewer>})
      {'no_user'}                          no such account; nothing changed
      {'insufficient', balance}            not enough coins; nothing changed
      {'spending_limit', cap, spent today} the daily cap would be exceeded; nothing changed
+     {'rate_limited', retry after (ms)}   over the gift rate (a token bucket shared by every
+                                          worker); nothing changed
+     {'frozen'}                           the account is frozen; nothing changed
   Order: idempotency record first, then every check, and only then the writes.
   The streak (id, repeat) is assigned here, atomically with the debit: a tap is counted once.
   Ledger: user:<viewer> coins -cost, platform:spent coins +cost.
@@ -43,6 +48,7 @@ gift_credit  (room slot {r:<room>})
 local function gift_debit(keys, args)
   local acct, idem, ledger, outbox, streak, daily = keys[1], keys[2], keys[3], keys[4], keys[5],
     keys[6]
+  local bucket = keys[7]
   local request_id, fingerprint, event = args[1], args[2], args[3]
   local cost, ttl = tonumber(args[4]), tonumber(args[5])
   local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
@@ -58,10 +64,16 @@ local function gift_debit(keys, args)
 
   local balance = redis.call('HGET', acct, 'coins')
   if not balance then return {'no_user'} end
+  if redis.call('HGET', acct, 'frozen') == '1' then return {'frozen'} end
+  local now = now_ms()
+  local rate, burst = tonumber(args[16]), tonumber(args[17])
+  local b = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = burst
+  if b[1] then tokens = math.min(burst, tonumber(b[1]) + (now - tonumber(b[2])) * rate / 1000) end
+  if tokens < 1 then return {'rate_limited', math.ceil((1 - tokens) * 1000 / rate)} end
   balance = tonumber(balance)
   if balance < cost then return {'insufficient', balance} end
 
-  local now = now_ms()
   local today = math.floor(now / 86400000)
   local spent_today = 0
   if tonumber(redis.call('HGET', daily, 'day') or '-1') == today then
@@ -92,6 +104,8 @@ local function gift_debit(keys, args)
 
   local after = redis.call('HINCRBY', acct, 'coins', -cost)
   redis.call('HINCRBY', acct, 'spent', cost)
+  redis.call('HSET', bucket, 'tokens', tokens - 1, 'at', now)
+  redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
   redis.call('HSET', daily, 'day', today, 'spent', spent_today + cost)
   redis.call('PEXPIRE', daily, 2 * 86400000)
   local packed = cmsgpack.pack(payload)

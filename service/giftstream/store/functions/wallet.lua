@@ -15,7 +15,7 @@ purchase         ARGV: receipt, fingerprint, coins, bonus, state ('paid'|'pendin
                     {'replay', balance, credited, state}   this receipt was seen: its result
                                                     (the balance right after it was credited)
                     {'conflict'}                    this receipt was used for another purchase
-                    {'no_user'}
+                    {'no_user'} | {'frozen'}        (a frozen account buys nothing)
 purchase_settle  ARGV: receipt, outcome ('paid'|'declined')
                  -> {'ok', balance, credited} | {'replay', balance, credited, state}
                     | {'declined', balance} | {'not_found'}
@@ -30,6 +30,9 @@ set_limits       ARGV: daily cap ('' = none), guardian code hash given ('' = non
                  With a guardian lock, raising or removing the cap, or changing the lock, needs
                  the guardian's code; lowering it never does.
 points_grant     ARGV: ref, points > 0, source     -> {'ok', points} | {'replay', points} | {'no_user'}
+set_frozen       ARGV: '1' | '0', reason      -> {'ok'} | {'no_user'}
+                 An admin freezes or thaws the account (a ledger entry without postings); a
+                 frozen account can neither buy, nor send gifts, nor drop chests.
 points_exchange  ARGV: ref, points > 0, points per coin
                  -> {'ok', coins balance, points balance, coins credited, points spent}
                     | {'replay', ...same} | {'conflict'} | {'insufficient', points} | {'too_few'}
@@ -105,6 +108,7 @@ local function purchase(keys, args)
       record.credited or 0, record.state}
   end
   if redis.call('EXISTS', acct) == 0 then return {'no_user'} end
+  if redis.call('HGET', acct, 'frozen') == '1' then return {'frozen'} end
   record = {fp = fingerprint, coins = tonumber(args[3]), bonus = tonumber(args[4]),
     state = args[5], settle_at = tonumber(args[6]), price = args[7], currency = args[8],
     package = args[9], channel = args[10], region = args[11], credited = 0}
@@ -224,7 +228,17 @@ local function points_exchange(keys, args)
   return {'ok', coins_after, points_after, coins, spent}
 end
 
+local function set_frozen(keys, args)
+  local acct, ledger = keys[1], keys[3]
+  if redis.call('EXISTS', acct) == 0 then return {'no_user'} end
+  redis.call('HSET', acct, 'frozen', args[1])
+  post(ledger, 'freeze', args[1], tonumber(redis.call('HGET', acct, 'coins')), {},
+    {'reason', args[2]})
+  return {'ok'}
+end
+
 redis.register_function('user_create', user_create)
+redis.register_function('set_frozen', set_frozen)
 redis.register_function('grant_coins', grant_coins)
 redis.register_function('purchase', purchase)
 redis.register_function('purchase_settle', purchase_settle)
