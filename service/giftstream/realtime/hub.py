@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 
 from giftstream import metrics
 from giftstream.domain.streaks import StreakBook, StreakTap
@@ -29,7 +31,12 @@ from giftstream.realtime.frames import Encoded, batch, single
 from giftstream.realtime.member import Member
 from giftstream.settings import Settings
 from giftstream.store import keys, rooms
-from giftstream.store.connection import SOCKET_TIMEOUT_S, Redis, connect_pubsub
+from giftstream.store.connection import (
+    SOCKET_TIMEOUT_S,
+    Redis,
+    connect_pubsub,
+    connect_pubsub_node,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,15 @@ class RoomChannel:
     )
 
 
+@dataclass(eq=False)
+class _Link:
+    """One pub/sub connection and the task that reads it."""
+
+    client: aioredis.Redis
+    pubsub: PubSub
+    reader: asyncio.Task[None] | None = None
+
+
 def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
 
@@ -91,8 +107,10 @@ class Hub:
         self._tick_s = settings.coalesce_tick_ms / 1000
         self.worker_id = secrets.token_hex(6)
         self._rooms: dict[str, RoomChannel] = {}
-        self._pubsub: PubSub | None = None
-        self._client: Redis | None = None
+        # One pub/sub connection per server: the only one, or each cluster node that owns a
+        # room we subscribe to (sharded channels must be subscribed on their slot's node).
+        self._links: dict[str, _Link] = {}
+        self._failed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._resync: asyncio.Task[None] | None = None
         self._pong = asyncio.Event()
@@ -104,7 +122,7 @@ class Hub:
     async def start(self) -> None:
         await self._connect()
         self._tasks = [
-            asyncio.create_task(self._read_forever(), name="hub-reader"),
+            asyncio.create_task(self._watch_forever(), name="hub-watcher"),
             asyncio.create_task(self._tick_forever(), name="hub-ticker"),
         ]
 
@@ -119,24 +137,61 @@ class Hub:
                 await rooms.update_presence(self._redis, channel.room, self.worker_id, 0, 0)
         await self._disconnect()
 
+    def _address_of(self, channel: str) -> str:
+        if isinstance(self._redis, RedisCluster):
+            node = self._redis.get_node_from_key(channel)
+            if node is None:
+                raise ConnectionError(f"no cluster node serves {channel}")
+            return f"{node.host}:{node.port}"
+        return "main"
+
+    async def _link(self, channel: str) -> PubSub:
+        """The pub/sub connection on which `channel` is to be subscribed."""
+        address = self._address_of(channel)
+        link = self._links.get(address)
+        if link is None:
+            if address == "main":
+                client = connect_pubsub(self._url)
+            else:
+                host, port = address.rsplit(":", 1)
+                client = connect_pubsub_node(host, int(port), self._url)
+            link = _Link(client, client.pubsub())
+            self._links[address] = link
+        return link.pubsub
+
+    def _start_reader(self, pubsub: PubSub) -> None:
+        for link in self._links.values():
+            if link.pubsub is pubsub and link.reader is None:
+                link.reader = asyncio.create_task(self._read(link), name="hub-reader")
+
     async def _connect(self) -> None:
-        self._client = connect_pubsub(self._url)
-        self._pubsub = self._client.pubsub()
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()
         # Broadcast gifts, on a plain channel: every worker hears every region.
-        await self._pubsub.subscribe(keys.BROADCAST_CHANNEL)
+        main = await self._link(keys.BROADCAST_CHANNEL)
+        await main.subscribe(keys.BROADCAST_CHANNEL)
+        self._start_reader(main)
         for channel in self._rooms.values():
-            await self._pubsub.ssubscribe(keys.room_channel(channel.room))
+            await self._subscribe(keys.room_channel(channel.room))
         self.healthy = True
+
+    async def _subscribe(self, channel: str) -> None:
+        pubsub = await self._link(channel)
+        await pubsub.ssubscribe(channel)
+        self._start_reader(pubsub)
 
     async def _disconnect(self) -> None:
         self.healthy = False
-        if self._pubsub is not None:
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            if link.reader is not None:
+                link.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await link.reader
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-        if self._client is not None:
+                await link.pubsub.aclose()  # type: ignore[no-untyped-call]
             with contextlib.suppress(Exception):
-                await self._client.aclose()
-        self._pubsub = self._client = None
+                await link.client.aclose()
 
     # -- membership --------------------------------------------------------------------------
 
@@ -168,8 +223,11 @@ class Hub:
             )
             self._rooms[member.room] = channel
             metrics.ROOMS_SUBSCRIBED.set(len(self._rooms))
-            if self._pubsub is not None:
-                await self._pubsub.ssubscribe(keys.room_channel(member.room))
+            if self.healthy:
+                try:
+                    await self._subscribe(keys.room_channel(member.room))
+                except (ConnectionError, OSError) as e:
+                    self._failed_with(e)
         channel.members.add(member)
         await asyncio.shield(channel.subscribed)
         await self._presence_changed(channel, member, joined=True)
@@ -181,13 +239,15 @@ class Hub:
             return
         channel.members.discard(member)
         await self._presence_changed(channel, member, joined=False)
-        if channel.members:
+        # Another member may have come, or the room been dropped, while we awaited.
+        if channel.members or self._rooms.get(member.room) is not channel:
             return
         del self._rooms[member.room]
         metrics.ROOMS_SUBSCRIBED.set(len(self._rooms))
-        if self._pubsub is not None and self.healthy:
+        if self.healthy:
             with contextlib.suppress(Exception):
-                await self._pubsub.sunsubscribe(keys.room_channel(member.room))
+                channel_name = keys.room_channel(member.room)
+                await (await self._link(channel_name)).sunsubscribe(channel_name)
 
     async def _presence_changed(self, channel: RoomChannel, member: Member, joined: bool) -> None:
         """Small rooms count every join and leave at once and show them; big rooms update
@@ -221,37 +281,41 @@ class Hub:
             channel.presence_due = True
 
     async def ping(self, timeout_s: float = 2.0) -> bool:
-        """True when the subscriber connection answers a PING now."""
-        if self._pubsub is None or not self.healthy:
+        """True when the pub/sub connections are up and the main one answers a PING now."""
+        if not self.healthy:
             return False
         self._pong.clear()
         try:
-            await self._pubsub.ping()
+            await (await self._link(keys.BROADCAST_CHANNEL)).ping()
             await asyncio.wait_for(self._pong.wait(), timeout_s)
         except (TimeoutError, ConnectionError, OSError):
             return False
-        return True
+        return self.healthy
 
     # -- the reader --------------------------------------------------------------------------
 
-    async def _read_forever(self) -> None:
-        while True:
-            try:
-                await self._read_until_failure()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # any failure of the connection: recover, never die
-                log.warning("pub/sub connection lost (%s); resubscribing", e)
-            await self._recover()
+    async def _read(self, link: "_Link") -> None:
+        try:
+            while True:
+                message = await link.pubsub.get_message(timeout=None)
+                if message is not None:
+                    self._on_message(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # any failure of a connection: recover, never die
+            self._failed_with(e)
 
-    async def _read_until_failure(self) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise ConnectionError("no pub/sub connection")
+    def _failed_with(self, error: BaseException) -> None:
+        if self.healthy:
+            log.warning("pub/sub connection lost (%s); resubscribing", error)
+        self.healthy = False
+        self._failed.set()
+
+    async def _watch_forever(self) -> None:
         while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is not None:
-                self._on_message(message)
+            await self._failed.wait()
+            await self._recover()
+            self._failed.clear()
 
     async def _recover(self) -> None:
         await self._disconnect()
@@ -269,8 +333,9 @@ class Hub:
             try:
                 await self._connect()
                 break
-            except (ConnectionError, OSError) as e:
+            except Exception as e:  # the store may be down or failing over: try again
                 log.warning("pub/sub reconnect failed (%s)", e)
+                await self._disconnect()
                 await asyncio.sleep(RECONNECT_DELAY_S)
         self.reconnects += 1
         self._resync = asyncio.create_task(self._resync_all(cut_off), name="hub-resync")
@@ -419,5 +484,4 @@ class Hub:
                     await self._force_reconnect()
 
     async def _force_reconnect(self) -> None:
-        if self._pubsub is not None and self._pubsub.connection is not None:
-            await self._pubsub.connection.disconnect()
+        self._failed_with(ConnectionError("no answer to PING"))

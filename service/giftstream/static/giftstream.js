@@ -8,8 +8,8 @@
 //   const ack = await client.sendGift(room, "rose", 1); // ack.coins: your balance after it
 //
 // Guarantees, across any number of dropped connections:
-// - sendGift charges a gift at most once: it keeps one idempotency id and re-sends that id after
-//   each reconnect until the server answers with the ack or an error.
+// - sendGift (and dropChest) charges at most once: it keeps one idempotency id and re-sends that
+//   id after each reconnect until the server answers or refuses.
 // - "gift" and "credit" events of a room come at most once and in offset order: every reconnect
 //   authenticates again and joins each room with `since` = the last {epoch, offset} seen, so
 //   nothing is missed (live gift frames the server sheds under load excepted: they are lossy).
@@ -173,6 +173,36 @@ export class ServerErrorEvent extends Event {
   }
 }
 
+/** A treasure chest dropped in a room: claimable from opensAt to closesAt (server ms). */
+export class ChestEvent extends Event {
+  constructor(f) {
+    super("chest");
+    this.room = f.room;
+    this.chest = f.chest;
+    this.from = f.from;
+    this.fromName = f.from_name ?? f.from;
+    this.coins = f.coins;
+    this.opensAt = f.opens_at;
+    this.closesAt = f.closes_at;
+  }
+}
+
+/** How a chest was shared: `shares` lists the first 20 [{user, name, coins}]. */
+export class ChestResultEvent extends Event {
+  constructor(f) {
+    super("chestresult");
+    this.room = f.room;
+    this.chest = f.chest;
+    this.from = f.from;
+    this.coins = f.coins;
+    this.claimants = f.claimants;
+    this.share = f.share;
+    this.remainder = f.remainder;
+    this.returned = f.returned;
+    this.shares = f.shares ?? [];
+  }
+}
+
 /** Any other server frame (extensions such as `viewers` or `leaderboard`), as received. */
 export class FrameEvent extends Event {
   constructor(frame) {
@@ -184,6 +214,8 @@ export class FrameEvent extends Event {
 // -- the client --------------------------------------------------------------------------------
 
 const HISTORY_FRAMES = new Set(["gift", "credit"]);
+// Answers to the idempotent requests (gifts, chest drops), matched by id.
+const IDEMPOTENT_ANSWERS = new Set(["ack", "dropped"]);
 
 export class GiftstreamClient extends EventTarget {
   #url;
@@ -206,12 +238,15 @@ export class GiftstreamClient extends EventTarget {
   #requests = new Map(); // id → {resolve, reject}: auth, leave, ping (one connection)
   #joinIds = new Map(); // id → room
   #rooms = new Map(); // room → {name, epoch, offset, joinedOffset, live, recent, priming, ...}
-  #gifts = new Map(); // id → {frame, resolve, reject, ws}
+  #gifts = new Map(); // id → {frame, resolve, reject, ws}: gifts and chest drops
+  #extras;
+  #clockOffsetMs = 0;
 
   /**
    * url: the server's WebSocket URL (see urlFor); token: the user's token.
    * Options: backoff (a Backoff), heartbeatMs (a ping this often; no pong by the next one
-   * drops the connection), WebSocket and random (to substitute in tests).
+   * drops the connection), extras (receive the server's extension frames: room state, viewer
+   * counts, chests, batches; default true), WebSocket and random (to substitute in tests).
    */
   constructor(url, token, options = {}) {
     super();
@@ -221,6 +256,7 @@ export class GiftstreamClient extends EventTarget {
     this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.#random = options.random ?? Math.random;
     this.#heartbeatMs = options.heartbeatMs ?? 15000;
+    this.#extras = options.extras ?? true;
   }
 
   /** ws(s)://host/v1/ws for a page served by the giftstream server itself. */
@@ -248,9 +284,9 @@ export class GiftstreamClient extends EventTarget {
     return st && st.epoch !== null ? { epoch: st.epoch, offset: st.offset } : null;
   }
 
-  /** Gifts sent and not yet answered. */
-  get pendingGifts() {
-    return this.#gifts.size;
+  /** The server's clock (ms), from the latest ping: chest countdowns use it. */
+  serverNow() {
+    return Date.now() + this.#clockOffsetMs;
   }
 
   /**
@@ -330,14 +366,35 @@ export class GiftstreamClient extends EventTarget {
    * omitted): whatever happens to connections, the gift is charged at most once.
    */
   sendGift(room, gift, count = 1, { id = randomId() } = {}) {
+    return this.#idempotent({ t: "gift", id, room, gift, count });
+  }
+
+  /**
+   * Drop a treasure chest of `coins` into a room. Resolves with {id, room, chest, coins,
+   * opensAt, closesAt} (coins: the dropper's balance after it); charged at most once, like a gift.
+   */
+  async dropChest(room, coins, { id = randomId() } = {}) {
+    const f = await this.#idempotent({ t: "drop_chest", id, room, coins });
+    return { id, room: f.room, chest: f.chest, coins: f.coins, opensAt: f.opens_at, closesAt: f.closes_at };
+  }
+
+  /** Claim a chest while it is open. Resolves with your place among the claimants (1 = first). */
+  async claim(room, chest) {
+    if (!this.#ready) throw new GiftstreamError("offline", "not connected: try again in a moment");
+    const answer = await this.#ask({ t: "claim", room, chest });
+    if (answer.t === "error") throw toError(answer);
+    return answer.order;
+  }
+
+  #idempotent(frame) {
     if (this.#state === State.CLOSED) {
       return Promise.reject(new GiftstreamError("closed", "the client is closed"));
     }
-    if (this.#gifts.has(id)) {
-      return Promise.reject(new GiftstreamError("duplicate_id", `gift '${id}' is in flight`));
+    if (this.#gifts.has(frame.id)) {
+      return Promise.reject(new GiftstreamError("duplicate_id", `'${frame.id}' is in flight`));
     }
     return new Promise((resolve, reject) => {
-      this.#gifts.set(id, { frame: { t: "gift", id, room, gift, count }, resolve, reject, ws: null });
+      this.#gifts.set(frame.id, { frame, resolve, reject, ws: null });
       this.#pumpGifts();
     });
   }
@@ -372,7 +429,9 @@ export class GiftstreamClient extends EventTarget {
   async #handshake(ws) {
     let answer;
     try {
-      answer = await this.#ask({ t: "auth", token: this.#token });
+      const auth = { t: "auth", token: this.#token };
+      if (this.#extras) auth.extras = true;
+      answer = await this.#ask(auth);
     } catch {
       return; // dropped: #drop schedules the next attempt
     }
@@ -389,8 +448,8 @@ export class GiftstreamClient extends EventTarget {
     for (const st of this.#rooms.values()) this.#sendJoin(st);
     this.#setState(State.OPEN);
     this.#settleConnect(null);
-    this.#startHeartbeat(ws);
     this.#pumpGifts();
+    this.#startHeartbeat(ws);
   }
 
   /** The connection `ws` is gone (closed, failed, or silent): reconnect unless closed. */
@@ -459,17 +518,23 @@ export class GiftstreamClient extends EventTarget {
 
   #startHeartbeat(ws) {
     // A connection that died without a close (a sleeping laptop, a lost network) is noticed
-    // by the missing pong, and replaced.
-    this.#heartbeat = setInterval(() => {
+    // by the missing pong, and replaced. Each pong also tells the server's clock.
+    const ping = () => {
       if (this.#pingOut !== null) {
         this.#drop(ws);
         return;
       }
+      const sent = Date.now();
       this.#pingOut = this.#ask({ t: "ping" }).then(
-        () => (this.#pingOut = null),
+        (pong) => {
+          this.#pingOut = null;
+          if (typeof pong.ts === "number") this.#clockOffsetMs = pong.ts - (sent + Date.now()) / 2;
+        },
         () => {},
       );
-    }, this.#heartbeatMs);
+    };
+    ping();
+    this.#heartbeat = setInterval(ping, this.#heartbeatMs);
   }
 
   // -- sending ---------------------------------------------------------------------------------
@@ -540,7 +605,7 @@ export class GiftstreamClient extends EventTarget {
       this.#onHistoryEvent(frame);
     } else if (t === "joined") {
       this.#onJoined(frame);
-    } else if (t === "ack" || (t === "error" && this.#gifts.has(frame.id))) {
+    } else if (IDEMPOTENT_ANSWERS.has(t) || (t === "error" && this.#gifts.has(frame.id))) {
       this.#onGiftAnswer(frame);
       return;
     } else if (t === "room") {
@@ -552,7 +617,11 @@ export class GiftstreamClient extends EventTarget {
     } else if (t === "error" && this.#joinIds.has(frame.id)) {
       this.#onJoinRefused(frame);
       return;
-    } else if (!["welcome", "left", "error", "pong"].includes(t)) {
+    } else if (t === "chest" || t === "chest_result") {
+      if (this.#rooms.has(frame.room)) {
+        this.dispatchEvent(t === "chest" ? new ChestEvent(frame) : new ChestResultEvent(frame));
+      }
+    } else if (!["welcome", "left", "error", "pong", "claimed"].includes(t)) {
       this.dispatchEvent(new FrameEvent(frame));
     }
     const request = this.#requests.get(frame.id);
@@ -628,6 +697,7 @@ export class GiftstreamClient extends EventTarget {
     if (!g) return; // answered already (a re-sent gift's first answer came late)
     this.#gifts.delete(f.id);
     if (f.t === "ack") g.resolve({ id: f.id, event: f.event, coins: f.coins });
+    else if (f.t === "dropped") g.resolve(f);
     else g.reject(toError(f));
     this.#pumpGifts();
   }

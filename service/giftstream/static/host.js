@@ -1,6 +1,7 @@
 // The host view: go live, watch diamonds come in, thank gifters, end the LIVE and see a summary.
 
 import { api } from "./api.js";
+import { Chests } from "./chests.js";
 import { art } from "./gifts.js";
 import { $, avatar, duration, flash, fmt, h, money, toast } from "./ui.js";
 
@@ -54,6 +55,7 @@ export class HostView {
     this.thanked = new Set();
     this.diamondValue = DIAMOND_VALUE_USD;
     this.currency = "USD";
+    this.peakViewers = null;
     client.addEventListener("credit", (e) => e.room === this.room && this.#onCredit(e));
     client.addEventListener("gift", (e) => e.room === this.room && this.effects.play(e));
     client.addEventListener("room", (e) => e.room === this.room && this.#onLive(e.live));
@@ -62,6 +64,7 @@ export class HostView {
       const f = e.frame;
       if (f.t === "viewers" && f.room === this.room && Number.isInteger(f.viewers)) this.#setViewers(f.viewers);
     });
+    this.chests = new Chests($("#chests"), client, { canClaim: false });
     $("#golive-btn").addEventListener("click", () => this.goLive());
     $("#end-live").addEventListener("click", () => this.endLive());
     $("#summary-again").addEventListener("click", () => {
@@ -102,7 +105,12 @@ export class HostView {
     if (!this.room) return;
     $("#end-live").disabled = true;
     try {
-      await api(`/v1/rooms/${encodeURIComponent(this.room)}/end`, { method: "POST", token: this.account.token });
+      const { body } = await api(`/v1/rooms/${encodeURIComponent(this.room)}/end`, {
+        method: "POST",
+        token: this.account.token,
+      });
+      // The server's summary adds what the page cannot count: the viewers.
+      this.peakViewers = body.summary?.peak_viewers ?? null;
       this.#onLive(false);
     } catch (e) {
       toast(`Could not end the LIVE: ${e.message}`, "error");
@@ -113,6 +121,7 @@ export class HostView {
 
   async #enter(room) {
     this.room = room;
+    this.chests.watch(room);
     this.stage.setScene(room);
     $("#stage").dataset.room = room;
     const link = `${location.origin}/?room=${encodeURIComponent(room)}`;
@@ -125,6 +134,7 @@ export class HostView {
 
   #beginSession() {
     this.session = new LiveSession();
+    this.peakViewers = null;
     this.thanked.clear();
     $("#credit-feed").replaceChildren();
     this.effects.clear();
@@ -285,6 +295,7 @@ export class HostView {
     $("#summary-diamonds").textContent = fmt(s.diamonds);
     $("#summary-money").textContent = money(s.diamonds * this.diamondValue, this.currency);
     $("#summary-gifts").textContent = fmt(s.gifts);
+    $("#summary-peak").textContent = this.peakViewers === null ? "—" : fmt(this.peakViewers);
     const kinds = s.kinds();
     $("#summary-kinds").replaceChildren(
       ...kinds.map((k) =>

@@ -1,10 +1,14 @@
 // The viewer view: pick a live room, watch its gifts, send your own, see who gives the most.
 
 import { api } from "./api.js";
+import { Chests } from "./chests.js";
 import { art, tier } from "./gifts.js";
 import { $, avatar, bump, flash, fmt, h, hueOf, toast } from "./ui.js";
 
 const ROOMS_REFRESH_MS = 5000;
+// After a chest settles, the balance is read again until the share shows (it is paid apart).
+const WALLET_POLLS = 6;
+const WALLET_POLL_MS = 1000;
 // History events replayed on joining, so the feed and the board are not empty at first.
 const RECENT_EVENTS = 200;
 const BOARD_SIZE = 5;
@@ -86,6 +90,15 @@ export class ViewerView {
       const f = e.frame;
       if (f.t === "viewers" && f.room === this.room && Number.isInteger(f.viewers)) this.#setViewers(f.viewers);
     });
+    this.chests = new Chests($("#chests"), client, {
+      canClaim: true,
+      onSettled: () => this.#refreshWallet(),
+    });
+    $("#chest-btn").addEventListener("click", () => $("#chest-dialog").showModal());
+    $("#chest-close").addEventListener("click", () => $("#chest-dialog").close());
+    for (const size of document.querySelectorAll("#chest-sizes [data-coins]")) {
+      size.addEventListener("click", () => this.#dropChest(Number(size.dataset.coins)));
+    }
     this.#renderGifts();
   }
 
@@ -104,6 +117,7 @@ export class ViewerView {
     history.replaceState(null, "", `?room=${encodeURIComponent(room)}`);
     this.board = new GiftersBoard(this.catalog);
     this.effects.clear();
+    this.chests.watch(room);
     this.#renderBoard();
     this.stage.setScene(room);
     $("#stage").dataset.room = room;
@@ -231,6 +245,43 @@ export class ViewerView {
       } else {
         toast(ERRORS[e.code] ?? e.message, "error");
       }
+    }
+  }
+
+  async #dropChest(coins) {
+    $("#chest-dialog").close();
+    if (!this.room) {
+      toast("Pick a live room first.", "info");
+      return;
+    }
+    const generation = this.wallet.generation;
+    try {
+      const dropped = await this.client.dropChest(this.room, coins);
+      this.wallet.fromAck(dropped.coins, generation);
+      toast(`Your chest of ${fmt(coins)} coins is in the room!`, "success");
+    } catch (e) {
+      if (e.code === "insufficient_coins") {
+        toast(`Not enough coins for a chest of ${fmt(coins)}.`, "error");
+        this.recharge.open(`A chest of ${fmt(coins)} coins needs more coins.`);
+      } else {
+        toast(ERRORS[e.code] ?? e.message, "error");
+      }
+    }
+  }
+
+  async #refreshWallet() {
+    const before = this.wallet.coins;
+    for (let i = 0; i < WALLET_POLLS; i += 1) {
+      try {
+        const { body } = await api("/v1/wallet", { token: this.account.token });
+        if (body.coins !== before) {
+          this.wallet.credit(body.coins);
+          return;
+        }
+      } catch {
+        // try again below
+      }
+      await new Promise((resolve) => setTimeout(resolve, WALLET_POLL_MS));
     }
   }
 

@@ -5,12 +5,15 @@ from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from giftstream.store import keys
 
-Redis = aioredis.Redis
+# A client for one server (redis://, rediss://, unix://) or for a cluster (redis+cluster://).
+Redis = aioredis.Redis | RedisCluster
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # Replies as this module's clients return them (decode_responses=False): redis-py types them
 # loosely, so the store casts them once, to these, where it reads them.
 HashReply = dict[bytes, bytes]
@@ -20,9 +23,44 @@ COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
 
 
+class _Cluster(RedisCluster):
+    """Routes FCALL by its declared keys, as redis-py does for EVAL (it would otherwise ask a
+    server which keys the call has: a round trip per call)."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if command.upper() in ("FCALL", "FCALL_RO") and len(args) >= 2 and int(args[1]) > 0:
+            slots = {self.keyslot(k) for k in args[2 : 2 + int(args[1])]}
+            if len(slots) == 1:
+                return slots.pop()
+        return await super()._determine_slot(command, *args)
+
+
+def is_cluster(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def cluster_seeds(url: str) -> list[tuple[str, int]]:
+    """`redis+cluster://host:port[,host:port...]` → the seed nodes."""
+    hosts = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+    seeds = []
+    for seed in hosts.split(","):
+        host, _, port = seed.rpartition(":")
+        seeds.append((host or "127.0.0.1", int(port or 6379)))
+    return seeds
+
+
 def connect(url: str, max_connections: int = 64) -> Redis:
     """A client for commands. Replies stay bytes: payloads are msgpack. When every pooled
     connection is busy, a command waits for one (up to the socket timeout) instead of failing."""
+    if is_cluster(url):
+        return _Cluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in cluster_seeds(url)],
+            ssl=url.startswith("rediss"),
+            decode_responses=False,
+            max_connections=max_connections,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=False,
@@ -35,12 +73,29 @@ def connect(url: str, max_connections: int = 64) -> Redis:
     return aioredis.Redis.from_pool(pool)
 
 
-def connect_pubsub(url: str) -> Redis:
+def connect_pubsub(url: str) -> aioredis.Redis:
     """A client for the subscriber connection: no read timeout, since a quiet room sends
     nothing for hours (the hub checks liveness with PING instead), and no silent retries: a
-    failure must reach the hub, which resubscribes and replays what was missed."""
+    failure must reach the hub, which resubscribes and replays what was missed. For a cluster,
+    the first seed node (plain channels reach every node of a cluster)."""
+    if is_cluster(url):
+        host, port = cluster_seeds(url)[0]
+        return connect_pubsub_node(host, port, url)
     return aioredis.from_url(
         url,
+        decode_responses=False,
+        socket_timeout=None,
+        socket_connect_timeout=SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def connect_pubsub_node(host: str, port: int, url: str) -> aioredis.Redis:
+    """Like connect_pubsub, to one node of the cluster named by `url`."""
+    return aioredis.Redis(
+        host=host,
+        port=port,
+        ssl=url.startswith("rediss"),
         decode_responses=False,
         socket_timeout=None,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
@@ -60,13 +115,20 @@ def function_sources() -> dict[str, str]:
 
 
 async def command(r: Redis, *args: Any) -> Any:
-    return await r.execute_command(*args)  # type: ignore[no-untyped-call]
+    return await r.execute_command(*args)
 
 
 async def load_functions(r: Redis) -> None:
-    """FUNCTION LOAD REPLACE every library; safe to run from many workers at once."""
+    """FUNCTION LOAD REPLACE every library, on every primary of a cluster; safe to run from many
+    workers at once."""
     for source in function_sources().values():
-        await command(r, "FUNCTION", "LOAD", "REPLACE", source)
+        if isinstance(r, RedisCluster):
+            await r.initialize()
+            await r.execute_command(
+                "FUNCTION", "LOAD", "REPLACE", source, target_nodes=r.get_primaries()
+            )
+        else:
+            await command(r, "FUNCTION", "LOAD", "REPLACE", source)
 
 
 async def fcall(r: Redis, name: str, keys_: list[str], args: list[Any]) -> Any:
