@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from giftstream.store.connection import Redis, connect
-from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from proxy import Proxy
 from support import Api, ServerProcess, running
 
@@ -26,17 +26,44 @@ def valkey() -> Iterator[EmbeddedValkey]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+SHARED_ENV = {
+    "GIFTSTREAM_STREAK_TIMEOUT_MS": TEST_STREAK_TIMEOUT_MS,
+    # Tests gift as fast as they can; the default gift rate limit has tests of its own.
+    "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
+    "GIFTSTREAM_GIFT_BURST": "1000000",
+}
+
+
 @pytest.fixture(scope="session")
-def server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
-    """One service process shared by the tests that need no special settings."""
-    env = {
-        "GIFTSTREAM_STREAK_TIMEOUT_MS": TEST_STREAK_TIMEOUT_MS,
-        # Tests gift as fast as they can; the default gift rate limit has tests of its own.
-        "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
-        "GIFTSTREAM_GIFT_BURST": "1000000",
-    }
-    with running(ServerProcess(valkey.url, env=env)) as s:
+def valkey_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    """One service process on one Valkey, shared by the tests that need no special settings."""
+    with running(ServerProcess(valkey.url, env=SHARED_ENV)) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    """A 3-primary Valkey Cluster with a replica each, on loopback."""
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    nodes = EmbeddedCluster(path / "cluster")
+    nodes.start()
+    yield nodes
+    nodes.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_server(cluster: EmbeddedCluster) -> Iterator[ServerProcess]:
+    """One service process on the cluster."""
+    with running(ServerProcess(cluster.url, env=SHARED_ENV)) as s:
+        yield s
+
+
+@pytest.fixture
+def server(valkey_server: ServerProcess) -> ServerProcess:
+    """The shared service. Modules that must hold on one Valkey and on a cluster alike override
+    this fixture with `on_both_stores`."""
+    return valkey_server
 
 
 @pytest.fixture
@@ -47,8 +74,10 @@ async def api(server: ServerProcess) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def redis(valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
-    client = connect(valkey.url)
+async def redis(server: ServerProcess) -> AsyncIterator[Redis]:
+    """A client of the store the `server` fixture uses."""
+    assert server.redis_url is not None
+    client = connect(server.redis_url)
     yield client
     await client.aclose()
 

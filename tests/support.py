@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import msgpack
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
@@ -249,3 +250,15 @@ class Client:
             lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
         )
         return answer
+
+
+def on_both_stores() -> Any:
+    """A `server` fixture for a test module whose tests must hold on one Valkey and on a Valkey
+    Cluster alike: each test runs once against each (`server = on_both_stores()`)."""
+
+    @pytest.fixture(params=["valkey", "cluster"])
+    def server(request: pytest.FixtureRequest) -> ServerProcess:
+        found: ServerProcess = request.getfixturevalue(f"{request.param}_server")
+        return found
+
+    return server

@@ -1,6 +1,8 @@
 """A gift end to end: debit, credit, fan-out, acks, over real WebSockets and a real Valkey."""
 
-from support import Api, Client, ServerProcess
+from support import Api, Client, ServerProcess, on_both_stores
+
+server = on_both_stores()
 
 
 async def test_gift_debits_viewer_credits_host_and_room_sees_it(

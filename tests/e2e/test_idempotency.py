@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Callable
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis
-from support import Api, Client, Frame, ServerProcess, User
+from support import Api, Client, Frame, ServerProcess, User, on_both_stores
+
+server = on_both_stores()
 
 RECV_S = 15.0
 

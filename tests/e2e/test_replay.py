@@ -10,7 +10,9 @@ import msgpack
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
-from support import Api, Client, Frame, ServerProcess, User
+from support import Api, Client, Frame, ServerProcess, User, on_both_stores
+
+server = on_both_stores()
 
 RECV_S = 15.0
 # Not streakable: no streak-end frames, whose copies of a tap would blur the offset order.

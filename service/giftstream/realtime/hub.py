@@ -378,6 +378,11 @@ class Hub:
             channel = self._rooms.get(keys.room_from_key(message["channel"].decode()))
             if channel is not None and not channel.subscribed.done():
                 channel.subscribed.set_result(None)
+        elif kind == "sunsubscribe":
+            # A room we still serve, unsubscribed by the server: its slot moved to another node
+            # (a fail-over or a resharding). Resubscribe where it lives now, and replay.
+            if keys.room_from_key(message["channel"].decode()) in self._rooms:
+                self._failed_with(ConnectionError("a room's slot moved to another node"))
         elif kind == "pong":
             self._pong.set()
 

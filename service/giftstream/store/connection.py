@@ -1,5 +1,6 @@
 """Connecting to Redis/Valkey, loading the Functions, and the shared token secret."""
 
+import asyncio
 import secrets
 from importlib import resources
 from typing import Any, cast
@@ -25,7 +26,17 @@ SOCKET_TIMEOUT_S = 10.0
 
 class _Cluster(RedisCluster):
     """Routes FCALL by its declared keys, as redis-py does for EVAL (it would otherwise ask a
-    server which keys the call has: a round trip per call)."""
+    server which keys the call has: a round trip per call); and, as the blocking pool does for
+    one server, makes a command wait for a free connection instead of failing when all are
+    busy (redis-py's cluster pools raise instead)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = asyncio.Semaphore(int(kwargs.get("max_connections", 64)))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._gate:
+            return await super().execute_command(*args, **kwargs)
 
     async def _determine_slot(self, command: str, *args: Any) -> int:
         if command.upper() in ("FCALL", "FCALL_RO") and len(args) >= 2 and int(args[1]) > 0:
