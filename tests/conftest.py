@@ -10,10 +10,7 @@ import pytest
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from proxy import Proxy
-from support import Api, ServerProcess, running
-
-# Short enough for tests to see streaks end quickly; a setting like any other.
-TEST_STREAK_TIMEOUT_MS = "400"
+from support import SHARED_ENV, Api, ServerProcess, running
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +21,6 @@ def valkey() -> Iterator[EmbeddedValkey]:
     yield server
     server.stop()
     shutil.rmtree(path, ignore_errors=True)
-
-
-SHARED_ENV = {
-    "GIFTSTREAM_STREAK_TIMEOUT_MS": TEST_STREAK_TIMEOUT_MS,
-    # Tests gift as fast as they can; the default gift rate limit has tests of its own.
-    "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
-    "GIFTSTREAM_GIFT_BURST": "1000000",
-}
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
 READY_TIMEOUT_S = 30.0
+# The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
+# can (the default gift rate limit has tests of its own).
+SHARED_ENV = {
+    "GIFTSTREAM_STREAK_TIMEOUT_MS": "400",
+    "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
+    "GIFTSTREAM_GIFT_BURST": "1000000",
+}
 RECV_TIMEOUT_S = 5.0
 
 Frame = dict[str, Any]

@@ -220,31 +220,35 @@ class EmbeddedCluster:
         per = 16384 // self.primaries
         for i, port in enumerate(primaries):
             last = 16383 if i == self.primaries - 1 else (i + 1) * per - 1
-            _command(port, "CLUSTER", "ADDSLOTSRANGE", str(i * per), str(last))
+            command_to_node(port, "CLUSTER", "ADDSLOTSRANGE", str(i * per), str(last))
         for port in self.ports[1:]:
-            _command(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
+            command_to_node(self.ports[0], "CLUSTER", "MEET", "127.0.0.1", str(port))
         _wait_for(
             lambda: all(
-                _command(p, "CLUSTER", "INFO").count("cluster_known_nodes:" + str(len(self.ports)))
+                command_to_node(p, "CLUSTER", "INFO").count(
+                    "cluster_known_nodes:" + str(len(self.ports))
+                )
                 for p in self.ports
             ),
             "the cluster nodes to meet",
         )
         for r, port in enumerate(self.ports[self.primaries :]):
             primary = primaries[r % self.primaries]
-            primary_id = _command(primary, "CLUSTER", "MYID")
+            primary_id = command_to_node(primary, "CLUSTER", "MYID")
             _wait_for(functools.partial(_replicates, port, primary_id), "a replica to attach")
         _wait_for(
-            lambda: all("cluster_state:ok" in _command(p, "CLUSTER", "INFO") for p in self.ports),
+            lambda: all(
+                "cluster_state:ok" in command_to_node(p, "CLUSTER", "INFO") for p in self.ports
+            ),
             "the cluster to be ready",
         )
 
     def primary_ports(self) -> list[int]:
-        return [p for p in self.ports if "role:master" in _command(p, "INFO", "replication")]
+        return [p for p in self.ports if "role:master" in command_to_node(p, "INFO", "replication")]
 
     def replica_of(self, primary_port: int) -> int:
         """A replica's port, read from the primary's `slave0:ip=...,port=...` line."""
-        for line in _command(primary_port, "INFO", "replication").splitlines():
+        for line in command_to_node(primary_port, "INFO", "replication").splitlines():
             if line.startswith("slave0:"):
                 fields = dict(kv.split("=", 1) for kv in line.split(":", 1)[1].split(","))
                 return int(fields["port"])
@@ -263,14 +267,14 @@ class EmbeddedCluster:
 
 
 def _answers(port: int) -> bool:
-    return _command(port, "PING") == "PONG"
+    return command_to_node(port, "PING") == "PONG"
 
 
 def _replicates(port: int, primary_id: str) -> bool:
-    return _command(port, "CLUSTER", "REPLICATE", primary_id) == "OK"
+    return command_to_node(port, "CLUSTER", "REPLICATE", primary_id) == "OK"
 
 
-def _command(port: int, *args: str) -> str:
+def command_to_node(port: int, *args: str) -> str:
     """One command to a node over RESP, without a client library (for setting a cluster up)."""
     request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
