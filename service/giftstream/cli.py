@@ -17,7 +17,7 @@ from giftstream import tokens
 from giftstream.settings import Settings
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect, shared_secret
-from giftstream.store.embedded import store_url
+from giftstream.store.embedded import EmbeddedCluster, store_url
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--bots", type=int, default=6, help="bot viewers per room")
     audit = commands.add_parser("audit", help="check every money invariant from the ledger")
     _add_store_flags(audit)
+    trial = commands.add_parser(
+        "local-cluster", help="run a local Valkey Cluster (3 primaries, 3 replicas) for trials"
+    )
+    trial.add_argument("--dir", type=Path, default=Path(".giftstream-cluster"), help="data")
     minter = commands.add_parser("admin-token", help="print a token with role admin")
     _add_store_flags(minter)
     minter.add_argument("--ttl-s", type=int, default=3600, help="lifetime in seconds")
@@ -120,6 +124,21 @@ def admin_token(settings: Settings, ttl_s: int) -> int:
     return 0
 
 
+def local_cluster(data_dir: Path) -> int:
+    """Run a local cluster until Ctrl+C or SIGTERM, printing the URL to serve against."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    nodes = EmbeddedCluster(data_dir)
+    nodes.start()
+    try:
+        print(f"cluster ready: giftstream serve --redis-url {nodes.url}", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        nodes.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -134,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings(args, dev=True)
         serve(settings, args.log_level, on_ready=start_bots(args.rooms, args.bots))
         return 0
+    if args.command == "local-cluster":
+        return local_cluster(args.dir)
     if args.command == "admin-token":
         return admin_token(_settings(args), args.ttl_s)
     return audit(_settings(args))

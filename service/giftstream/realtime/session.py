@@ -53,6 +53,8 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 # Concurrent gifts in flight per connection: a client may pipeline, within bounds.
 MAX_GIFTS_IN_FLIGHT = 64
+# How long a closing connection waits for its gifts in flight to finish.
+GIFT_DRAIN_S = 10.0
 
 
 class Session:
@@ -92,8 +94,12 @@ class Session:
         try:
             await self._read_forever()
         finally:
-            for task in list(self._gift_tasks):
-                task.cancel()
+            # Gifts already taken are finished, not cut in half (their ack may find the socket
+            # gone; a retry of the same id gets it then), within a bound.
+            if self._gift_tasks:
+                _, late = await asyncio.wait(list(self._gift_tasks), timeout=GIFT_DRAIN_S)
+                for task in late:
+                    task.cancel()
             for member in list(self.members.values()):
                 await self._leave(member.room)
             if self.sender is not None:
