@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_serve_flags(commands.add_parser("serve", help="run the service"))
     demo = commands.add_parser("demo", help="serve --dev with simulated live rooms and bots")
     _add_serve_flags(demo)
-    demo.add_argument("--rooms", type=int, default=1, help="simulated live rooms")
+    demo.add_argument("--rooms", type=int, default=3, help="simulated live rooms")
     demo.add_argument("--bots", type=int, default=6, help="bot viewers per room")
     audit = commands.add_parser("audit", help="check every money invariant from the ledger")
     _add_store_flags(audit)

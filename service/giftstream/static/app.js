@@ -98,7 +98,7 @@ async function main() {
   }
 
   const client = new GiftstreamClient(GiftstreamClient.urlFor(location), me.token);
-  // For the browser console (and the tests): the live client and its page.
+  // For the browser console: the live client.
   window.giftstream = { client, view };
   showConnection(client);
 

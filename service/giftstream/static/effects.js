@@ -16,7 +16,6 @@ const MOMENT_FADE = [{ opacity: 0 }, { opacity: 1, offset: 0.08 }, { opacity: 1,
 export class Effects {
   /** stage: the element holding .banners, .floats, .pops and .feed; moment: the full-screen layer. */
   constructor(stage, moment, catalog, onPulse = () => {}) {
-    this.stage = stage;
     this.banners = $(".banners", stage);
     this.floats = $(".floats", stage);
     this.pops = $(".pops", stage);

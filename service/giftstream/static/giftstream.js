@@ -595,10 +595,7 @@ export class GiftstreamClient extends EventTarget {
     if (frame === null || typeof frame !== "object") return;
     const t = frame.t;
     if (t === "batch") {
-      // Handled in offset order (a streak update merged into a batch keeps its first place).
-      const frames = [...(frame.frames ?? [])];
-      frames.sort((a, b) => (a?.offset ?? 0) - (b?.offset ?? 0));
-      for (const inner of frames) this.#dispatch(inner);
+      for (const inner of frame.frames ?? []) this.#dispatch(inner);
       return;
     }
     if (HISTORY_FRAMES.has(t)) {

@@ -11,7 +11,7 @@ const VIEWERS_REFRESH_MS = 5000;
 const COUNT_UP_MS = 700;
 
 /** What one LIVE brought in, from its credits. */
-export class LiveSession {
+class LiveSession {
   constructor() {
     this.startedAt = Date.now();
     this.endedAt = null;

@@ -35,7 +35,7 @@ const TITLES = [
   "Fashion haul & styling 👗",
 ];
 
-export const streamTitle = (room) => TITLES[hueOf(room) % TITLES.length];
+const streamTitle = (room) => TITLES[hueOf(room) % TITLES.length];
 
 const ERRORS = {
   room_not_live: "This LIVE has ended: gifts cannot be sent any more.",
@@ -48,7 +48,7 @@ const ERRORS = {
 };
 
 /** Coins given per user in a room, from the gift events seen (streak updates may be merged). */
-export class GiftersBoard {
+class GiftersBoard {
   constructor(catalog) {
     this.catalog = catalog;
     this.totals = new Map();

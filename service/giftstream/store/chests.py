@@ -112,7 +112,7 @@ async def settle_and_pay(r: Redis, room: str, chest: str) -> bool:
         user = text(user_raw)
         kind = "return" if user == dropper else "share"
         await fcall(r, "chest_payout", _user_keys(user)[:3], [chest, int(coins), kind])
-    await fcall(r, "chest_done", [keys.chest(room, chest)], [])
+    await fcall(r, "chest_done", [keys.chest(room, chest)], [keys.room_channel(room)])
     return True
 
 

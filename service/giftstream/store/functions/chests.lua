@@ -27,13 +27,14 @@ chest_settle   (room slot)
   ARGV: channel
   -> {'ok', plan as flat list} | {'settled', plan as flat list} | {'not_due', closes_at}
      | {'not_found'}
-  Splits the coins (see the rule above), stores the plan, publishes a `chest_result` frame.
+  Splits the coins (see the rule above), stores the plan and the `chest_result` frame.
 chest_payout   (a claimant's or the dropper's slot)
   KEYS: acct, records, ledger    ARGV: chest, coins, kind ('share' | 'return')
   -> {'ok', balance} | {'replay', balance} | {'no_user'}
   platform:chests -coins, user +coins; once per (chest, user).
 chest_done     (room slot)
-  KEYS: chest    -> {'ok'}        marks a settled chest as fully paid
+  KEYS: chest    ARGV: channel    -> {'ok'}
+  Marks a settled chest as fully paid and publishes its `chest_result` frame (once).
 ]]
 
 local function user_of(acct)
@@ -127,16 +128,19 @@ local function chest_settle(keys, args)
       if amount > 0 then redis.call('HSET', plan, user, amount) end
     end
   end
-  redis.call('HSET', chest, 'state', 'settled', 'share', share, 'remainder', remainder)
   local shares = {}
   for i = 1, math.min(k, 20) do
     local amount = share
     if i <= remainder then amount = amount + 1 end
     shares[i] = {user = ordered[i], name = redis.call('HGET', names, ordered[i]), coins = amount}
   end
-  redis.call('SPUBLISH', args[1], cmsgpack.pack({{t = 'chest_result', room = room_id(chest),
-    chest = c[5], from = c[4], coins = coins, claimants = k, share = share,
-    remainder = remainder, returned = returned, shares = shares}}))
+  -- Announced by chest_done, once everyone is paid: a claimant who reads its wallet on the
+  -- announcement finds its share there.
+  local result = cmsgpack.pack({{t = 'chest_result', room = room_id(chest), chest = c[5],
+    from = c[4], coins = coins, claimants = k, share = share, remainder = remainder,
+    returned = returned, shares = shares}})
+  redis.call('HSET', chest, 'state', 'settled', 'share', share, 'remainder', remainder,
+    'result', result)
   return {'ok', redis.call('HGETALL', plan)}
 end
 
@@ -156,7 +160,11 @@ local function chest_payout(keys, args)
 end
 
 local function chest_done(keys, args)
-  redis.call('HSET', keys[1], 'state', 'paid')
+  local chest = keys[1]
+  if redis.call('HGET', chest, 'state') == 'settled' then
+    redis.call('HSET', chest, 'state', 'paid')
+    redis.call('SPUBLISH', args[1], redis.call('HGET', chest, 'result'))
+  end
   return {'ok'}
 end
 

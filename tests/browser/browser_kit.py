@@ -1,0 +1,144 @@
+"""Helpers of the browser tests: Debian's Chromium, the demo page, screenshots, and a proxy that
+cuts the page's connections the way a lost network does."""
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal, Self
+
+import httpx
+from playwright.async_api import BrowserContext, Page, expect
+
+from support import User
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's launch() gives each browser a fresh temporary user-data dir of its own.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1440, "height": 900}
+# Generous: CI machines run the server, the bots and Chromium on a couple of cores.
+TIMEOUT_MS = 20_000
+# Screenshots go to a temporary folder, or to $GIFTSTREAM_SCREENSHOTS (docs/screenshots to
+# refresh the README's pictures), so that a test run does not rewrite tracked files.
+SCREENSHOTS = Path(
+    os.environ.get("GIFTSTREAM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "giftstream-shots"
+)
+# The multiplication sign of a combo counter ("x17" on the page).
+TIMES = "\u00d7"
+# The page's starting balance for a new viewer (static/api.js).
+VIEWER_COINS = 2000
+
+
+async def open_page(context: BrowserContext, url: str) -> Page:
+    """Open the demo page and wait until it is connected and shows its view."""
+    page = await context.new_page()
+    await page.goto(url)
+    await expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    return page
+
+
+async def page_token(page: Page, view: str = "viewer") -> str:
+    """The token of the dev account the page made for itself."""
+    token: str = await page.evaluate(
+        "(view) => JSON.parse(localStorage.getItem(`giftstream.${view}`)).token", view
+    )
+    return token
+
+
+async def settle(page: Page) -> None:
+    """Wait until banners and lines have slid in (their entrance animations are over)."""
+    entering = "a => ['banner-in', 'rise'].includes(a.animationName)"
+    await page.wait_for_function(f"() => !document.getAnimations().some({entering})")
+
+
+async def screenshot(
+    page: Page, name: str, animations: Literal["allow", "disabled"] = "allow"
+) -> Path:
+    """Save a screenshot (to $GIFTSTREAM_SCREENSHOTS, or a temporary folder)."""
+    path = SCREENSHOTS / name
+    await page.screenshot(path=path, animations=animations)
+    return path
+
+
+async def named_user(
+    http: httpx.AsyncClient, name: str, coins: int = 0, role: str = "viewer"
+) -> User:
+    r = await http.post(
+        "/v1/dev/users", json={"name": name, "region": "US", "role": role, "coins": coins}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    return User(body["user"], body["token"])
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the server. `cut()` aborts every connection and refuses new ones
+    (the page sees its socket die and its reconnects fail) until `restore()`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.down = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._transports: set[asyncio.WriteTransport] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def cut(self) -> None:
+        self.down = True
+        for transport in list(self._transports):
+            transport.abort()
+        self._transports.clear()
+
+    def restore(self) -> None:
+        self.down = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer.transport, up_writer.transport}
+        self._transports |= pair
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._transports -= pair
+            for transport in pair:
+                transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65_536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
