@@ -1,0 +1,149 @@
+"""`python -m loadtest SCENARIO`: load giftstream, print the summary, write the JSON, audit.
+
+Exits 1 when a single coin is unaccounted for (the audit or the wallets), or the run failed.
+"""
+
+import argparse
+import asyncio
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadtest.commands import Command
+from loadtest.http import HttpError
+from loadtest.procs import LoadFailed
+from loadtest.report import Display, markdown, new_report, plot, print_summary, write_json
+from loadtest.scenarios import FRACTIONS, Options
+from loadtest.target import TargetError
+
+# Idle connections per user: the server allows 20 per user and worker.
+CONNS_PER_USER = 10
+SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep")
+# Per scenario, the defaults that differ from Options'.
+DEFAULTS: dict[str, dict[str, float]] = {
+    "storm": {"viewers": 1000},
+    "bench": {"viewers": 1000},
+    "sweep": {"viewers": 1000, "duration": 6},
+    "rooms": {"viewers": 10, "rooms": 200, "rate": 400},
+    "idle": {"rooms": 10},
+    "recharge": {},
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m loadtest",
+        description=__doc__,
+    )
+    p.add_argument("scenario", choices=SCENARIOS)
+    t = p.add_argument_group("the service")
+    t.add_argument("--url", help="a running giftstream (http://host:port) instead of starting one")
+    t.add_argument("--workers", type=int, default=1, help="workers of the service started here (1)")
+    t.add_argument("--redis-url", help="with --url: the store, for `giftstream audit`")
+    t.add_argument("--data-dir", help="with --url: the embedded store's directory, for the audit")
+    t.add_argument("--no-audit", action="store_true", help="skip `giftstream audit`")
+    t.add_argument("--server-pid", type=int, help="with --url: read the server's memory here")
+    t.add_argument("--keep", action="store_true", help="keep the started service's data and log")
+    t.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="GIFTSTREAM_NAME=VALUE",
+        help="a setting of the service started here (repeatable)",
+    )
+    load = p.add_argument_group("the load")
+    load.add_argument("--procs", type=int, default=1, help="load generator processes (1)")
+    load.add_argument("--duration", type=float, help="seconds of load per run (10; sweep 6)")
+    load.add_argument(
+        "--drain", type=float, default=10.0, help="most seconds to wait for answers (10)"
+    )
+    load.add_argument(
+        "--rate",
+        type=float,
+        help="gifts (recharge: requests) per second, open "
+        "loop; 0: as fast as answers come (0; rooms 400)",
+    )
+    load.add_argument(
+        "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
+    )
+    load.add_argument("--senders", type=int, default=20, help="storm: senders (20)")
+    load.add_argument("--viewers", type=int, help="storm: viewers (1000); rooms: per room (10)")
+    load.add_argument("--rooms", type=int, help="rooms: rooms (200); idle: rooms (10)")
+    load.add_argument("--conns", type=int, default=5000, help="idle: connections (5000)")
+    load.add_argument(
+        "--users", type=int, help="idle: users the connections share (one per 10 connections)"
+    )
+    load.add_argument("--clients", type=int, default=50, help="recharge: buyers (50)")
+    load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
+    load.add_argument(
+        "--fractions",
+        default=",".join(f"{f:g}" for f in FRACTIONS),
+        help="sweep: rates to run, as fractions of the maximum (%(default)s)",
+    )
+    out = p.add_argument_group("output")
+    out.add_argument("--json", type=Path, help="default .giftstream/loadtest/SCENARIO-TIME.json")
+    out.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    out.add_argument("--plot", type=Path, help="sweep: the PNG (default beside the JSON)")
+    out.add_argument("--quiet", action="store_true", help="no live progress line")
+    return p
+
+
+def options(args: argparse.Namespace) -> Options:
+    defaults = DEFAULTS[args.scenario]
+
+    def pick(name: str, fallback: float) -> float:
+        value = getattr(args, name)
+        return float(value if value is not None else defaults.get(name, fallback))
+
+    return Options(
+        procs=args.procs,
+        duration_s=pick("duration", 10.0),
+        drain_s=args.drain,
+        rate=pick("rate", 0.0),
+        window=args.window,
+        senders=args.senders,
+        viewers=int(pick("viewers", 1000)),
+        rooms=int(pick("rooms", 200)),
+        conns=args.conns,
+        users=args.users or -(-args.conns // CONNS_PER_USER),
+        clients=args.clients,
+        gift=args.gift,
+        fractions=tuple(float(f) for f in args.fractions.split(",") if f.strip()),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.url and not (args.redis_url or args.data_dir or args.no_audit):
+        p.error("with --url, pass --redis-url or --data-dir for `giftstream audit` (or --no-audit)")
+    if any("=" not in item for item in args.server_env):
+        p.error("--server-env takes GIFTSTREAM_NAME=VALUE")
+    if min(args.procs, args.workers) < 1:
+        p.error("--procs and --workers must be at least 1")
+    display = Display(args.quiet)
+    report = new_report(args.url or "giftstream started here")
+    command = Command(args, options(args), display, report)
+    try:
+        asyncio.run(getattr(command, args.scenario)())
+    except (LoadFailed, TargetError, HttpError, OSError, subprocess.SubprocessError) as e:
+        report.failures.append(f"{type(e).__name__}: {e}")
+    report.ok = not report.failures
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_path = args.json or Path(".giftstream/loadtest") / f"{args.scenario}-{stamp}.json"
+    write_json(report, json_path)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(report))
+    if args.scenario == "sweep" and report.runs:
+        plot_path = args.plot or json_path.with_suffix(".png")
+        plot(report, plot_path)
+        display.out.print(f"plot: {plot_path}")
+    print_summary(display, report)
+    display.out.print(f"json: {json_path}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

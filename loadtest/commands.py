@@ -1,0 +1,247 @@
+"""One function per command of `python -m loadtest`: set up, run, check, and fill the report."""
+
+import argparse
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+from loadtest.http import HttpPool
+from loadtest.report import Display, cpu_us_per_frame
+from loadtest.results import Report, RunResult
+from loadtest.scenarios import (
+    SETUP_CONNECTIONS,
+    Options,
+    World,
+    bare_conns,
+    check_coins,
+    idle_world,
+    room_world,
+    run_recharge,
+    run_ws,
+)
+from loadtest.target import Target, baseline_server, external, giftstream_service
+from loadtest.wsload import ConnPlan
+
+Body = Callable[[Target, HttpPool], Awaitable[None]]
+RATIO_ECHO = "storm gifts acked/s ÷ bare echo round trips/s"
+RATIO_BROADCAST = "storm frames delivered/s ÷ bare broadcast frames delivered/s"
+RATIO_ECHO_CPU = "bare echo server CPU per round trip ÷ storm server CPU per gift"
+RATIO_BROADCAST_CPU = "bare broadcast server CPU per frame ÷ storm server CPU per frame"
+RATIO_ALONE = "no-viewers gifts acked/s ÷ bare echo round trips/s"
+RATIO_ALONE_CPU = "bare echo server CPU per round trip ÷ no-viewers server CPU per gift"
+
+
+def bench_ratios(
+    echo: RunResult, broadcast: RunResult, storm: RunResult, alone: RunResult
+) -> dict[str, float]:
+    """Throughput over the bare servers' (what the targets ask), and the same in server CPU per
+    answer or frame — steadier on a machine whose other load changes during the run."""
+    ratios = {}
+    if echo.gifts_per_s:
+        ratios[RATIO_ECHO] = storm.gifts_per_s / echo.gifts_per_s
+        ratios[RATIO_ALONE] = alone.gifts_per_s / echo.gifts_per_s
+    if broadcast.frames_delivered_per_s:
+        ratios[RATIO_BROADCAST] = storm.frames_delivered_per_s / broadcast.frames_delivered_per_s
+    bare = echo.usage.cpu_us_per_gift if echo.usage else None
+    for name, run in ((RATIO_ECHO_CPU, storm), (RATIO_ALONE_CPU, alone)):
+        ours = run.usage.cpu_us_per_gift if run.usage else None
+        if bare and ours:
+            ratios[name] = bare / ours
+    ours, bare = cpu_us_per_frame(storm), cpu_us_per_frame(broadcast)
+    if ours and bare:
+        ratios[RATIO_BROADCAST_CPU] = bare / ours
+    return ratios
+
+
+@contextmanager
+def service(args: argparse.Namespace) -> Iterator[Target]:
+    """The giftstream under load: at --url, or started here."""
+    if args.url:
+        audit_args = None
+        if args.redis_url:
+            audit_args = ["--redis-url", args.redis_url]
+        elif args.data_dir:
+            audit_args = ["--data-dir", args.data_dir]
+        yield external(args.url, None if args.no_audit else audit_args, args.server_pid)
+        return
+    settings = dict(item.split("=", 1) for item in args.server_env)
+    with giftstream_service(args.workers, settings, args.keep) as target:
+        if args.no_audit:
+            target.audit_args = None
+        yield target
+
+
+class Command:
+    def __init__(self, args: argparse.Namespace, opts: Options, display: Display, report: Report):
+        self.args = args
+        self.opts = opts
+        self.display = display
+        self.report = report
+
+    async def on_service(self, body: Body) -> None:
+        """Run `body` against the service, then audit its store whatever happened."""
+        with service(self.args) as target:
+            self.report.target = target.description
+            pool = HttpPool(target.url, SETUP_CONNECTIONS)
+            try:
+                await body(target, pool)
+            finally:
+                await pool.aclose()
+                self.display.note("giftstream audit …")
+                try:
+                    audit = target.audit()
+                except subprocess.TimeoutExpired:
+                    self.report.failures.append("giftstream audit did not finish in time")
+                    audit = None
+                if audit is not None:
+                    self.report.audit_clean = audit.clean
+                    self.report.audit_output = audit.output
+                    if not audit.clean:
+                        self.report.failures.append("giftstream audit found coins unaccounted")
+            for note in target.notes:
+                self.display.note(note)
+
+    async def gifting(
+        self, label: str, scenario: str, target: Target, pool: HttpPool, world: World, rate: float
+    ) -> RunResult:
+        with self.display.live():
+            result, tally = await run_ws(
+                label,
+                scenario,
+                "service",
+                target,
+                world.conns,
+                self.opts,
+                rate,
+                world.gift_coins,
+                self.display.tick(label),
+            )
+        result.coin_check = await check_coins(pool, world, tally)
+        self._check(result)
+        self.report.runs.append(result)
+        return result
+
+    def _check(self, result: RunResult) -> None:
+        refused = sum(n for code, n in result.errors.items() if code.startswith("connect:"))
+        if refused:
+            self.report.failures.append(
+                f"{result.label}: {refused:,} of {result.connections + refused:,} connections"
+                " could not connect and join"
+            )
+        check = result.coin_check
+        if check is not None and check.coins_missing:
+            self.report.failures.append(
+                f"{result.label}: {check.coins_missing} coins missing from the wallets: "
+                + "; ".join(check.problems[:5])
+            )
+
+    async def baseline(self, kind: str, conns: list[ConnPlan]) -> RunResult:
+        label = f"bare {kind}"
+        self.display.note(f"{label}: {len(conns):,} connections …")
+        with baseline_server(kind) as target, self.display.live():
+            result, _ = await run_ws(
+                label, "bench", kind, target, conns, self.opts, 0.0, 1, self.display.tick(label)
+            )
+        self._check(result)
+        self.report.runs.append(result)
+        return result
+
+    # -- the commands ----------------------------------------------------------------------
+
+    async def storm(self) -> None:
+        async def body(target: Target, pool: HttpPool) -> None:
+            world = await self._storm_world(pool)
+            await self.gifting("storm", "storm", target, pool, world, self.opts.rate)
+
+        await self.on_service(body)
+
+    async def rooms(self) -> None:
+        opts = self.opts
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            self.display.note(f"rooms: {opts.rooms} rooms x {opts.viewers} viewers, all gifting …")
+            world = await room_world(pool, opts.rooms, 0, opts.viewers, opts.gift)
+            await self.gifting("rooms", "rooms", target, pool, world, opts.rate)
+
+        await self.on_service(body)
+
+    async def idle(self) -> None:
+        opts = self.opts
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            self.display.note(f"idle: {opts.conns:,} connections in {opts.rooms} rooms …")
+            world = await idle_world(pool, opts.conns, opts.users, opts.rooms)
+            with self.display.live():
+                result, _ = await run_ws(
+                    "idle",
+                    "idle",
+                    "service",
+                    target,
+                    world.conns,
+                    opts,
+                    0.0,
+                    1,
+                    self.display.tick("idle"),
+                )
+            self._check(result)
+            self.report.runs.append(result)
+
+        await self.on_service(body)
+
+    async def recharge(self) -> None:
+        async def body(target: Target, pool: HttpPool) -> None:
+            self.display.note(f"recharge: {self.opts.clients} buyers …")
+            world = World()
+            with self.display.live():
+                result, tally = await run_recharge(
+                    "recharge", target, pool, self.opts, world, self.display.tick("recharge")
+                )
+            result.coin_check = await check_coins(pool, world, tally)
+            self._check(result)
+            self.report.runs.append(result)
+
+        await self.on_service(body)
+
+    async def bench(self) -> None:
+        """`storm` as fast as it goes and at half that, with the bare servers beside it."""
+        opts = self.opts
+        shape = [ConnPlan("host", "room")]
+        shape += [ConnPlan("viewer", "room")] * opts.viewers
+        shape += [ConnPlan("sender", "room")] * opts.senders
+        echo = await self.baseline("echo", bare_conns(shape, ("sender",)))
+        broadcast = await self.baseline(
+            "broadcast", bare_conns(shape, ("host", "viewer", "sender"))
+        )
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            world = await self._storm_world(pool)
+            top = await self.gifting("storm max", "storm", target, pool, world, 0.0)
+            half = top.gifts_per_s / 2
+            if half > 0:
+                await self.gifting("storm ½ max", "storm", target, pool, world, half)
+            # The gift path alone: the same senders in a room of their own, without viewers.
+            alone = await room_world(pool, 1, 0, opts.senders, opts.gift)
+            path = await self.gifting("no viewers", "storm", target, pool, alone, 0.0)
+            self.report.ratios.update(bench_ratios(echo, broadcast, top, path))
+
+        await self.on_service(body)
+
+    async def sweep(self) -> None:
+        """`storm` as fast as it goes, then open loop at fractions of that rate."""
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            world = await self._storm_world(pool)
+            top = await self.gifting("storm max", "storm", target, pool, world, 0.0)
+            for fraction in self.opts.fractions:
+                rate = round(top.gifts_per_s * fraction, 1)
+                if rate > 0:
+                    await self.gifting(f"{fraction:g} x max", "storm", target, pool, world, rate)
+
+        await self.on_service(body)
+
+    async def _storm_world(self, pool: HttpPool) -> World:
+        opts = self.opts
+        self.display.note(
+            f"storm: 1 room, 1 host, {opts.viewers:,} viewers, {opts.senders} senders …"
+        )
+        return await room_world(pool, 1, opts.viewers, opts.senders, opts.gift)

@@ -1,0 +1,140 @@
+"""`python -m loadtest` end to end, a couple of seconds per scenario against a real service: it
+runs, writes its JSON, counts no error, and the audit and the wallets balance. A correctness
+check only: no figure is asserted."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from giftstream.store import keys
+from giftstream.store.connection import connect
+from giftstream.store.embedded import EmbeddedValkey
+from support import Api, ServerProcess, running
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_TIMEOUT_S = 110.0
+SMALL = {
+    "storm": ["--viewers", "20", "--senders", "3"],
+    "rooms": ["--rooms", "4", "--viewers", "3", "--rate", "40"],
+    "idle": ["--conns", "60", "--rooms", "2", "--users", "5"],
+    "recharge": ["--clients", "4"],
+}
+
+
+def loadtest(out: Path, *args: str, seconds: int = 2) -> tuple[int, dict[str, Any], str]:
+    """Exit code, JSON report and output of one run of `seconds` per load."""
+    command = [sys.executable, "-m", "loadtest", *args, "--duration", str(seconds)]
+    done = subprocess.run(
+        [*command, "--quiet", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    output = (done.stdout + done.stderr).decode(errors="replace")
+    report: dict[str, Any] = json.loads(out.read_text())
+    return done.returncode, report, output
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[EmbeddedValkey]:
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    server = EmbeddedValkey(path / "data")
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def service(store: EmbeddedValkey) -> Iterator[ServerProcess]:
+    with running(ServerProcess(store.url)) as s:
+        yield s
+
+
+@pytest.mark.parametrize("scenario", sorted(SMALL))
+def test_each_scenario_runs_without_errors_and_the_books_balance(
+    scenario: str, service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
+) -> None:
+    assert service.process is not None
+    code, report, output = loadtest(
+        tmp_path / "out.json",
+        scenario,
+        *SMALL[scenario],
+        "--url",
+        service.base_url,
+        "--redis-url",
+        store.url,
+        "--server-pid",
+        str(service.process.pid),
+    )
+    assert code == 0, output
+    assert report["ok"] and report["audit_clean"], output
+    (run,) = report["runs"]
+    assert run["scenario"] == scenario
+    assert run["errors"] == {}, run["errors"]
+    assert run["connections"] > 0
+    assert run["usage"]["per_connection_bytes"] is not None
+    if scenario == "recharge":
+        assert run["requests_per_s"] > 0
+        assert set(run["http_latency"]) >= {"package", "declined", "wallet"}
+    if scenario in ("storm", "rooms"):
+        assert run["gifts_acked"] > 0 and run["gifts_acked"] == run["gifts_sent"]
+        assert set(run["ack_latency"]) == {"count", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
+        assert run["host_credit_latency"]["count"] == run["gifts_acked"]
+        assert run["frames_delivered_per_s"] > 0 and run["frames_per_viewer_per_s"] > 0
+    if scenario in ("storm", "rooms", "recharge"):
+        assert run["coin_check"]["users"] > 0 and run["coin_check"]["coins_missing"] == 0
+
+
+def test_bench_starts_the_service_and_the_bare_servers_and_gives_ratios(tmp_path: Path) -> None:
+    code, report, output = loadtest(
+        tmp_path / "out.json", "bench", "--viewers", "10", "--senders", "6", seconds=1
+    )
+    assert code == 0, output
+    assert report["ok"] and report["audit_clean"], output
+    servers = [run["server"] for run in report["runs"]]
+    assert servers == ["bare echo", "bare broadcast"] + ["giftstream"] * 3
+    assert all(run["errors"] == {} for run in report["runs"]), report["runs"]
+    assert set(report["ratios"]) >= {
+        "storm gifts acked/s ÷ bare echo round trips/s",
+        "storm frames delivered/s ÷ bare broadcast frames delivered/s",
+        "no-viewers gifts acked/s ÷ bare echo round trips/s",
+    }
+
+
+async def test_a_coin_missing_from_the_store_fails_the_run(tmp_path: Path) -> None:
+    data = Path(tempfile.mkdtemp(prefix="gs-"))
+    store = EmbeddedValkey(data / "data")
+    store.start()
+    try:
+        with running(ServerProcess(store.url)) as service:
+            api = Api(service.base_url)
+            user = await api.user(coins=100)
+            await api.aclose()
+            redis = connect(store.url)
+            await redis.hincrby(keys.account(user.user), "coins", -1)
+            await redis.aclose()
+            code, report, output = loadtest(
+                tmp_path / "out.json",
+                "idle",
+                "--conns",
+                "5",
+                "--url",
+                service.base_url,
+                "--redis-url",
+                store.url,
+            )
+    finally:
+        store.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    assert code == 1, output
+    assert report["audit_clean"] is False and report["ok"] is False
+    assert "audit FAILED" in report["audit_output"]
