@@ -321,9 +321,10 @@ class Session:
             if e.reason == "frozen":
                 raise Forbidden("this account is frozen") from e
             raise NotFound("your account no longer exists") from e
-        chest: dict[str, object] = {"chest": funded.chest}
         if funded.payload is not None:
             chest = await chests.create(self.redis, funded.payload)
+        else:  # a retry of a drop already made: answered as the first time
+            chest = await chests.times(self.redis, request.room, funded.chest)
         frame = {
             "t": "dropped",
             "id": request.id,

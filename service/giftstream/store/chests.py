@@ -77,6 +77,14 @@ async def create(r: Redis, payload: bytes) -> dict[str, object]:
     return dict(p)
 
 
+async def times(r: Redis, room: str, chest: str) -> dict[str, object]:
+    """When a created chest opens and closes (ms)."""
+    opens, closes = await r.hmget(keys.chest(room, chest), ["opens_at", "closes_at"])
+    if opens is None or closes is None:
+        return {}
+    return {"opens_at": int(opens), "closes_at": int(closes)}
+
+
 async def claim(r: Redis, room: str, chest: str, user: str, name: str, joined_ms: int) -> int:
     reply = await fcall(
         r,
