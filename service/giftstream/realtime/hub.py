@@ -243,6 +243,8 @@ class Hub:
         if channel.members or self._rooms.get(member.room) is not channel:
             return
         del self._rooms[member.room]
+        if channel.presence_due:  # a big room's last leave: clear this worker's share now
+            await self._update_presence(channel)
         metrics.ROOMS_SUBSCRIBED.set(len(self._rooms))
         if self.healthy:
             with contextlib.suppress(Exception):

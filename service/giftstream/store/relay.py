@@ -1,5 +1,6 @@
 """The relay: credits every debited gift whose credit is missing (a crash between the halves),
-creates every funded chest that is missing, and settles the chests whose claim window closed.
+creates every funded chest that is missing, settles the chests whose claim window closed, and
+recounts the viewers of every live room (so that the share of a worker that died expires).
 
 Credit is idempotent on the event id, so a relay that races the live path does no harm.
 One worker at a time runs it, under a lock in the store.
@@ -10,7 +11,7 @@ import secrets
 
 import msgpack
 
-from giftstream.store import chests, keys
+from giftstream.store import chests, keys, rooms
 from giftstream.store.connection import Redis, read_hash, text
 from giftstream.store.gifts import CreditNoRoom, CreditRules, credit, settle
 
@@ -54,6 +55,7 @@ async def relay_if_leader(r: Redis, rules: CreditRules, grace_ms: int, lease_ms:
         return 0
     try:
         await chests.settle_due(r, await store_time_ms(r))
+        await rooms.sweep_presence(r, f"relay-{token}")
         return await relay_once(r, rules, grace_ms)
     finally:
         if await r.get(keys.RELAY_LOCK) == token.encode():

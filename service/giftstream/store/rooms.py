@@ -135,6 +135,13 @@ async def session_summary(r: Redis, room: str, session: int) -> dict[str, Any] |
     }
 
 
+async def sweep_presence(r: Redis, worker: str) -> None:
+    """Recount every live room, dropping the expired shares of workers that died (a room that no
+    live worker serves is recounted by nobody else)."""
+    for room in cast(list[bytes], await r.zrange(keys.LIVE_ROOMS, 0, -1)):
+        await update_presence(r, text(room), worker, 0, 0)
+
+
 async def update_presence(r: Redis, room: str, worker: str, members: int, expires_ms: int) -> int:
     """Record this worker's member count in the room; returns the room's viewer count."""
     reply = await fcall(
