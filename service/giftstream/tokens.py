@@ -42,7 +42,7 @@ def sign(claims: Claims, secret: bytes) -> str:
 def verify(token: str, secret: bytes, now_s: int) -> Claims:
     """The claims of a valid, unexpired token; Unauthenticated otherwise."""
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != VERSION:
+    if not token.isascii() or len(parts) != 3 or parts[0] != VERSION:
         raise Unauthenticated("the token is malformed")
     body, mac = parts[1], parts[2]
     if not hmac.compare_digest(mac, _mac(secret, body)):

@@ -95,9 +95,14 @@ def request_id(frame: Any) -> str | None:
     """The frame's `id` when it is a usable string, so that an error can name its request."""
     if isinstance(frame, dict):
         value = frame.get("id")
-        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
             return value
     return None
+
+
+def shown(value: str) -> str:
+    """A client's string as an error message may quote it: short, and always valid UTF-8."""
+    return value[:MAX_ID_LENGTH].encode("utf-8", "replace").decode("utf-8")
 
 
 def _string(frame: dict[str, Any], name: str, max_length: int, *, required: bool = True) -> Any:
@@ -151,7 +156,7 @@ def parse_request(frame: Any) -> Request:
         raise BadFrame("a frame needs a string field 't' naming its type")
     allowed = _FIELDS.get(kind)
     if allowed is None:
-        raise UnknownType(f"unknown frame type '{kind[:MAX_ID_LENGTH]}'")
+        raise UnknownType(f"unknown frame type '{shown(kind)}'")
     unknown = [k for k in frame if k not in allowed]
     if unknown:
         names = ", ".join(sorted(repr(k)[:MAX_ID_LENGTH] for k in unknown))
