@@ -28,6 +28,8 @@ SHARED_ENV = {
     "GIFTSTREAM_STREAK_TIMEOUT_MS": "400",
     "GIFTSTREAM_GIFT_RATE_PER_S": "100000",
     "GIFTSTREAM_GIFT_BURST": "1000000",
+    # Tests read their connections when they are ready to; slow consumers have tests of their own.
+    "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
 }
 RECV_TIMEOUT_S = 5.0
 

@@ -132,6 +132,8 @@ async def test_host_rejoining_with_since_gets_each_missed_credit_once_in_order_t
         while not stop.is_set() and n < 5_000:
             acked.append(await ws.gift(room, f"keep-{n}"))
             n += 1
+            # A steady pace, not a flood: the host's connection is not read while it is away.
+            await asyncio.sleep(0.005)
 
     async with connected(server, viewer) as viewer_ws:
         await viewer_ws.join(room)
