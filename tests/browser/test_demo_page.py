@@ -8,6 +8,8 @@ import re
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+
 from browser_kit import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -22,8 +24,6 @@ from browser_kit import (
     screenshot,
     settle,
 )
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
-
 from giftstream.client import Client
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, ServerProcess, User, running

@@ -5,9 +5,9 @@ import itertools
 import random
 
 import pytest
-from proxy import Proxy
 
 from giftstream.client import Backoff, Client, ConnectionFailed
+from proxy import Proxy
 from support import Api, free_port
 
 

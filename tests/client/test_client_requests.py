@@ -3,8 +3,6 @@
 import asyncio
 
 import pytest
-from harness import GIFT, GIFT_COINS, QUICK, WAIT_S, eventually
-from proxy import Proxy
 
 from giftstream.client import (
     Ack,
@@ -19,6 +17,8 @@ from giftstream.client import (
     Unauthenticated,
 )
 from giftstream.errors import ErrorCode
+from harness import GIFT, GIFT_COINS, QUICK, WAIT_S, eventually
+from proxy import Proxy
 from support import Api, ServerProcess
 
 

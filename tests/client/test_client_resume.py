@@ -5,18 +5,6 @@ import asyncio
 
 import msgpack
 import pytest
-from harness import (
-    GIFT,
-    GIFT_COINS,
-    QUICK,
-    WAIT_S,
-    eventually,
-    grown,
-    history_positions,
-    positions,
-    room_history,
-)
-from proxy import Proxy
 
 from giftstream.client import (
     Ack,
@@ -29,6 +17,18 @@ from giftstream.client import (
 )
 from giftstream.store import keys
 from giftstream.store.connection import Redis
+from harness import (
+    GIFT,
+    GIFT_COINS,
+    QUICK,
+    WAIT_S,
+    eventually,
+    grown,
+    history_positions,
+    positions,
+    room_history,
+)
+from proxy import Proxy
 from support import Api, ServerProcess, bearer
 
 CUTS = 3
