@@ -420,17 +420,20 @@ class Hub:
         """Members that opted in get their frames as one `batch` when there are several; the
         others get their protocol v1 frames (`gift`, and `credit` for the host) one by one.
         Each frame or batch is encoded once per subprotocol."""
-        lossless = any(f.get("t") in LOSSLESS for f in frames)
         one_by_one = [single(f) for f in frames if f.get("t") in V1_ROOM_FRAMES]
-        together: dict[bool, Encoded | None] = {}
+        # Per kind of member (host or not): its batch, and whether it holds a lossless frame.
+        together: dict[bool, tuple[Encoded, bool] | None] = {}
         for member in channel.members:
             if member.extras:
                 if member.is_host not in together:
                     mine = [f for f in frames if member.wants(f.get("t"))]
-                    together[member.is_host] = batch(channel.room, mine) if mine else None
-                encoded = together[member.is_host]
-                if encoded is not None:
-                    member.deliver(encoded, lossless)
+                    lossless = any(f.get("t") in LOSSLESS for f in mine)
+                    together[member.is_host] = (
+                        (batch(channel.room, mine), lossless) if mine else None
+                    )
+                found = together[member.is_host]
+                if found is not None:
+                    member.deliver(*found)
                 continue
             for one in one_by_one:
                 kind = one.frame.get("t")

@@ -7,6 +7,7 @@ resumes from its last offset. Putting never awaits, so a fan-out loop never wait
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from giftstream import metrics
 
@@ -14,8 +15,11 @@ Payload = bytes | str
 
 
 class Outbound:
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, on_overflow: Callable[[], None] | None = None) -> None:
         self.limit_bytes = limit_bytes
+        # Called once when a lossless frame does not fit: the writer may be stuck on a socket
+        # the client does not read, so it cannot be the one to notice.
+        self.on_overflow = on_overflow
         self.queued_bytes = 0
         self.overflowed = False
         self.closed = False
@@ -30,6 +34,8 @@ class Outbound:
             if lossless:
                 self.overflowed = True
                 self._ready.set()
+                if self.on_overflow is not None:
+                    self.on_overflow()
             else:
                 metrics.FRAMES_DROPPED.inc()
             return

@@ -1,6 +1,7 @@
 """One WebSocket connection: authentication, rooms, gifts, and its writer task."""
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -78,7 +79,8 @@ class Session:
         self.secret = secret
         self.settings = settings
         self.limits = limits
-        self.outbound = Outbound(settings.send_queue_bytes)
+        self.outbound = Outbound(settings.send_queue_bytes, on_overflow=self._on_overflow)
+        self._closing: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self.extras = False
         self.members: dict[str, Member] = {}
@@ -140,18 +142,28 @@ class Session:
                         await self.ws.send_bytes(item)
                     else:
                         await self.ws.send_text(item)
-            if self.outbound.overflowed:
-                metrics.CLOSES.labels("slow_consumer").inc()
-                log.warning(
-                    "closing a slow consumer (user %s, %d bytes queued)",
-                    self.sender.user if self.sender else "-",
-                    self.outbound.queued_bytes,
-                )
-                self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
-            if self._close is not None and self.ws.client_state is WebSocketState.CONNECTED:
-                await self.ws.close(*self._close)
+            if self._closing is None and self._close is not None:
+                await self._send_close()
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.outbound.close()
+
+    def _on_overflow(self) -> None:
+        """A lossless frame did not fit: close now, even while the writer is stuck on a socket
+        the client does not read (the close frame follows what the socket already holds)."""
+        metrics.CLOSES.labels("slow_consumer").inc()
+        log.warning(
+            "closing a slow consumer (user %s, %d bytes queued)",
+            self.sender.user if self.sender else "-",
+            self.outbound.queued_bytes,
+        )
+        self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
+        self._closing = asyncio.create_task(self._send_close())
+
+    async def _send_close(self) -> None:
+        if self._close is None or self.ws.client_state is not WebSocketState.CONNECTED:
+            return
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await self.ws.close(*self._close)
 
     def send(self, frame: dict[str, Any]) -> None:
         self.outbound.put(self.codec.encode(frame), lossless=True)
