@@ -16,6 +16,7 @@ import pytest
 from giftstream.store import keys
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey
+from loadtest.commands import BENCH_LIMITS
 from support import Api, ServerProcess, running
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,8 @@ def store() -> Iterator[EmbeddedValkey]:
 
 @pytest.fixture(scope="module")
 def service(store: EmbeddedValkey) -> Iterator[ServerProcess]:
-    with running(ServerProcess(store.url)) as s:
+    """A service as the load tool starts one: its per-user limits lifted."""
+    with running(ServerProcess(store.url, env=BENCH_LIMITS)) as s:
         yield s
 
 
