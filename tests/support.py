@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from giftstream.store.connection import Redis
+from giftstream.store.connection import connect as connect_store
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
 READY_TIMEOUT_S = 30.0
@@ -271,3 +273,27 @@ def on_both_stores() -> Any:
         return found
 
     return server
+
+
+@contextlib.asynccontextmanager
+async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
+    """A started server and an HTTP client of it; both stopped when the block ends."""
+    try:
+        await asyncio.to_thread(server.start)
+        api = Api(server.base_url)
+        try:
+            yield server, api
+        finally:
+            await api.aclose()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@contextlib.asynccontextmanager
+async def store(url: str) -> AsyncIterator[Redis]:
+    """A client of the store at `url`, closed when the block ends."""
+    client = connect_store(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

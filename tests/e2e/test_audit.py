@@ -1,11 +1,9 @@
 """`giftstream audit`: clean after real traffic, and naming what is wrong when money is not."""
 
 import asyncio
-import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +11,9 @@ import msgpack
 
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
-from giftstream.store.connection import Redis, connect
+from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import Api, Client, ServerProcess, User
+from support import Api, Client, ServerProcess, User, serving, store
 
 GRANTED = 10_000 + 3
 SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
@@ -34,29 +32,6 @@ class Traffic:
     rich: User
     poor: User
     rooms: list[str]
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A started server and an HTTP client of it; both stopped when the block ends."""
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-@contextlib.asynccontextmanager
-async def store(url: str) -> AsyncIterator[Redis]:
-    client = connect(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def audit(*args: str) -> tuple[int, str]:

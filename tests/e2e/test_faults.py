@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, command, connect, read_hash, read_stream
+from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User
+from support import Api, Client, Frame, ServerProcess, User, serving, store
 
 SEED = 4_242
 GIFT, PRICE = "confetti", 100  # not streakable: one frame per gift, never merged
@@ -84,29 +84,6 @@ async def settles(condition: Callable[[], bool], within_s: float) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A started server and an HTTP client of it; both stopped when the block ends."""
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-@contextlib.asynccontextmanager
-async def store(url: str) -> AsyncIterator[Redis]:
-    client = connect(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @contextlib.contextmanager

@@ -11,36 +11,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, connect, read_hash, read_stream
+from giftstream.store.connection import Redis, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User
+from support import Client, Frame, ServerProcess, User, serving, store
 
 RECV_S = 15.0
 CRASH_EXIT_CODE = 70
 GIFT, GIFT_COINS = "confetti", 100
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A started server and an HTTP client of it; both stopped when the block ends."""
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-@contextlib.asynccontextmanager
-async def store(url: str) -> AsyncIterator[Redis]:
-    client = connect(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @contextlib.asynccontextmanager
