@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -20,7 +21,13 @@ from giftstream.http.common import Handler, handles_errors
 from giftstream.payments import no_provider_verdict, simulated_verdict
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits, origin_allowed
-from giftstream.realtime.session import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, Session
+from giftstream.realtime.outbound import TRANSPORT_KEY, KeepTransport
+from giftstream.realtime.session import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_TRY_AGAIN_LATER,
+    Session,
+)
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
 from giftstream.store.connection import connect, load_functions, shared_secret
@@ -50,9 +57,16 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     if not limits.open_ip(ip):
         await ws.close(code=CLOSE_POLICY, reason="too many connections from this address")
         return
+    transport = ws.scope.get(TRANSPORT_KEY)
+    if transport is None:
+        log.error("no transport under this WebSocket: serve giftstream with uvicorn")
+        limits.close_ip(ip)
+        await ws.close(code=CLOSE_INTERNAL, reason="the server cannot write to this connection")
+        return
     try:
         session = Session(
             ws,
+            transport,
             codec,
             redis=runtime.redis,
             hub=runtime.hub,
@@ -164,4 +178,4 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.stop()
             await redis.aclose()
 
-    return Starlette(routes=routes(), lifespan=lifespan)
+    return Starlette(routes=routes(), lifespan=lifespan, middleware=[Middleware(KeepTransport)])

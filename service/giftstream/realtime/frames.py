@@ -1,9 +1,9 @@
-"""Frames encoded at most once per subprotocol, however many members receive them."""
+"""Frames encoded and framed at most once per subprotocol, however many members receive them."""
 
 from typing import Any
 
-from giftstream.realtime.outbound import Payload
 from giftstream.wire.codec import Codec, Format, encode_json, encode_msgpack
+from giftstream.wire.wsframe import server_frame
 
 # Kinds of the room history: delivered once each, in offset order, per kind.
 HISTORY_KINDS = ("gift", "credit")
@@ -19,15 +19,16 @@ class Encoded:
         self.frame = frame
         self.offsets = offsets
         self._msgpack: bytes | None = None
-        self._json: str | None = None
+        self._json: bytes | None = None
 
-    def for_codec(self, codec: Codec) -> Payload:
+    def framed(self, codec: Codec) -> bytes:
+        """The WebSocket message carrying this frame in `codec`'s subprotocol."""
         if codec.format is Format.MSGPACK:
             if self._msgpack is None:
-                self._msgpack = encode_msgpack(self.frame)
+                self._msgpack = server_frame(encode_msgpack(self.frame))
             return self._msgpack
         if self._json is None:
-            self._json = encode_json(self.frame)
+            self._json = server_frame(encode_json(self.frame))
         return self._json
 
 

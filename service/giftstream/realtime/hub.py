@@ -418,27 +418,29 @@ class Hub:
 
     def _send(self, channel: RoomChannel, frames: list[dict[str, Any]]) -> None:
         """Members that opted in get their frames as one `batch` when there are several; the
-        others get their protocol v1 frames (`gift`, and `credit` for the host) one by one.
-        Each frame or batch is encoded once per subprotocol."""
+        others get their protocol v1 frames (`gift`, and `credit` for the host), each its own
+        message, all in one write. Each frame or batch is encoded once per subprotocol, and
+        what a member gets depends only on whether it is the host and opted in."""
         one_by_one = [single(f) for f in frames if f.get("t") in V1_ROOM_FRAMES]
-        # Per kind of member (host or not): its batch, and whether it holds a lossless frame.
-        together: dict[bool, tuple[Encoded, bool] | None] = {}
+        # Per kind of member (opted in, host): what it gets.
+        chosen: dict[tuple[bool, bool], list[tuple[Encoded, bool]]] = {}
         for member in channel.members:
-            if member.extras:
-                if member.is_host not in together:
-                    mine = [f for f in frames if member.wants(f.get("t"))]
-                    lossless = any(f.get("t") in LOSSLESS for f in mine)
-                    together[member.is_host] = (
-                        (batch(channel.room, mine), lossless) if mine else None
-                    )
-                found = together[member.is_host]
-                if found is not None:
-                    member.deliver(*found)
-                continue
-            for one in one_by_one:
-                kind = one.frame.get("t")
-                if member.wants(kind):
-                    member.deliver(one, lossless=kind in LOSSLESS)
+            kind = (member.extras, member.is_host)
+            mine = chosen.get(kind)
+            if mine is None:
+                if member.extras:
+                    wanted = [f for f in frames if member.wants(f.get("t"))]
+                    lossless = any(f.get("t") in LOSSLESS for f in wanted)
+                    mine = [(batch(channel.room, wanted), lossless)] if wanted else []
+                else:
+                    mine = [
+                        (one, one.frame.get("t") in LOSSLESS)
+                        for one in one_by_one
+                        if member.wants(one.frame.get("t"))
+                    ]
+                chosen[kind] = mine
+            if mine:
+                member.deliver(mine)
 
     def _flush(self, channel: RoomChannel) -> None:
         """At a tick: send what waited, or open the next tick for an immediate send."""

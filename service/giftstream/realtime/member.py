@@ -48,25 +48,37 @@ class Member:
             return self.is_host and self.extras
         return self.extras
 
-    def deliver(self, event: Encoded, lossless: bool) -> None:
-        """Deliver a live frame; it waits while the membership replays history."""
+    def deliver(self, events: list[tuple[Encoded, bool]]) -> None:
+        """Deliver live frames, in one write; they wait while the membership replays history."""
         if self.replaying:
-            self.pending.append((event, lossless))
-        else:
-            self.replay(event, lossless)
+            self.pending.extend(events)
+            return
+        out = []
+        for event, lossless in events:
+            framed = self._admit(event)
+            if framed is not None:
+                out.append((framed, lossless))
+        self.outbound.put_all(out)
 
     def replay(self, event: Encoded, lossless: bool) -> None:
         """Deliver now, each history event at most once and in order."""
+        framed = self._admit(event)
+        if framed is not None:
+            self.outbound.put(framed, lossless)
+
+    def _admit(self, event: Encoded) -> bytes | None:
+        """The bytes to send of `event` (None when all of it was delivered before), counted as
+        delivered."""
         seen = any(low <= self.last_offsets.get(k, 0) for k, (low, _) in event.offsets.items())
         if seen:
             # Only at a seam: this member has had part of it; send it the rest.
             fresh = [f for f in _frames(event) if self._is_new(f) and self.wants(f.get("t"))]
             if not fresh:
-                return
+                return None
             event = batch(self.room, fresh)
         for kind, (_, high) in event.offsets.items():
             self.last_offsets[kind] = max(self.last_offsets.get(kind, 0), high)
-        self.outbound.put(event.for_codec(self.codec), lossless)
+        return event.framed(self.codec)
 
     def _is_new(self, frame: dict[str, Any]) -> bool:
         found = history_offset(frame)
@@ -75,8 +87,7 @@ class Member:
     def finish_replay(self) -> None:
         self.replaying = False
         pending, self.pending = self.pending, []
-        for event, lossless in pending:
-            self.replay(event, lossless)
+        self.deliver(pending)
 
 
 def _frames(event: Encoded) -> list[dict[str, Any]]:

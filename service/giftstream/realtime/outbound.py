@@ -1,63 +1,107 @@
-"""A connection's bounded send queue (in bytes) with two delivery classes.
+"""A connection's bounded send buffer (in bytes) with two delivery classes, written straight to
+its transport.
 
-Lossy frames (animations) are dropped when the queue is full; a lossless frame (ack, error,
-credit) that cannot fit marks the connection as a slow consumer, to be closed: the client
-resumes from its last offset. Putting never awaits, so a fan-out loop never waits on a socket.
+Frames arrive already framed (wire.wsframe): putting one is a synchronous `transport.write`, so
+a fan-out loop never awaits a socket and a room event costs one write per member, not a task
+wake-up and a trip through the ASGI layers. What the socket cannot take yet waits in the
+transport's buffer, and that buffer is the bound: lossy frames (animations) are dropped when it
+is full; a lossless frame (ack, error, credit) that cannot fit marks the connection as a slow
+consumer, to be closed: the client resumes from its last offset.
 """
 
-import asyncio
-from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from giftstream import metrics
 
-Payload = bytes | str
+# Where KeepTransport puts a WebSocket connection's transport in its ASGI scope.
+TRANSPORT_KEY = "giftstream.transport"
+
+
+class Transport(Protocol):
+    """What Outbound needs of a connection's transport (asyncio's, or uvloop's, which is no
+    subclass of asyncio's)."""
+
+    def write(self, data: bytes) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+def transport_of(send: Any) -> Transport | None:
+    """The transport under the server's ASGI `send`: uvicorn's WebSocket protocols pass their
+    bound `send` method, whose object holds the connection's transport; None elsewhere."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    needed = ("write", "get_write_buffer_size", "is_closing", "abort")
+    if transport is None or not all(callable(getattr(transport, n, None)) for n in needed):
+        return None
+    return cast(Transport, transport)
+
+
+class KeepTransport:
+    """ASGI middleware, outside any that wraps `send`: keeps each WebSocket connection's
+    transport in its scope, for its Outbound."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            scope[TRANSPORT_KEY] = transport_of(send)
+        await self.app(scope, receive, send)
 
 
 class Outbound:
-    def __init__(self, limit_bytes: int, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        limit_bytes: int,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> None:
         self.limit_bytes = limit_bytes
-        # Called once when a lossless frame does not fit: the writer may be stuck on a socket
-        # the client does not read, so it cannot be the one to notice.
+        # Called once when a lossless frame does not fit.
         self.on_overflow = on_overflow
-        self.queued_bytes = 0
         self.overflowed = False
         self.closed = False
-        self._items: deque[Payload] = deque()
-        self._ready = asyncio.Event()
+        self._transport = transport
 
-    def put(self, data: Payload, lossless: bool) -> None:
+    @property
+    def queued_bytes(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def put(self, frame: bytes, lossless: bool) -> None:
+        if self._fits(frame, lossless, 0):
+            self._transport.write(frame)
+
+    def put_all(self, frames: list[tuple[bytes, bool]]) -> None:
+        """Several frames in one write (one system call), each kept or dropped as by `put`."""
+        kept: list[bytes] = []
+        pending = 0
+        for frame, lossless in frames:
+            if self._fits(frame, lossless, pending):
+                kept.append(frame)
+                pending += len(frame)
+        if kept:
+            self._transport.write(b"".join(kept) if len(kept) > 1 else kept[0])
+
+    def _fits(self, frame: bytes, lossless: bool, pending: int) -> bool:
         if self.closed or self.overflowed:
-            return
-        size = len(data)
-        if self.queued_bytes + size > self.limit_bytes:
+            return False
+        if self._transport.is_closing():
+            self.closed = True
+            return False
+        if self._transport.get_write_buffer_size() + pending + len(frame) > self.limit_bytes:
             if lossless:
                 self.overflowed = True
-                self._ready.set()
                 if self.on_overflow is not None:
                     self.on_overflow()
             else:
                 metrics.FRAMES_DROPPED.inc()
-            return
-        self._items.append(data)
-        self.queued_bytes += size
+            return False
         metrics.FRAMES_OUT.inc()
-        self._ready.set()
-
-    async def take(self) -> list[Payload]:
-        """Wait for frames and take all that are queued; [] once closed or overflowed."""
-        while not self._items:
-            if self.closed or self.overflowed:
-                return []
-            self._ready.clear()
-            await self._ready.wait()
-        if self.overflowed:
-            return []
-        items = list(self._items)
-        self._items.clear()
-        self.queued_bytes = 0
-        return items
+        return True
 
     def close(self) -> None:
         self.closed = True
-        self._ready.set()

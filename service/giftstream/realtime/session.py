@@ -1,4 +1,4 @@
-"""One WebSocket connection: authentication, rooms, gifts, and its writer task."""
+"""One WebSocket connection: authentication, rooms, gifts, and what it sends."""
 
 import asyncio
 import contextlib
@@ -27,7 +27,7 @@ from giftstream.realtime.frames import single
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits
 from giftstream.realtime.member import Member
-from giftstream.realtime.outbound import Outbound
+from giftstream.realtime.outbound import Outbound, Transport
 from giftstream.settings import Settings
 from giftstream.store import accounts, chests, rooms
 from giftstream.store.connection import Redis
@@ -44,6 +44,7 @@ from giftstream.wire.requests import (
     parse_request,
     request_id,
 )
+from giftstream.wire.wsframe import server_frame
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,15 @@ CLOSE_TRY_AGAIN_LATER = 1013
 MAX_GIFTS_IN_FLIGHT = 64
 # How long a closing connection waits for its gifts in flight to finish.
 GIFT_DRAIN_S = 10.0
+# How long a slow consumer has to take the close frame before its connection is dropped.
+SLOW_CONSUMER_ABORT_S = 10.0
 
 
 class Session:
     def __init__(
         self,
         ws: WebSocket,
+        transport: Transport,
         codec: Codec,
         *,
         redis: Redis,
@@ -72,6 +76,7 @@ class Session:
         limits: ConnectionLimits,
     ) -> None:
         self.ws = ws
+        self.transport = transport
         self.codec = codec
         self.redis = redis
         self.hub = hub
@@ -79,7 +84,9 @@ class Session:
         self.secret = secret
         self.settings = settings
         self.limits = limits
-        self.outbound = Outbound(settings.send_queue_bytes, on_overflow=self._on_overflow)
+        self.outbound = Outbound(
+            transport, settings.send_queue_bytes, on_overflow=self._on_overflow
+        )
         self._closing: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self.extras = False
@@ -92,7 +99,6 @@ class Session:
 
     async def run(self) -> None:
         metrics.CONNECTIONS.inc()
-        writer = asyncio.create_task(self._write_forever(), name="ws-writer")
         try:
             await self._read_forever()
         finally:
@@ -107,7 +113,8 @@ class Session:
             if self.sender is not None:
                 self.limits.close_user(self.sender.user)
             self.outbound.close()
-            await writer
+            if self._closing is None:
+                await self._send_close()
             metrics.CONNECTIONS.dec()
 
     async def _read_forever(self) -> None:
@@ -131,25 +138,9 @@ class Session:
         self._close = (code, reason[:120])
         self.outbound.close()
 
-    async def _write_forever(self) -> None:
-        try:
-            while True:
-                items = await self.outbound.take()
-                if not items:
-                    break
-                for item in items:
-                    if isinstance(item, bytes):
-                        await self.ws.send_bytes(item)
-                    else:
-                        await self.ws.send_text(item)
-            if self._closing is None and self._close is not None:
-                await self._send_close()
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.outbound.close()
-
     def _on_overflow(self) -> None:
-        """A lossless frame did not fit: close now, even while the writer is stuck on a socket
-        the client does not read (the close frame follows what the socket already holds)."""
+        """A lossless frame did not fit: close now (the close frame follows what the socket
+        already holds); a client that does not read even that is cut off after a while."""
         metrics.CLOSES.labels("slow_consumer").inc()
         log.warning(
             "closing a slow consumer (user %s, %d bytes queued)",
@@ -158,6 +149,8 @@ class Session:
         )
         self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
         self._closing = asyncio.create_task(self._send_close())
+        transport = self.transport
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_ABORT_S, transport.abort)
 
     async def _send_close(self) -> None:
         if self._close is None or self.ws.client_state is not WebSocketState.CONNECTED:
@@ -166,7 +159,7 @@ class Session:
             await self.ws.close(*self._close)
 
     def send(self, frame: dict[str, Any]) -> None:
-        self.outbound.put(self.codec.encode(frame), lossless=True)
+        self.outbound.put(server_frame(self.codec.encode(frame)), lossless=True)
 
     def send_error(self, error: GiftstreamError, rid: str | None) -> None:
         metrics.ERRORS.labels(error.code.value).inc()
