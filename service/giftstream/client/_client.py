@@ -93,7 +93,8 @@ class Client:
     when it runs out, the client fails with `ConnectionFailed`. At most `max_buffered_events`
     room events wait for `events()`; beyond that the client drops them and fetches them again
     from the room's history once `events()` has caught up, so acks are never held up by a slow
-    reader. A program that never reads events should pass `receive_events=False`.
+    reader. A program that never reads events should pass `receive_events=False`: the client
+    then keeps no events and does not ask for the extension frames (it would only drop them).
     `open_timeout_s` bounds each connection attempt: the handshake, then auth and rejoins.
     """
 
@@ -116,6 +117,7 @@ class Client:
         self._open_timeout_s = open_timeout_s
         self._inbox = Inbox(max_buffered_events)
         self._overflowed = 0
+        self._messages = 0
         self._rooms: dict[str, _Room] = {}
         self._link: Link | None = None
         # Set while `_link` is usable, or once the client is closed or failed.
@@ -188,6 +190,13 @@ class Client:
         fetched again from the history once `events()` catches up. A measure of how far the
         reader fell behind."""
         return self._overflowed
+
+    @property
+    def messages_received(self) -> int:
+        """How many WebSocket messages the client has received, over every connection so far:
+        answers and room frames alike, a `batch` counting as one. A measure of what the server
+        sent, for load tools and tests."""
+        return self._messages
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -325,9 +334,11 @@ class Client:
         link.reader = asyncio.create_task(self._read(link), name="giftstream-client-reader")
         try:
             async with asyncio.timeout(self._open_timeout_s):
-                answer = await link.ask(
-                    {"t": "auth", "id": self._next_id(), "token": self._token, "extras": True}
-                )
+                auth: Frame = {"t": "auth", "id": self._next_id(), "token": self._token}
+                if self._receive_events:
+                    # The room frames beyond protocol v1 (`room` → RoomState) and batches.
+                    auth["extras"] = True
+                answer = await link.ask(auth)
                 if answer["t"] == "error":
                     raise server_error(answer)
                 self._welcome = Welcome.from_frame(answer)
@@ -397,6 +408,7 @@ class Client:
     async def _read(self, link: Link) -> None:
         try:
             async for message in link.ws:
+                self._messages += 1
                 text = message if isinstance(message, str) else None
                 data = message if isinstance(message, bytes) else None
                 self._dispatch(link, self._codec.decode(text, data))
@@ -421,10 +433,14 @@ class Client:
             for inner in frame["frames"]:
                 self._dispatch(link, inner)
             return
-        if kind == "gift":
-            self._on_event(GiftEvent.from_frame(frame))
-        elif kind == "credit":
-            self._on_event(CreditEvent.from_frame(frame))
+        if kind == "gift" or kind == "credit":
+            if not self._receive_events:
+                # Only the offset matters (for resuming): no event to build.
+                self._on_offset(frame["room"], frame["offset"])
+            elif kind == "gift":
+                self._on_event(GiftEvent.from_frame(frame))
+            else:
+                self._on_event(CreditEvent.from_frame(frame))
         elif kind == "room":
             self._on_room_state(frame["room"], frame["live"])
         elif kind == "joined":
@@ -472,6 +488,12 @@ class Client:
             self._overflowed += 1
             return
         state.offset = event.offset
+
+    def _on_offset(self, room: str, offset: int) -> None:
+        """A room event for a client that keeps none: advance the room's offset."""
+        state = self._rooms.get(room)
+        if state is not None and offset > state.offset:
+            state.offset = offset
 
     def _on_room_state(self, room: str, live: bool) -> None:
         state = self._rooms.get(room)

@@ -133,6 +133,9 @@ class CreditEvent:
     gift_name: str | None = None
     coins: int | None = None
     ts: int | None = None
+    # A gift to one of the host's videos: the video's id (the gift is not in the room's
+    # animations, only in its credits); None for a live gift.
+    video: str | None = None
 
     @classmethod
     def from_frame(cls, f: Frame) -> "CreditEvent":
@@ -149,6 +152,7 @@ class CreditEvent:
             gift_name=f.get("name"),
             coins=f.get("coins"),
             ts=f.get("ts"),
+            video=f.get("video"),
         )
 
 
