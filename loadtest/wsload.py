@@ -3,7 +3,11 @@ their answers, hosts that time their credits.
 
 Modes: `service` speaks protocol v1 (auth, join, gift → ack); `echo` and `broadcast` are the bare
 baseline servers (no auth or join; a gift's answer is its own frame coming back, matched by `id`
-like an ack). The generator is the same in all three, so their figures compare.
+like an ack). Viewers and hosts are the minimal client of `wsclient.py` in all three, so that a
+thousand viewers cost little; the senders to the service are `giftstream.client.Client`, as a
+program sends gifts (one `send_gift` per gift, with its idempotency id and its retries), and the
+senders to the bare servers, which speak no protocol, the minimal client. Latency, errors and
+acks are counted alike for both kinds of sender (`Sender`).
 """
 
 import asyncio
@@ -15,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from giftstream.client import Client, ClientClosed, ClientError, ServerError
 from loadtest.procs import Link
 from loadtest.tally import Tally
 from loadtest.wsclient import HandshakeError, WsClient, connect
@@ -86,18 +91,27 @@ class Run:
 
 
 class Sender:
-    def __init__(self, client: WsClient, conn: ConnPlan, plan: WsPlan, run: Run, n: int) -> None:
-        self.client = client
+    """One connection that taps gifts and times their answers: at most `MAX_IN_FLIGHT` await an
+    answer, the rest wait in `backlog` (open loop) with the time they were due. The latency of
+    an answer counts from then, or from when it was sent (closed loop: each answer sends the
+    next gift at once)."""
+
+    def __init__(self, conn: ConnPlan, plan: WsPlan, run: Run, n: int) -> None:
         self.user = conn.user
+        self.room = conn.room
+        self.gift = plan.gift
         self.run = run
         self.closed_loop = plan.rate <= 0
         self.coins = plan.gift_coins
         self.prefix = f"{plan.run_tag}-{plan.index}-{n}-"
-        self.frame: dict[str, Any] = {"t": "gift", "id": "", "room": conn.room, "gift": plan.gift}
         self.pending: dict[str, float] = {}
         self.backlog: deque[float] = deque()
         self.seq = 0
-        self.room_frames = 0
+
+    @property
+    def room_frames(self) -> int:
+        """Frames received that answer none of this sender's gifts."""
+        raise NotImplementedError
 
     def submit(self, scheduled: float) -> None:
         """Open loop: send now if the connection has room in flight, else as soon as it does;
@@ -110,30 +124,30 @@ class Sender:
     def fire(self, started: float) -> None:
         self.seq += 1
         rid = self.prefix + str(self.seq)
-        self.frame["id"] = rid
         self.pending[rid] = started
         self.run.in_flight += 1
-        self.client.send(msgpack.packb(self.frame))
+        self.send(rid)
         self.run.tally.counts["gifts_sent"] += 1
 
-    def on_message(self, data: bytes) -> None:
-        frame = msgpack.unpackb(data)
-        started = self.pending.pop(frame.get("id"), None)
+    def send(self, rid: str) -> None:
+        raise NotImplementedError
+
+    def answered(self, rid: str, error: str | None, event: str | None) -> None:
+        """The answer to gift `rid`: an error code, or the ack's gift event."""
+        started = self.pending.pop(rid, None)
         if started is None:
-            self.room_frames += 1
             return
         now = time.perf_counter()
         self.run.in_flight -= 1
         tally = self.run.tally
-        if frame.get("t") == "error":
-            tally.errors[str(frame.get("code"))] += 1
+        if error is not None:
+            tally.errors[error] += 1
         else:
             tally.counts["gifts_acked"] += 1
             if now <= self.run.ends:
                 tally.counts["gifts_acked_in_window"] += 1
             tally.sample("ack", now - started)
             tally.spent[self.user] += self.coins
-            event = frame.get("event")
             if event is not None:
                 tally.sent_at[event] = started
         if self.run.running:
@@ -143,6 +157,89 @@ class Sender:
                 self.fire(self.backlog.popleft())
         elif self.run.in_flight == 0:
             self.run.drained.set()
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class ClientSender(Sender):
+    """A sender of protocol v1 through `giftstream.client.Client`, as a program would send
+    gifts: each gift is one `send_gift` with its idempotency id, re-sent with that id after a
+    reconnect until it is answered. The client keeps no events and does not ask for the
+    extension frames (`receive_events=False`), so the server sends it what it sends a minimal
+    client."""
+
+    def __init__(self, client: Client, conn: ConnPlan, plan: WsPlan, run: Run, n: int) -> None:
+        super().__init__(conn, plan, run, n)
+        self.client = client
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.answers = 0
+        # The answers to auth and join.
+        self.set_up = client.messages_received
+        self.welcome = client.welcome
+
+    @property
+    def room_frames(self) -> int:
+        return self.client.messages_received - self.set_up - self.answers
+
+    @property
+    def reconnected(self) -> bool:
+        """Each (re)connection authenticates again, with a new `welcome`."""
+        return self.client.welcome is not self.welcome
+
+    def send(self, rid: str) -> None:
+        task = asyncio.create_task(self._send(rid))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, rid: str) -> None:
+        try:
+            ack = await self.client.send_gift(self.room, self.gift, id=rid)
+        except ServerError as e:
+            self.answers += 1
+            self.answered(rid, e.code, None)
+        except ClientClosed:
+            return  # closed after the drain: counted as unanswered there
+        except ClientError as e:
+            self.answered(rid, type(e).__name__, None)
+        else:
+            self.answers += 1
+            self.answered(rid, None, ack.event)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class WireSender(Sender):
+    """A sender on the minimal client, for the bare baseline servers (no auth, no join: the
+    answer to a gift is its own frame coming back, matched by `id`)."""
+
+    def __init__(self, client: WsClient, conn: ConnPlan, plan: WsPlan, run: Run, n: int) -> None:
+        super().__init__(conn, plan, run, n)
+        self.client = client
+        self.frame: dict[str, Any] = {"t": "gift", "id": "", "room": conn.room, "gift": plan.gift}
+        self.frames = 0
+        client.on_message = self.on_message
+
+    @property
+    def room_frames(self) -> int:
+        return self.frames
+
+    def send(self, rid: str) -> None:
+        self.frame["id"] = rid
+        self.client.send(msgpack.packb(self.frame))
+
+    def on_message(self, data: bytes) -> None:
+        frame = msgpack.unpackb(data)
+        rid = frame.get("id")
+        if rid not in self.pending:
+            self.frames += 1
+            return
+        error = str(frame.get("code")) if frame.get("t") == "error" else None
+        self.answered(rid, error, frame.get("event"))
+
+    async def close(self) -> None:
+        self.client.close()
 
 
 class HostWatch:
@@ -189,15 +286,19 @@ class WsLoad:
         self.link = link
         self.tally = Tally()
         self.run_state = Run(self.tally)
+        # The minimal clients: viewers, hosts, and the senders to a bare server.
         self.clients: list[tuple[ConnPlan, WsClient]] = []
         self.senders: list[Sender] = []
         self.hosts: list[HostWatch] = []
 
+    @property
+    def connected(self) -> int:
+        return len(self.clients) + sum(isinstance(s, ClientSender) for s in self.senders)
+
     async def run(self) -> Tally:
         plan = self.plan
         await self._connect_all()
-        self._assign_roles()
-        self.link.report({"connected": len(self.clients)})
+        self.link.report({"connected": self.connected})
         self.link.ready()
         await self.link.wait_go()
         frames_before = self._frames()
@@ -232,22 +333,27 @@ class WsLoad:
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(self.plan.connect_concurrency)
 
-        async def open_one(conn: ConnPlan) -> None:
+        async def open_one(n: int, conn: ConnPlan) -> None:
             async with gate:
                 try:
-                    client = await self._open(conn)
+                    if conn.role == "sender" and self.plan.mode == "service":
+                        client = await self._open_client(conn)
+                        self.senders.append(
+                            ClientSender(client, conn, self.plan, self.run_state, n)
+                        )
+                    else:
+                        self._assign(conn, await self._open(conn), n)
                 except Refused as e:
                     self.tally.errors[f"connect:{e.code}"] += 1
                     return
-                except (OSError, TimeoutError, HandshakeError) as e:
+                except (OSError, TimeoutError, HandshakeError, ClientError) as e:
                     self.tally.errors[f"connect:{type(e).__name__}"] += 1
                     return
-            self.clients.append((conn, client))
-            self.link.report({"connected": len(self.clients)})
+            self.link.report({"connected": self.connected})
 
-        await asyncio.gather(*(open_one(conn) for conn in self.plan.conns))
-        self.tally.connections = len(self.clients)
-        self.tally.members = len(self.clients)
+        await asyncio.gather(*(open_one(n, c) for n, c in enumerate(self.plan.conns)))
+        self.tally.connections = self.connected
+        self.tally.members = self.connected
 
     async def _open(self, conn: ConnPlan) -> WsClient:
         plan = self.plan
@@ -263,16 +369,29 @@ class WsLoad:
                 raise
         return client
 
-    def _assign_roles(self) -> None:
-        for conn, client in self.clients:
-            if conn.role == "sender":
-                sender = Sender(client, conn, self.plan, self.run_state, len(self.senders))
-                client.on_message = sender.on_message
-                self.senders.append(sender)
-            elif conn.role == "host" and self.plan.mode == "service":
-                host = HostWatch(self.tally)
-                client.on_message = host.on_message
-                self.hosts.append(host)
+    async def _open_client(self, conn: ConnPlan) -> Client:
+        plan = self.plan
+        url = f"ws://{plan.host}:{plan.port}{plan.path(conn.room)}"
+        client = Client(url, conn.token, receive_events=False, open_timeout_s=plan.timeout_s)
+        try:
+            await client.connect()
+            await client.join(conn.room)
+        except ServerError as e:
+            await client.close()
+            raise Refused(e.code) from e
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    def _assign(self, conn: ConnPlan, client: WsClient, n: int) -> None:
+        self.clients.append((conn, client))
+        if conn.role == "sender":
+            self.senders.append(WireSender(client, conn, self.plan, self.run_state, n))
+        elif conn.role == "host" and self.plan.mode == "service":
+            host = HostWatch(self.tally)
+            client.on_message = host.on_message
+            self.hosts.append(host)
 
     def _frames(self) -> int:
         """Room frames received so far: everything but the answers to a sender's own gifts."""
@@ -298,7 +417,7 @@ class WsLoad:
     def _report(self, frames_before: int) -> None:
         self.link.report(
             {
-                "connected": len(self.clients),
+                "connected": self.connected,
                 "sent": self.tally.counts["gifts_sent"],
                 "acked": self.tally.counts["gifts_acked"],
                 "errors": sum(self.tally.errors.values()),
@@ -323,6 +442,13 @@ class WsLoad:
                 self.tally.uncertain[sender.user] += len(sender.pending) * sender.coins
 
     async def _close_all(self) -> None:
+        for sender in self.senders:
+            if isinstance(sender, ClientSender):
+                # The server closed its connection at least once; the client reconnected and
+                # re-sent what was unanswered.
+                if sender.reconnected:
+                    self.tally.errors["closed_by_server:sender"] += 1
+                await sender.close()
         for _, client in self.clients:
             if client.closed.done():
                 self.tally.errors[f"closed_by_server:{client.closed.result()}"] += 1
