@@ -1,4 +1,9 @@
-"""Helpers for tests that run the real service: processes, HTTP and WebSocket clients."""
+"""Helpers for tests that run the real service: processes, HTTP and WebSocket clients.
+
+Two WebSocket clients: `connected()` gives `giftstream.client.Client`, as a program uses the
+service (typed acks, events and errors); `Client` here speaks raw frames, for the tests whose
+subject is the wire itself (exact frames, fields, error codes, batches, extension frames).
+"""
 
 import asyncio
 import contextlib
@@ -19,6 +24,7 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+import giftstream.client
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
@@ -261,6 +267,32 @@ class Client:
             lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
         )
         return answer
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    server: ServerProcess, user: User, **options: Any
+) -> AsyncIterator[giftstream.client.Client]:
+    """`giftstream.client.Client` of `user` on `server`, connected (`options` go to the
+    client); closed when the block ends."""
+    async with giftstream.client.Client(server.ws_url, user.token, **options) as client:
+        yield client
+
+
+async def first_event(
+    client: giftstream.client.Client,
+    match: Callable[[giftstream.client.Event], bool],
+    timeout: float = RECV_TIMEOUT_S,
+) -> tuple[giftstream.client.Event, list[giftstream.client.Event]]:
+    """The client's first event matching, and every event it yielded before that one."""
+    skipped: list[giftstream.client.Event] = []
+    events = client.events()
+    async with asyncio.timeout(timeout):
+        async for event in events:
+            if match(event):
+                return event, skipped
+            skipped.append(event)
+    raise AssertionError(f"the client closed before a matching event; before it: {skipped}")
 
 
 def on_both_stores() -> Any:

@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,12 +18,22 @@ from typing import Any
 import httpx
 import pytest
 
+from giftstream.client import (
+    Ack,
+    Client,
+    CreditEvent,
+    Forbidden,
+    GiftEvent,
+    InsufficientCoins,
+    ServerError,
+    SpendingLimit,
+)
 from giftstream.domain.economy import Economy, load_economy
 from giftstream.payments import DECLINES
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream, text
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, bearer, running
+from support import Api, ServerProcess, User, bearer, connected, first_event, running
 
 RECV_S = 15.0
 SETTLE_DEADLINE_S = 20.0
@@ -134,71 +144,6 @@ async def eventually(
             return answer
         assert loop.time() < deadline, f"condition not met in {deadline_s}s: {answer}"
         await asyncio.sleep(0.05)
-
-
-def unbatch(frame: Frame) -> list[Frame]:
-    if frame.get("t") == "batch":
-        return [inner for f in frame["frames"] for inner in unbatch(f)]
-    return [frame]
-
-
-class Conn:
-    """A WebSocket client that reads frame by frame, opening `batch` frames."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.queue: deque[Frame] = deque()
-
-    async def next(self, wait_s: float = RECV_S) -> Frame:
-        while not self.queue:
-            self.queue.extend(unbatch(await self.client.recv(wait_s)))
-        return self.queue.popleft()
-
-    async def until(
-        self, match: Callable[[Frame], bool], wait_s: float = RECV_S
-    ) -> tuple[Frame, list[Frame]]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        skipped: list[Frame] = []
-        while True:
-            frame = await self.next(max(deadline - loop.time(), 0.001))
-            if match(frame):
-                return frame, skipped
-            skipped.append(frame)
-
-    async def join(self, room: str) -> Frame:
-        await self.client.send({"t": "join", "room": room})
-        frame, _ = await self.until(lambda f: f["t"] in ("joined", "error"))
-        assert frame["t"] == "joined", frame
-        return frame
-
-    async def send_gift(self, room: str, gift: str, request_id: str, count: int = 1) -> None:
-        await self.client.send(
-            {"t": "gift", "id": request_id, "room": room, "gift": gift, "count": count}
-        )
-
-    async def answer(self, request_id: str) -> Frame:
-        frame, _ = await self.until(
-            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
-        )
-        return frame
-
-    async def gift(self, room: str, gift: str, request_id: str, count: int = 1) -> Frame:
-        await self.send_gift(room, gift, request_id, count)
-        return await self.answer(request_id)
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Conn]:
-    client = await Client.open(server.ws_url)
-    try:
-        conn = Conn(client)
-        await client.send({"t": "auth", "token": user.token})
-        welcome, _ = await conn.until(lambda f: f["t"] in ("welcome", "error"))
-        assert welcome["t"] == "welcome", welcome
-        yield conn
-    finally:
-        await client.close()
 
 
 @contextlib.asynccontextmanager
@@ -804,11 +749,12 @@ async def test_gifts_from_a_region_where_coins_are_not_sold_are_unavailable_in_r
     room = await api.open_room(host)
     video = await video_of(api, host)
     viewer = await make_user(api, region="IN", coins=100)
-    async with connected(server, viewer) as ws:
+    async with connected(server, viewer, receive_events=False) as ws:
         await ws.join(room)
-        refused = await ws.gift(room, "rose", unique("in"))
+        with pytest.raises(Forbidden) as refused:
+            await ws.send_gift(room, "rose", id=unique("in"))
 
-    assert (refused["t"], refused["code"]) == ("error", "unavailable_in_region")
+    assert refused.value.code == "unavailable_in_region"
     error(await video_gift(api, viewer, video, "rose", unique("in")), 403, "unavailable_in_region")
     assert await coins_of(api, viewer) == 100
     assert await diamonds_of(api, host) == 0
@@ -840,11 +786,12 @@ async def test_a_minor_cannot_send_gifts_live_or_to_a_video(
     room = await api.open_room(host)
     video = await video_of(api, host)
     minor = await make_user(api, coins=500, age=16)
-    async with connected(server, minor) as ws:
+    async with connected(server, minor, receive_events=False) as ws:
         await ws.join(room)
-        refused = await ws.gift(room, "rose", unique("minor"))
+        with pytest.raises(Forbidden) as refused:
+            await ws.send_gift(room, "rose", id=unique("minor"))
 
-    assert (refused["t"], refused["code"]) == ("error", "forbidden")
+    assert refused.value.code == "forbidden"
     error(await video_gift(api, minor, video, "rose", unique("minor")), 403, "forbidden")
     assert await coins_of(api, minor) == 500
     assert await diamonds_of(api, host) == 0
@@ -857,11 +804,12 @@ async def test_a_minor_host_cannot_receive_gifts_live_or_on_a_video(
     room = await api.open_room(minor_host)
     video = await video_of(api, minor_host)
     viewer = await make_user(api, coins=500)
-    async with connected(server, viewer) as ws:
+    async with connected(server, viewer, receive_events=False) as ws:
         await ws.join(room)
-        refused = await ws.gift(room, "confetti", unique("to-minor"))
+        with pytest.raises(Forbidden) as refused:
+            await ws.send_gift(room, "confetti", id=unique("to-minor"))
 
-    assert (refused["t"], refused["code"]) == ("error", "forbidden")
+    assert refused.value.code == "forbidden"
     error(await video_gift(api, viewer, video, "confetti", unique("to-minor")), 403, "forbidden")
     assert await coins_of(api, viewer) == 500
     assert await diamonds_of(api, minor_host) == 0
@@ -895,24 +843,25 @@ async def test_gifts_over_the_daily_cap_are_refused_with_spending_limit_and_chan
     video = await video_of(api, host)
     viewer = await make_user(api, coins=1000)
     ok(await set_cap(api, viewer, 105))
-    async with connected(server, viewer) as ws:
+    async with connected(server, viewer, receive_events=False) as ws:
         await ws.join(room)
-        first = await ws.gift(room, "confetti", unique("cap"))
-        assert (first["t"], first["coins"]) == ("ack", 900)
+        first = await ws.send_gift(room, "confetti", id=unique("cap"))
+        assert first.coins == 900
         before = (
             await api.wallet(viewer),
             await diamonds_of(api, host),
             len(await ledger(redis, viewer)),
         )
 
-        over = await ws.gift(room, "rosa", unique("cap"))
+        with pytest.raises(SpendingLimit) as over:
+            await ws.send_gift(room, "rosa", id=unique("cap"))
         over_video = await video_gift(api, viewer, video, "finger_heart", unique("cap"), count=2)
-        within = await ws.gift(room, "finger_heart", unique("cap"))
+        within = await ws.send_gift(room, "finger_heart", id=unique("cap"))
 
-    assert (over["t"], over["code"]) == ("error", "spending_limit")
+    assert over.value.code == "spending_limit"
     error(over_video, 403, "spending_limit")
     assert before[0]["spent_today"] == 100 and before[0]["coins"] == 900
-    assert within["t"] == "ack" and within["coins"] == 895
+    assert within.coins == 895
     assert (await api.wallet(viewer))["spent_today"] == 105
     assert await diamonds_of(api, host) == before[1] + 5
     assert len(await ledger(redis, viewer)) == before[2] + 1
@@ -942,39 +891,34 @@ async def test_the_daily_cap_is_never_exceeded_under_concurrent_gifts_from_four_
     viewer = await make_user(api, coins=1000)
     ok(await set_cap(api, viewer, 30))
     async with contextlib.AsyncExitStack() as stack:
-        conns = [await stack.enter_async_context(connected(server, viewer)) for _ in range(4)]
-        for conn in conns:
-            await conn.join(room)
-        ids = [[f"capburst-{c}-{n}" for n in range(25)] for c in range(4)]
+        clients = [
+            await stack.enter_async_context(connected(server, viewer, receive_events=False))
+            for _ in range(4)
+        ]
+        for client in clients:
+            await client.join(room)
 
-        async def burst(conn: Conn, request_ids: list[str]) -> list[Frame]:
-            async def send_all() -> None:
-                for rid in request_ids:
-                    await conn.send_gift(room, "rose", rid)
+        async def attempt(client: Client, rid: str) -> Ack | ServerError:
+            try:
+                return await client.send_gift(room, "rose", id=rid)
+            except ServerError as refused:
+                return refused
 
-            async def collect() -> list[Frame]:
-                wanted = set(request_ids)
-                got: list[Frame] = []
-                while wanted:
-                    frame, _ = await conn.until(
-                        lambda f: f["t"] in ("ack", "error") and f.get("id") in wanted
-                    )
-                    wanted.discard(frame["id"])
-                    got.append(frame)
-                return got
+        # 25 gifts in flight on each connection at once.
+        answers = await asyncio.gather(
+            *(
+                attempt(client, f"capburst-{c}-{n}")
+                for c, client in enumerate(clients)
+                for n in range(25)
+            )
+        )
 
-            _, got = await asyncio.gather(send_all(), collect())
-            return got
-
-        batches = await asyncio.gather(*(burst(c, i) for c, i in zip(conns, ids, strict=True)))
-
-    answers = [a for batch in batches for a in batch]
-    acks = [a for a in answers if a["t"] == "ack"]
-    codes = Counter(a["code"] for a in answers if a["t"] == "error")
+    acks = [a for a in answers if isinstance(a, Ack)]
+    codes = Counter(a.code for a in answers if isinstance(a, ServerError))
     assert len(answers) == 100
     assert len(acks) == 30, codes
     assert codes == {"spending_limit": 70}
-    assert sorted(a["coins"] for a in acks) == list(range(970, 1000))
+    assert sorted(a.coins for a in acks) == list(range(970, 1000))
     wallet = await api.wallet(viewer)
     assert (wallet["coins"], wallet["spent_today"]) == (970, 30)
     assert await diamonds_of(api, host) == 30
@@ -1077,19 +1021,19 @@ async def test_a_gift_to_a_video_debits_the_sender_and_credits_the_host_without_
         sent = ok(await video_gift(api, sender, video, "confetti", request))
         retried = ok(await video_gift(api, sender, video, "confetti", request))
 
-        credit, _ = await host_ws.until(lambda f: f["t"] == "credit")
-        # A live gift after it: every frame the member got before this one's animation.
-        fence = await member_ws.gift(room, "rose", unique("fence"))
-        assert fence["t"] == "ack", fence
-        _, before = await member_ws.until(
-            lambda f: f["t"] == "gift" and f["event"] == fence["event"]
+        credit, _ = await first_event(host_ws, lambda e: isinstance(e, CreditEvent), RECV_S)
+        # A live gift after it: every event the member got before this one's animation.
+        fence = await member_ws.send_gift(room, "rose", id=unique("fence"))
+        _, before = await first_event(
+            member_ws, lambda e: isinstance(e, GiftEvent) and e.event == fence.event, RECV_S
         )
 
     assert sent == {"id": request, "event": sent["event"], "coins": 900, "video": video}
     assert retried == sent
-    assert (credit["event"], credit["video"], credit["diamonds"]) == (sent["event"], video, 100)
-    assert (credit["from"], credit["gift"], credit["coins"]) == (sender.user, "confetti", 100)
-    assert [f for f in before if f["t"] in ("gift", "credit")] == []
+    assert isinstance(credit, CreditEvent)
+    assert (credit.event, credit.video, credit.diamonds) == (sent["event"], video, 100)
+    assert (credit.sender, credit.gift, credit.coins) == (sender.user, "confetti", 100)
+    assert [e for e in before if isinstance(e, GiftEvent | CreditEvent)] == []
     assert await coins_of(api, sender) == 900
     assert await diamonds_of(api, host) == 101
 
@@ -1128,10 +1072,10 @@ async def test_a_gift_id_used_live_is_a_conflict_when_sent_again_to_a_video(
     video = await video_of(api, host)
     viewer = await make_user(api, coins=500)
     request = unique("both")
-    async with connected(server, viewer) as ws:
+    async with connected(server, viewer, receive_events=False) as ws:
         await ws.join(room)
-        live = await ws.gift(room, "confetti", request)
-    assert live["t"] == "ack"
+        live = await ws.send_gift(room, "confetti", id=request)
+    assert (live.id, live.coins) == (request, 400)
 
     again = await video_gift(api, viewer, video, "confetti", request)
 
@@ -1389,12 +1333,13 @@ async def test_the_audit_is_clean_after_purchases_refunds_caps_rewards_videos_an
         ok(await post(api, "/v1/rewards/exchange", viewer, {"id": "x", "points": 250}))
         # Gifts live and to a video, one retried, one over the cap.
         ok(await set_cap(api, viewer, 600, new_guardian_code="77"))
-        async with connected(server, viewer) as ws:
+        async with connected(server, viewer, receive_events=False) as ws:
             await ws.join(room)
-            assert (await ws.gift(room, "confetti", "g1"))["t"] == "ack"
-            assert (await ws.gift(room, "confetti", "g1"))["t"] == "ack"
-            assert (await ws.gift(room, "rose", "g2", count=5))["t"] == "ack"
-            assert (await ws.gift(room, "private_jet", "g3"))["code"] == "insufficient_coins"
+            first = await ws.send_gift(room, "confetti", id="g1")
+            assert await ws.send_gift(room, "confetti", id="g1") == first
+            await ws.send_gift(room, "rose", count=5, id="g2")
+            with pytest.raises(InsufficientCoins):
+                await ws.send_gift(room, "private_jet", id="g3")
         ok(await video_gift(api, viewer, video, "corgi", "g4"))
         error(await video_gift(api, viewer, video, "money_gun", "g5"), 403, "spending_limit")
         # A host with enough diamonds cashes out.
