@@ -260,13 +260,36 @@ class Client:
         assert answer["t"] == "joined", answer
         return answer
 
-    async def gift(self, room: str, gift: str, request_id: str, count: int = 1) -> Frame:
-        """Send a gift and return its `ack` or `error`."""
+    async def send_gift(self, room: str, gift: str, request_id: str, count: int = 1) -> None:
+        """Send a gift frame, without waiting for its answer."""
         await self.send({"t": "gift", "id": request_id, "room": room, "gift": gift, "count": count})
+
+    async def answer(self, request_id: str, timeout: float = RECV_TIMEOUT_S) -> Frame:
+        """The `ack` or `error` of request `request_id`, whatever comes before it."""
         answer, _ = await self.recv_until(
-            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
+            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id, timeout
         )
         return answer
+
+    async def gift(
+        self, room: str, gift: str, request_id: str, count: int = 1, timeout: float = RECV_TIMEOUT_S
+    ) -> Frame:
+        """Send a gift and return its `ack` or `error`."""
+        await self.send_gift(room, gift, request_id, count)
+        return await self.answer(request_id, timeout)
+
+
+@contextlib.asynccontextmanager
+async def raw_connected(
+    server: ServerProcess, user: User, *, extras: bool = False, json_mode: bool = False
+) -> AsyncIterator[Client]:
+    """A raw-frame connection of `user` on `server`, authenticated; closed when the block ends."""
+    client = await Client.open(server.ws_url, json_mode=json_mode)
+    try:
+        await client.auth(user, extras=extras)
+        yield client
+    finally:
+        await client.close()
 
 
 @contextlib.asynccontextmanager

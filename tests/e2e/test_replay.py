@@ -1,16 +1,16 @@
 """Resuming a room with `join {since: {epoch, offset}}`: every missed event once, in order."""
 
 import asyncio
-import contextlib
 import itertools
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import msgpack
 
+from giftstream.client import Ack
+from giftstream.client import Client as UserClient
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
-from support import Api, Client, Frame, ServerProcess, User, on_both_stores
+from support import Api, Client, Frame, ServerProcess, connected, on_both_stores, raw_connected
 
 server = on_both_stores()
 
@@ -20,72 +20,20 @@ GIFT = "confetti"
 GIFT_COINS = 100
 
 
-def unbatch(frame: Frame) -> list[Frame]:
-    """The frames a message carries: itself, or the frames of a `batch`, in order."""
-    if frame.get("t") == "batch":
-        return [inner for f in frame["frames"] for inner in unbatch(f)]
-    return [frame]
+async def join(ws: Client, room: str, since: Frame | None = None) -> Frame:
+    """Join; the `joined` frame must be the answer's first frame."""
+    frame: Frame = {"t": "join", "room": room}
+    if since is not None:
+        frame["since"] = since
+    await ws.send(frame)
+    joined = await ws.recv(RECV_S)
+    assert joined["t"] == "joined", joined
+    return joined
 
 
-class Conn:
-    """A WebSocket client that reads frame by frame, opening `batch` frames."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.queue: deque[Frame] = deque()
-
-    async def next(self, wait_s: float = RECV_S) -> Frame:
-        while not self.queue:
-            self.queue.extend(unbatch(await self.client.recv(wait_s)))
-        return self.queue.popleft()
-
-    async def until(
-        self, match: Callable[[Frame], bool], wait_s: float = RECV_S
-    ) -> tuple[Frame, list[Frame]]:
-        """The first frame matching, and every frame received before it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        skipped: list[Frame] = []
-        while True:
-            frame = await self.next(max(deadline - loop.time(), 0.001))
-            if match(frame):
-                return frame, skipped
-            skipped.append(frame)
-
-    async def send_join(self, room: str, since: Frame | None = None) -> None:
-        frame: Frame = {"t": "join", "room": room}
-        if since is not None:
-            frame["since"] = since
-        await self.client.send(frame)
-
-    async def join(self, room: str, since: Frame | None = None) -> Frame:
-        """Join; the `joined` frame must be the answer's first frame."""
-        await self.send_join(room, since)
-        frame = await self.next()
-        assert frame["t"] == "joined", frame
-        return frame
-
-    async def gift(self, room: str, request_id: str) -> Frame:
-        await self.client.send({"t": "gift", "id": request_id, "room": room, "gift": GIFT})
-        frame, _ = await self.until(
-            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
-        )
-        assert frame["t"] == "ack", frame
-        return frame
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Conn]:
-    """An authenticated connection of `user`, closed when the block ends."""
-    client = await Client.open(server.ws_url)
-    try:
-        conn = Conn(client)
-        await client.send({"t": "auth", "token": user.token})
-        welcome, _ = await conn.until(lambda f: f["t"] in ("welcome", "error"))
-        assert welcome["t"] == "welcome", welcome
-        yield conn
-    finally:
-        await client.close()
+async def until(ws: Client, match: Callable[[Frame], bool]) -> tuple[Frame, list[Frame]]:
+    """The first frame matching, and every frame received before it."""
+    return await ws.recv_until(match, RECV_S)
 
 
 async def eventually(condition: Callable[[], bool], within_s: float = 15.0) -> None:
@@ -124,46 +72,46 @@ async def test_host_rejoining_with_since_gets_each_missed_credit_once_in_order_t
     host = await api.user(role="host")
     viewer = await api.user(coins=5_000_000)
     room = await api.open_room(host)
-    acked: list[Frame] = []
+    acked: list[Ack] = []
     stop = asyncio.Event()
 
-    async def keep_gifting(ws: Conn) -> None:
+    async def keep_gifting(ws: UserClient) -> None:
         n = 0
         while not stop.is_set() and n < 5_000:
-            acked.append(await ws.gift(room, f"keep-{n}"))
+            acked.append(await ws.send_gift(room, GIFT, id=f"keep-{n}"))
             n += 1
             # A steady pace, not a flood: the host's connection is not read while it is away.
             await asyncio.sleep(0.005)
 
-    async with connected(server, viewer) as viewer_ws:
+    async with connected(server, viewer, receive_events=False) as viewer_ws:
         await viewer_ws.join(room)
         sender: asyncio.Task[None] | None = None
         try:
-            async with connected(server, host) as first:
-                epoch = (await first.join(room))["epoch"]
+            async with raw_connected(server, host) as first:
+                epoch = (await join(first, room))["epoch"]
                 sender = asyncio.create_task(keep_gifting(viewer_ws))
                 for _ in range(3):
-                    await first.until(lambda f: f["t"] == "credit")
+                    await until(first, lambda f: f["t"] == "credit")
                 # Leave right after a gift frame: its credit is the first thing missed.
-                last_seen, _ = await first.until(lambda f: f["t"] == "gift")
+                last_seen, _ = await until(first, lambda f: f["t"] == "gift")
             since = last_seen["offset"]
             gone_at = len(acked)
             await eventually(lambda: len(acked) >= gone_at + 5)
 
-            async with connected(server, host) as second:
-                rejoined = await second.join(room, {"epoch": epoch, "offset": since})
+            async with raw_connected(server, host) as second:
+                rejoined = await join(second, room, {"epoch": epoch, "offset": since})
                 back_at = len(acked)
                 await eventually(lambda: len(acked) >= back_at + 5)
                 stop.set()
                 await sender
-                final, received = await second.until(
-                    lambda f: f["t"] == "credit" and f["event"] == acked[-1]["event"]
+                final, received = await until(
+                    second, lambda f: f["t"] == "credit" and f["event"] == acked[-1].event
                 )
                 received.append(final)
                 # One more live gift: nothing may come between the last credit and it.
-                extra = await viewer_ws.gift(room, "after-stop")
-                extra_credit, between = await second.until(
-                    lambda f: f["t"] == "credit" and f["event"] == extra["event"]
+                extra = await viewer_ws.send_gift(room, GIFT, id="after-stop")
+                extra_credit, between = await until(
+                    second, lambda f: f["t"] == "credit" and f["event"] == extra.event
                 )
         finally:
             stop.set()
@@ -177,9 +125,9 @@ async def test_host_rejoining_with_since_gets_each_missed_credit_once_in_order_t
     got = [(f["offset"], f["event"]) for f in [*received, extra_credit] if f["t"] == "credit"]
     assert got[0] == (since + 1, last_seen["event"])
     assert got == missed_and_live
-    assert {a["event"] for a in acked[gone_at:]} <= {event for _, event in got}
+    assert {a.event for a in acked[gone_at:]} <= {event for _, event in got}
     assert_strictly_increasing([offset for _, offset, _ in events(received)])
-    assert events(between) == [("gift", extra_credit["offset"] - 1, extra["event"])]
+    assert events(between) == [("gift", extra_credit["offset"] - 1, extra.event)]
 
 
 async def test_viewer_rejoining_with_since_gets_the_missed_gifts_and_no_credit(
@@ -189,28 +137,26 @@ async def test_viewer_rejoining_with_since_gets_the_missed_gifts_and_no_credit(
     sender = await api.user(coins=10_000)
     watcher = await api.user()
     room = await api.open_room(host)
-    async with connected(server, sender) as sender_ws:
+    async with connected(server, sender, receive_events=False) as sender_ws:
         await sender_ws.join(room)
-        async with connected(server, watcher) as first:
-            epoch = (await first.join(room))["epoch"]
-            seen = [await sender_ws.gift(room, f"seen-{n}") for n in range(2)]
-            last_seen, _ = await first.until(
-                lambda f: f["t"] == "gift" and f["event"] == seen[-1]["event"]
+        async with raw_connected(server, watcher) as first:
+            epoch = (await join(first, room))["epoch"]
+            seen = [await sender_ws.send_gift(room, GIFT, id=f"seen-{n}") for n in range(2)]
+            last_seen, _ = await until(
+                first, lambda f: f["t"] == "gift" and f["event"] == seen[-1].event
             )
-        missed = [await sender_ws.gift(room, f"missed-{n}") for n in range(3)]
+        missed = [await sender_ws.send_gift(room, GIFT, id=f"missed-{n}") for n in range(3)]
 
-        async with connected(server, watcher) as second:
-            await second.join(room, {"epoch": epoch, "offset": last_seen["offset"]})
-            live = await sender_ws.gift(room, "live")
-            last, received = await second.until(
-                lambda f: f["t"] == "gift" and f["event"] == live["event"]
+        async with raw_connected(server, watcher) as second:
+            await join(second, room, {"epoch": epoch, "offset": last_seen["offset"]})
+            live = await sender_ws.send_gift(room, GIFT, id="live")
+            last, received = await until(
+                second, lambda f: f["t"] == "gift" and f["event"] == live.event
             )
             received.append(last)
 
     assert [f["t"] for f in received if f["t"] in ("gift", "credit")] == ["gift"] * 4
-    assert [f["event"] for f in received if f["t"] == "gift"] == [
-        a["event"] for a in [*missed, live]
-    ]
+    assert [f["event"] for f in received if f["t"] == "gift"] == [a.event for a in [*missed, live]]
     assert_strictly_increasing([f["offset"] for f in received if f["t"] == "gift"])
     assert received[0]["offset"] > last_seen["offset"]
 
@@ -222,32 +168,35 @@ async def test_since_with_a_wrong_epoch_replays_the_whole_room_history(
     sender = await api.user(coins=10_000)
     watcher = await api.user()
     room = await api.open_room(host)
-    async with connected(server, sender) as sender_ws:
+    async with connected(server, sender, receive_events=False) as sender_ws:
         await sender_ws.join(room)
-        sent = [await sender_ws.gift(room, f"old-{n}") for n in range(3)]
+        sent = [await sender_ws.send_gift(room, GIFT, id=f"old-{n}") for n in range(3)]
         epoch = await room_field(redis, room, "epoch")
         latest = int(await room_field(redis, room, "offset"))
         # With the right epoch this `since` would replay nothing at all.
         stale = {"epoch": "x" + epoch, "offset": latest}
-        async with connected(server, host) as host_ws, connected(server, watcher) as watch_ws:
-            joined = await host_ws.join(room, stale)
-            await watch_ws.join(room, stale)
-            live = await sender_ws.gift(room, "new")
-            _, host_got = await host_ws.until(
-                lambda f: f["t"] == "credit" and f["event"] == live["event"]
+        async with (
+            raw_connected(server, host) as host_ws,
+            raw_connected(server, watcher) as watch_ws,
+        ):
+            joined = await join(host_ws, room, stale)
+            await join(watch_ws, room, stale)
+            live = await sender_ws.send_gift(room, GIFT, id="new")
+            _, host_got = await until(
+                host_ws, lambda f: f["t"] == "credit" and f["event"] == live.event
             )
-            _, watcher_got = await watch_ws.until(
-                lambda f: f["t"] == "gift" and f["event"] == live["event"]
+            _, watcher_got = await until(
+                watch_ws, lambda f: f["t"] == "gift" and f["event"] == live.event
             )
 
     assert joined["epoch"] == epoch
     assert latest == 6
     expected = [
-        (kind, 2 * n + (1 if kind == "gift" else 2), ack["event"])
+        (kind, 2 * n + (1 if kind == "gift" else 2), ack.event)
         for n, ack in enumerate(sent)
         for kind in ("gift", "credit")
     ]
-    assert events(host_got) == [*expected, ("gift", 7, live["event"])]
+    assert events(host_got) == [*expected, ("gift", 7, live.event)]
     assert events(watcher_got) == [e for e in expected if e[0] == "gift"]
 
 
@@ -257,17 +206,20 @@ async def test_joined_offset_is_the_rooms_latest_offset(
     host = await api.user(role="host")
     sender = await api.user(coins=10_000)
     room = await api.open_room(host)
-    async with connected(server, host) as host_ws, connected(server, sender) as sender_ws:
-        empty = await host_ws.join(room)
+    async with (
+        raw_connected(server, host) as host_ws,
+        connected(server, sender, receive_events=False) as sender_ws,
+    ):
+        empty = await join(host_ws, room)
         await sender_ws.join(room)
-        acks = [await sender_ws.gift(room, f"g-{n}") for n in range(3)]
-        last_credit, _ = await host_ws.until(
-            lambda f: f["t"] == "credit" and f["event"] == acks[-1]["event"]
+        acks = [await sender_ws.send_gift(room, GIFT, id=f"g-{n}") for n in range(3)]
+        last_credit, _ = await until(
+            host_ws, lambda f: f["t"] == "credit" and f["event"] == acks[-1].event
         )
-        async with connected(server, sender) as late_ws:
-            late = await late_ws.join(room)
-        async with connected(server, host) as resumed_ws:
-            resumed = await resumed_ws.join(room, {"epoch": empty["epoch"], "offset": 2})
+        async with raw_connected(server, sender) as late_ws:
+            late = await join(late_ws, room)
+        async with raw_connected(server, host) as resumed_ws:
+            resumed = await join(resumed_ws, room, {"epoch": empty["epoch"], "offset": 2})
 
     assert empty["offset"] == 0
     assert late["offset"] == last_credit["offset"] == 6
@@ -281,18 +233,20 @@ async def test_since_at_the_latest_offset_replays_nothing(server: ServerProcess,
     host = await api.user(role="host")
     sender = await api.user(coins=10_000)
     room = await api.open_room(host)
-    async with connected(server, sender) as sender_ws:
+    async with connected(server, sender, receive_events=False) as sender_ws:
         await sender_ws.join(room)
         for n in range(2):
-            await sender_ws.gift(room, f"before-{n}")
-        async with connected(server, host) as host_ws:
-            joined = await host_ws.join(room)
-        async with connected(server, host) as host_ws:
-            again = await host_ws.join(room, {"epoch": joined["epoch"], "offset": joined["offset"]})
-            live = await sender_ws.gift(room, "live")
-            _, before = await host_ws.until(
-                lambda f: f["t"] == "credit" and f["event"] == live["event"]
+            await sender_ws.send_gift(room, GIFT, id=f"before-{n}")
+        async with raw_connected(server, host) as host_ws:
+            joined = await join(host_ws, room)
+        async with raw_connected(server, host) as host_ws:
+            again = await join(
+                host_ws, room, {"epoch": joined["epoch"], "offset": joined["offset"]}
+            )
+            live = await sender_ws.send_gift(room, GIFT, id="live")
+            _, before = await until(
+                host_ws, lambda f: f["t"] == "credit" and f["event"] == live.event
             )
 
     assert again["offset"] == joined["offset"] == 4
-    assert events(before) == [("gift", 5, live["event"])]
+    assert events(before) == [("gift", 5, live.event)]
