@@ -2,98 +2,43 @@
 
 import asyncio
 import contextlib
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
 
+import pytest
+
+from giftstream.client import Ack, NotInRoom, ServerError
+from giftstream.client import Client as UserClient
 from giftstream.store import keys
 from giftstream.store.connection import Redis
-from support import Api, Client, Frame, ServerProcess, User, on_both_stores
+from support import (
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    User,
+    connected,
+    on_both_stores,
+    raw_connected,
+)
 
 server = on_both_stores()
 
 RECV_S = 15.0
 
 
-def unbatch(frame: Frame) -> list[Frame]:
-    """The frames a message carries: itself, or the frames of a `batch`, in order."""
-    if frame.get("t") == "batch":
-        return [inner for f in frame["frames"] for inner in unbatch(f)]
-    return [frame]
-
-
-class Conn:
-    """A WebSocket client that reads frame by frame, opening `batch` frames."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.queue: deque[Frame] = deque()
-
-    async def next(self, wait_s: float = RECV_S) -> Frame:
-        while not self.queue:
-            self.queue.extend(unbatch(await self.client.recv(wait_s)))
-        return self.queue.popleft()
-
-    async def until(
-        self, match: Callable[[Frame], bool], wait_s: float = RECV_S
-    ) -> tuple[Frame, list[Frame]]:
-        """The first frame matching, and every frame received before it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        skipped: list[Frame] = []
-        while True:
-            frame = await self.next(max(deadline - loop.time(), 0.001))
-            if match(frame):
-                return frame, skipped
-            skipped.append(frame)
-
-    async def answer(self, request_id: str) -> Frame:
-        """The `ack` or `error` answering the gift `request_id`."""
-        frame, _ = await self.until(
-            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
-        )
-        return frame
-
-    async def join(self, room: str) -> Frame:
-        await self.client.send({"t": "join", "room": room})
-        frame, _ = await self.until(lambda f: f["t"] in ("joined", "error"))
-        assert frame["t"] == "joined", frame
-        return frame
-
-    async def send_gift(self, room: str, gift: str, request_id: str, count: int = 1) -> None:
-        frame = {"t": "gift", "id": request_id, "room": room, "gift": gift, "count": count}
-        await self.client.send(frame)
-
-    async def gift(self, room: str, gift: str, request_id: str, count: int = 1) -> Frame:
-        await self.send_gift(room, gift, request_id, count)
-        return await self.answer(request_id)
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Conn]:
-    """An authenticated connection of `user`, closed when the block ends."""
-    client = await Client.open(server.ws_url)
-    try:
-        conn = Conn(client)
-        await client.send({"t": "auth", "token": user.token})
-        welcome, _ = await conn.until(lambda f: f["t"] in ("welcome", "error"))
-        assert welcome["t"] == "welcome", welcome
-        yield conn
-    finally:
-        await client.close()
-
-
-async def fence(server: ServerProcess, api: Api, room: str, host_ws: Conn) -> list[Frame]:
+async def fence(server: ServerProcess, api: Api, room: str, host_ws: Client) -> list[Frame]:
     """Send one more gift from another viewer; every other frame the host got before its credit.
 
     Room events reach a member in offset order, so a duplicate credit of an earlier gift
     would be among them."""
     sender = await api.user(coins=1)
-    async with connected(server, sender) as ws:
+    async with connected(server, sender, receive_events=False) as ws:
         await ws.join(room)
-        ack = await ws.gift(room, "rose", "fence")
-    assert ack["t"] == "ack", ack
-    _, before = await host_ws.until(lambda f: f["t"] == "credit" and f["event"] == ack["event"])
-    return [f for f in before if f.get("event") != ack["event"]]
+        ack = await ws.send_gift(room, "rose", id="fence")
+    _, before = await host_ws.recv_until(
+        lambda f: f["t"] == "credit" and f["event"] == ack.event, RECV_S
+    )
+    return [f for f in before if f.get("event") != ack.event]
 
 
 def credits(frames: list[Frame]) -> list[Frame]:
@@ -120,7 +65,7 @@ async def test_resending_a_gift_id_on_the_same_connection_charges_once_and_repea
     host = await api.user(role="host")
     viewer = await api.user(coins=1000)
     room = await api.open_room(host)
-    async with connected(server, host) as host_ws, connected(server, viewer) as viewer_ws:
+    async with raw_connected(server, host) as host_ws, raw_connected(server, viewer) as viewer_ws:
         await host_ws.join(room)
         await viewer_ws.join(room)
 
@@ -148,22 +93,22 @@ async def test_retry_from_a_new_connection_that_joined_gets_the_original_ack_unc
     host = await api.user(role="host")
     viewer = await api.user(coins=500)
     room = await api.open_room(host)
-    async with connected(server, host) as host_ws:
+    async with raw_connected(server, host) as host_ws:
         await host_ws.join(room)
-        async with connected(server, viewer) as viewer_ws:
+        async with connected(server, viewer, receive_events=False) as viewer_ws:
             await viewer_ws.join(room)
-            first = await viewer_ws.gift(room, "hand_hearts", "reconnect-1", count=2)
-        assert first["t"] == "ack" and first["coins"] == 300
+            first = await viewer_ws.send_gift(room, "hand_hearts", count=2, id="reconnect-1")
+        assert first.coins == 300
 
-        async with connected(server, viewer) as again_ws:
+        async with connected(server, viewer, receive_events=False) as again_ws:
             await again_ws.join(room)
-            retried = await again_ws.gift(room, "hand_hearts", "reconnect-1", count=2)
+            retried = await again_ws.send_gift(room, "hand_hearts", count=2, id="reconnect-1")
 
         assert retried == first
         assert (await api.wallet(viewer))["coins"] == 300
         assert (await api.wallet(host))["diamonds"] == 200
         seen = credits(await fence(server, api, room, host_ws))
-        assert [c["event"] for c in seen] == [first["event"]]
+        assert [c["event"] for c in seen] == [first.event]
 
 
 async def test_retry_from_a_connection_not_in_the_room_gets_the_original_ack_uncharged(
@@ -172,24 +117,25 @@ async def test_retry_from_a_connection_not_in_the_room_gets_the_original_ack_unc
     host = await api.user(role="host")
     viewer = await api.user(coins=500)
     room = await api.open_room(host)
-    async with connected(server, host) as host_ws:
+    async with raw_connected(server, host) as host_ws:
         await host_ws.join(room)
-        async with connected(server, viewer) as viewer_ws:
+        async with connected(server, viewer, receive_events=False) as viewer_ws:
             await viewer_ws.join(room)
-            first = await viewer_ws.gift(room, "corgi", "outside-1")
-        assert first["t"] == "ack" and first["coins"] == 201
+            first = await viewer_ws.send_gift(room, "corgi", id="outside-1")
+        assert first.coins == 201
 
-        async with connected(server, viewer) as outside_ws:
-            retried = await outside_ws.gift(room, "corgi", "outside-1")
+        async with connected(server, viewer, receive_events=False) as outside_ws:
+            retried = await outside_ws.send_gift(room, "corgi", id="outside-1")
             # The same connection is still refused a gift it never sent.
-            fresh = await outside_ws.gift(room, "corgi", "outside-2")
+            with pytest.raises(NotInRoom) as fresh:
+                await outside_ws.send_gift(room, "corgi", id="outside-2")
 
         assert retried == first
-        assert fresh["t"] == "error" and fresh["code"] == "not_in_room", fresh
+        assert (fresh.value.code, fresh.value.request_id) == ("not_in_room", "outside-2")
         assert (await api.wallet(viewer))["coins"] == 201
         assert (await api.wallet(host))["diamonds"] == 299
         seen = credits(await fence(server, api, room, host_ws))
-        assert [c["event"] for c in seen] == [first["event"]]
+        assert [c["event"] for c in seen] == [first.event]
 
 
 async def test_the_same_id_sent_concurrently_on_four_connections_is_charged_once(
@@ -199,16 +145,16 @@ async def test_the_same_id_sent_concurrently_on_four_connections_is_charged_once
     viewer = await api.user(coins=1000)
     room = await api.open_room(host)
     async with contextlib.AsyncExitStack() as stack:
-        host_ws = await stack.enter_async_context(connected(server, host))
+        host_ws = await stack.enter_async_context(raw_connected(server, host))
         await host_ws.join(room)
-        conns = [await stack.enter_async_context(connected(server, viewer)) for _ in range(4)]
+        conns = [await stack.enter_async_context(raw_connected(server, viewer)) for _ in range(4)]
         for conn in conns:
             await conn.join(room)
 
-        async def five_times(conn: Conn) -> list[Frame]:
+        async def five_times(conn: Client) -> list[Frame]:
             for _ in range(5):
                 await conn.send_gift(room, "confetti", "race-1")
-            return [await conn.answer("race-1") for _ in range(5)]
+            return [await conn.answer("race-1", RECV_S) for _ in range(5)]
 
         answers = [a for batch in await asyncio.gather(*map(five_times, conns)) for a in batch]
 
@@ -229,7 +175,7 @@ async def test_the_same_id_with_other_content_is_an_idempotency_conflict_that_ch
     viewer = await api.user(coins=1000)
     room = await api.open_room(host)
     other_room = await api.open_room(other_host)
-    async with connected(server, host) as host_ws, connected(server, viewer) as viewer_ws:
+    async with raw_connected(server, host) as host_ws, raw_connected(server, viewer) as viewer_ws:
         await host_ws.join(room)
         await viewer_ws.join(room)
         await viewer_ws.join(other_room)
@@ -243,7 +189,7 @@ async def test_the_same_id_with_other_content_is_an_idempotency_conflict_that_ch
             await viewer_ws.gift(room, "confetti", "conflict-1", count=2),
             await viewer_ws.gift(other_room, "confetti", "conflict-1"),
         ]
-        async with connected(server, viewer) as outside_ws:
+        async with raw_connected(server, viewer) as outside_ws:
             refused.append(await outside_ws.gift(room, "rose", "conflict-1"))
 
         for answer in refused:
@@ -263,7 +209,7 @@ async def test_insufficient_coins_changes_no_balance_and_adds_no_room_event(
     host = await api.user(role="host")
     viewer = await api.user(coins=99)
     room = await api.open_room(host)
-    async with connected(server, host) as host_ws, connected(server, viewer) as viewer_ws:
+    async with raw_connected(server, host) as host_ws, raw_connected(server, viewer) as viewer_ws:
         await host_ws.join(room)
         await viewer_ws.join(room)
         before = await money(api, redis, viewer, host, room)
@@ -288,49 +234,42 @@ async def test_200_concurrent_gifts_over_4_connections_with_50_coins_charge_exac
     viewer = await api.user(coins=50)
     room = await api.open_room(host)
     async with contextlib.AsyncExitStack() as stack:
-        host_ws = await stack.enter_async_context(connected(server, host))
+        host_ws = await stack.enter_async_context(raw_connected(server, host))
         await host_ws.join(room)
-        conns = [await stack.enter_async_context(connected(server, viewer)) for _ in range(4)]
-        for conn in conns:
-            await conn.join(room)
-        ids = [[f"burst-{c}-{n}" for n in range(50)] for c in range(4)]
+        clients = [
+            await stack.enter_async_context(connected(server, viewer, receive_events=False))
+            for _ in range(4)
+        ]
+        for client in clients:
+            await client.join(room)
 
-        async def send_all(conn: Conn, request_ids: list[str]) -> None:
-            for rid in request_ids:
-                await conn.send_gift(room, "rose", rid)
+        async def attempt(client: UserClient, rid: str) -> Ack | ServerError:
+            try:
+                return await client.send_gift(room, "rose", id=rid)
+            except ServerError as refused:
+                return refused
 
-        async def answers_of(conn: Conn, request_ids: list[str]) -> list[Frame]:
-            wanted = set(request_ids)
-            got: list[Frame] = []
-            while len(got) < len(request_ids):
-                frame, _ = await conn.until(
-                    lambda f: f["t"] in ("ack", "error") and f.get("id") in wanted
-                )
-                wanted.discard(frame["id"])
-                got.append(frame)
-            return got
-
-        async def burst(conn: Conn, request_ids: list[str]) -> list[Frame]:
-            _, got = await asyncio.gather(
-                send_all(conn, request_ids), answers_of(conn, request_ids)
+        # 50 gifts in flight on each connection at once.
+        answers = await asyncio.gather(
+            *(
+                attempt(client, f"burst-{c}-{n}")
+                for c, client in enumerate(clients)
+                for n in range(50)
             )
-            return got
-
-        bursts = await asyncio.gather(*(burst(c, i) for c, i in zip(conns, ids, strict=True)))
-        answers = [a for batch in bursts for a in batch]
+        )
 
         assert (await api.wallet(viewer))["coins"] == 0
         assert (await api.wallet(host))["diamonds"] == 50
         received: list[Frame] = []
         while len(received) < 50:
-            frame, _ = await host_ws.until(lambda f: f["t"] == "credit")
+            frame, _ = await host_ws.recv_until(lambda f: f["t"] == "credit", RECV_S)
             received.append(frame)
         assert [c["total"] for c in received] == list(range(1, 51))
         assert credits(await fence(server, api, room, host_ws)) == []
 
-        acks = [a for a in answers if a["t"] == "ack"]
-        codes = Counter(a["code"] for a in answers if a["t"] == "error")
+        acks = [a for a in answers if isinstance(a, Ack)]
+        codes = Counter(a.code for a in answers if isinstance(a, ServerError))
         assert len(acks) == 50, codes
-        assert sorted(a["coins"] for a in acks) == list(range(50))
-        assert {a["event"] for a in acks} == {c["event"] for c in received}
+        assert sorted(a.coins for a in acks) == list(range(50))
+        assert {a.event for a in acks} == {c["event"] for c in received}
         assert codes == {"insufficient_coins": 150}
