@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
+import pytest
 
+from giftstream.client import IdempotencyConflict, InsufficientCoins
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import Api, Client, ServerProcess, User, serving, store
+from support import Api, ServerProcess, User, connected, serving, store
 
 GRANTED = 10_000 + 3
 SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
@@ -59,34 +61,30 @@ async def traffic(server: ServerProcess, api: Api) -> Traffic:
     rooms = [await api.open_room(host) for host in hosts]
     rich = await api.user(coins=10_000)
     poor = await api.user(coins=3)
-    rich_ws = await Client.open(server.ws_url)
-    poor_ws = await Client.open(server.ws_url)
-    try:
-        for ws, user in ((rich_ws, rich), (poor_ws, poor)):
-            await ws.auth(user)
+    async with (
+        connected(server, rich, receive_events=False) as rich_ws,
+        connected(server, poor, receive_events=False) as poor_ws,
+    ):
+        for ws in (rich_ws, poor_ws):
             for room in rooms:
                 await ws.join(room)
-        acks = [await rich_ws.gift(rooms[0], "rose", f"rose-{n}") for n in range(5)]
-        acks.append(await rich_ws.gift(rooms[0], "finger_heart", "hearts", count=3))
-        acks.append(await rich_ws.gift(rooms[1], "confetti", "confetti"))
-        acks.append(await rich_ws.gift(rooms[1], "money_gun", "gun"))
-        acks.append(await poor_ws.gift(rooms[0], "rose", "small"))
-        assert [a["t"] for a in acks] == ["ack"] * 9, acks
+        acks = [await rich_ws.send_gift(rooms[0], "rose", id=f"rose-{n}") for n in range(5)]
+        acks.append(await rich_ws.send_gift(rooms[0], "finger_heart", count=3, id="hearts"))
+        acks.append(await rich_ws.send_gift(rooms[1], "confetti", id="confetti"))
+        acks.append(await rich_ws.send_gift(rooms[1], "money_gun", id="gun"))
+        acks.append(await poor_ws.send_gift(rooms[0], "rose", id="small"))
+        assert len({a.event for a in acks}) == 9, acks
         for retry in ("rose-2", "confetti"):
-            original = next(a for a in acks if a["id"] == retry)
+            original = next(a for a in acks if a.id == retry)
             gift = "rose" if retry == "rose-2" else "confetti"
             room = rooms[0] if retry == "rose-2" else rooms[1]
-            assert await rich_ws.gift(room, gift, retry) == original
-        refused = [
-            await rich_ws.gift(rooms[1], "corgi", "confetti"),
-            await poor_ws.gift(rooms[0], "confetti", "too-much"),
-            await poor_ws.gift(rooms[1], "finger_heart", "too-much-2"),
-        ]
-        codes = [r.get("code") for r in refused]
-        assert codes == ["idempotency_conflict", "insufficient_coins", "insufficient_coins"]
-    finally:
-        await rich_ws.close()
-        await poor_ws.close()
+            assert await rich_ws.send_gift(room, gift, id=retry) == original
+        with pytest.raises(IdempotencyConflict):
+            await rich_ws.send_gift(rooms[1], "corgi", id="confetti")
+        with pytest.raises(InsufficientCoins):
+            await poor_ws.send_gift(rooms[0], "confetti", id="too-much")
+        with pytest.raises(InsufficientCoins):
+            await poor_ws.send_gift(rooms[1], "finger_heart", id="too-much-2")
     return Traffic(rich, poor, rooms)
 
 
