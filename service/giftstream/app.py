@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
             await hub.stop()
+            await runtime.gifting.aclose()
             await redis.aclose()
 
     return Starlette(routes=routes(), lifespan=lifespan, middleware=[Middleware(KeepTransport)])

@@ -26,6 +26,7 @@ from giftstream.errors import (
 from giftstream.settings import Settings
 from giftstream.store import gifts, keys
 from giftstream.store.connection import Redis
+from giftstream.store.pipeline import AutoPipeline
 from giftstream.wire.requests import SendGift
 
 CRASH_AFTER_DEBIT = "crash_after_debit"
@@ -65,6 +66,12 @@ class Gifting:
         self, redis: Redis, catalog: Catalog, economy: Economy, settings: Settings
     ) -> None:
         self.redis = redis
+        self.pipeline = AutoPipeline(
+            redis,
+            settings.pipeline_max_in_flight,
+            settings.pipeline_max_commands,
+            settings.settle_linger_ms / 1000,
+        )
         self.catalog = catalog
         self.economy = economy
         self.settings = settings
@@ -75,6 +82,10 @@ class Gifting:
             gifts_per_s=settings.gift_rate_per_s,
             gift_burst=settings.gift_burst,
         )
+
+    async def aclose(self) -> None:
+        """Send the commands still queued (settles) before the store client closes."""
+        await self.pipeline.aclose()
 
     async def send(
         self,
@@ -113,7 +124,7 @@ class Gifting:
             video=video,
         )
         try:
-            debited = await gifts.debit(self.redis, debit, self.debit_rules)
+            debited = await gifts.debit(self.pipeline, debit, self.debit_rules)
         except gifts.DebitConflict as e:
             raise IdempotencyConflict(
                 f"the gift id '{req.id}' was already used for a different gift"
@@ -142,8 +153,8 @@ class Gifting:
         if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:
             os._exit(70)  # testing only: a worker dying between debit and credit
         if debited.payload is not None:
-            await gifts.credit(self.redis, req.room, debited.payload, self.rules)
-            await gifts.settle(self.redis, sender.user, debited.event)
+            await gifts.credit(self.pipeline, req.room, debited.payload, self.rules)
+            gifts.settle_later(self.pipeline, sender.user, debited.event)
             if gift.broadcast and video is None and not debited.replayed:
                 await self._announce(
                     sender, req, debited.event, gift.name, gift_cost(gift, req.count)

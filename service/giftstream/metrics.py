@@ -33,3 +33,13 @@ LIMITED = Counter(
     ["limit"],
     registry=REGISTRY,
 )
+REDIS_ROUND_TRIPS = Counter(
+    "giftstream_redis_round_trips_total",
+    "Pipelines sent to the store by the gift path (each one write and one read)",
+    registry=REGISTRY,
+)
+REDIS_COMMANDS = Counter(
+    "giftstream_redis_commands_total",
+    "Commands the gift path sent to the store, in those pipelines",
+    registry=REGISTRY,
+)

@@ -73,6 +73,12 @@ class Settings:
     # The relay re-applies credits whose debit is older than `relay_grace_ms`.
     relay_interval_s: float = 1.0
     relay_grace_ms: int = 2000
+    # The gift path's commands are pipelined: at most this many pipelines in flight per worker
+    # (more commands wait and go together in the next), of at most this many commands each.
+    pipeline_max_in_flight: int = 4
+    pipeline_max_commands: int = 512
+    # Settling a credited gift's outbox entry waits this long to ride with another pipeline.
+    settle_linger_ms: int = 50
     # AOF fsync policy of the embedded Valkey: always | everysec | no.
     aof_fsync: str = "everysec"
     # Most coins a dev user may be created with.

@@ -3,7 +3,7 @@
 import asyncio
 import secrets
 from importlib import resources
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -14,6 +14,14 @@ from giftstream.store import keys
 
 # A client for one server (redis://, rediss://, unix://) or for a cluster (redis+cluster://).
 Redis = aioredis.Redis | RedisCluster
+
+
+class Commands(Protocol):
+    """Anything that executes a command: a client, or the gift path's auto-pipeline."""
+
+    async def execute_command(self, *args: Any) -> Any: ...
+
+
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # Replies as this module's clients return them (decode_responses=False): redis-py types them
 # loosely, so the store casts them once, to these, where it reads them.
@@ -125,7 +133,7 @@ def function_sources() -> dict[str, str]:
     return sources
 
 
-async def command(r: Redis, *args: Any) -> Any:
+async def command(r: Commands, *args: Any) -> Any:
     return await r.execute_command(*args)
 
 
@@ -142,7 +150,7 @@ async def load_functions(r: Redis) -> None:
             await command(r, "FUNCTION", "LOAD", "REPLACE", source)
 
 
-async def fcall(r: Redis, name: str, keys_: list[str], args: list[Any]) -> Any:
+async def fcall(r: Commands, name: str, keys_: list[str], args: list[Any]) -> Any:
     return await command(r, "FCALL", name, len(keys_), *keys_, *args)
 
 

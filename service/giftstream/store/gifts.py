@@ -6,7 +6,8 @@ import msgpack
 
 from giftstream.domain.catalog import DiamondRate, Gift
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall
+from giftstream.store.connection import Commands, Redis, fcall
+from giftstream.store.pipeline import AutoPipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class DebitFrozen(Exception):
     pass
 
 
-async def debit(r: Redis, req: DebitRequest, rules: DebitRules) -> Debited:
+async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
     reply = await fcall(
         r,
         "gift_debit",
@@ -165,7 +166,7 @@ class CreditRules:
     leaderboard_size: int
 
 
-async def credit(r: Redis, room: str, payload: bytes, rules: CreditRules) -> Credited:
+async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> Credited:
     reply = await fcall(
         r,
         "gift_credit",
@@ -201,3 +202,9 @@ async def credit(r: Redis, room: str, payload: bytes, rules: CreditRules) -> Cre
 async def settle(r: Redis, viewer: str, event: str) -> None:
     """Remove a credited gift from the viewer's outbox."""
     await r.hdel(keys.outbox(viewer), event)
+
+
+def settle_later(pipeline: AutoPipeline, viewer: str, event: str) -> None:
+    """Settle with the next pipeline: until then the entry is a pending credit that the relay
+    would find credited already (harmless), so nobody waits for this."""
+    pipeline.defer("HDEL", keys.outbox(viewer), event)
