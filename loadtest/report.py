@@ -193,6 +193,14 @@ def rows(report: Report) -> list[tuple[str, list[str]]]:
                 "Valkey CPU (µs /answer)",
                 [_num(u.store_cpu_us_per_gift) if u else "" for u in usage],
             ),
+            (
+                "Redis round trips /gift",
+                [_num(u.redis_round_trips_per_gift, 3) if u else "" for u in usage],
+            ),
+            (
+                "Redis commands /gift",
+                [_num(u.redis_commands_per_gift, 2) if u else "" for u in usage],
+            ),
         ]
     table += [
         ("errors", [_errors(r) for r in runs]),

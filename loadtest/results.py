@@ -22,6 +22,10 @@ class ServerUsage:
     cpu_us_per_gift: float | None
     store_cpu_us_per_gift: float | None
     pids: list[int]
+    # The gift path's pipelines (round trips) and commands to the store, per gift acknowledged,
+    # from the server's counters.
+    redis_round_trips_per_gift: float | None = None
+    redis_commands_per_gift: float | None = None
 
 
 @dataclass

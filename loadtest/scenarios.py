@@ -140,6 +140,10 @@ def split(conns: Sequence[ConnPlan], procs: int) -> list[list[ConnPlan]]:
     return [p for p in parts if p]
 
 
+# The server's counters of the gift path's round trips and commands to the store.
+REDIS_COUNTERS = ("giftstream_redis_round_trips_total", "giftstream_redis_commands_total")
+
+
 # -- running -----------------------------------------------------------------------------------
 
 
@@ -166,8 +170,10 @@ async def drive(
     try:
         await processes.connect()
         ready = target.usage()
+        ready_counts = target.counters(REDIS_COUNTERS)
         await processes.load(sample)
         end = target.usage()
+        end_counts = target.counters(REDIS_COUNTERS)
         tally = await processes.results(credits)
     finally:
         processes.stop()
@@ -193,7 +199,17 @@ async def drive(
         cpu_us_per_gift=round(cpu / gifts * 1e6, 1) if gifts else None,
         store_cpu_us_per_gift=round(store_cpu / gifts * 1e6, 1) if gifts else None,
         pids=list(end.pids),
+        redis_round_trips_per_gift=_per(ready_counts, end_counts, REDIS_COUNTERS[0], gifts),
+        redis_commands_per_gift=_per(ready_counts, end_counts, REDIS_COUNTERS[1], gifts),
     )
+
+
+def _per(
+    before: dict[str, float] | None, after: dict[str, float] | None, name: str, gifts: int
+) -> float | None:
+    if not before or not after or name not in after or not gifts:
+        return None
+    return round((after[name] - before.get(name, 0.0)) / gifts, 3)
 
 
 async def run_ws(

@@ -25,6 +25,9 @@ VALKEY_NAMES = ("valkey-server", "redis-server")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+METRICS_TIMEOUT_S = 5.0
+
+
 class TargetError(RuntimeError):
     pass
 
@@ -81,6 +84,22 @@ class Target:
             memory[store] += _rss_bytes(pid)
             cpu[store] += _cpu_s(pid)
         return Usage(memory[False], memory[True], cpu[False], cpu[True], tuple(pids))
+
+    def counters(self, names: tuple[str, ...]) -> dict[str, float] | None:
+        """Counters of the server's /metrics (one worker's); None where it has none."""
+        if self.audit_args is None:  # a bare baseline server
+            return None
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=METRICS_TIMEOUT_S) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        found = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in names:
+                found[name] = float(value)
+        return found
 
     def audit(self) -> AuditResult | None:
         if self.audit_args is None:
