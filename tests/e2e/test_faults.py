@@ -626,6 +626,10 @@ SEND_QUEUE_BYTES = 262_144
 # full: its socket buffers (kept small: see never_reading) hold about 150 KB, the server's
 # transport buffer 64 KB, the queue 256 KB.
 FILL_BYTES = 1_200_000
+# The same for the viewers that never read, with more to spare: the kernel's buffers for a
+# socket that does not read vary from run to run, and a viewer's frames are written a tick at
+# a time, so a storm short of this can end before its queue is full.
+VIEWER_FILL_BYTES = 4_000_000
 AFTER_CUT_GIFTS = 300
 # Gifts in flight per gifter: a steady room, whose frames of one tick (50 ms) are far fewer
 # bytes than a queue. A queue then fills by accumulating while its client does not read, not
@@ -905,7 +909,7 @@ async def slow_viewers_run(queue_server: ServerProcess) -> SlowViewerRun:
             gifters,
             random.Random(SEED),
             SLOW_WINDOW,
-            lambda: watcher.bytes >= FILL_BYTES,
+            lambda: watcher.bytes >= VIEWER_FILL_BYTES,
         )
         await asyncio.wait_for(storm.run(), STORM_S)
         pace = await pace_of_the_room(storm, reader, watcher)
