@@ -100,3 +100,19 @@ async def test_close_sends_what_is_deferred(redis: Redis) -> None:
     pipe.defer("DEL", "pipeline:closing")
     await pipe.aclose()
     assert await redis.exists("pipeline:closing") == 0
+
+
+async def test_close_sends_what_is_deferred_behind_a_full_set_of_pipelines(redis: Redis) -> None:
+    pipe = AutoPipeline(redis, max_in_flight=1, max_commands=512, linger_s=60.0)
+    await redis.set("pipeline:behind", "1")
+    trips = round_trips()
+    first = asyncio.ensure_future(pipe.execute_command("ECHO", "first"))
+    for _ in range(10):  # a few turns of the loop: queued, flushed, sent
+        if round_trips() > trips:
+            break
+        await asyncio.sleep(0)
+    assert round_trips() == trips + 1  # the only pipeline allowed is out now
+    pipe.defer("DEL", "pipeline:behind")
+    await pipe.aclose()
+    assert await first == b"first"
+    assert await redis.exists("pipeline:behind") == 0

@@ -47,14 +47,13 @@ class AutoPipeline:
     def defer(self, *args: Any) -> None:
         """Send `args` with the next pipeline; its reply is not awaited (a failure is logged)."""
         self._queued.append((args, None))
-        if self._linger is None and not self._flush_soon:
-            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
+        self._arm_linger()
 
     async def aclose(self) -> None:
         """Send what is queued and wait for every pipeline in flight."""
-        if self._queued:
-            self._flush()
-        while self._tasks:
+        while self._queued or self._tasks:
+            if self._queued:
+                self._flush()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _schedule(self) -> None:
@@ -63,6 +62,11 @@ class AutoPipeline:
         if not self._flush_soon and self._in_flight < self._max_in_flight:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _arm_linger(self) -> None:
+        """Send what is queued after `linger_s`, unless a pipeline takes it first."""
+        if self._queued and self._linger is None and not self._flush_soon:
+            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
 
     def _flush(self) -> None:
         self._flush_soon = False
@@ -79,8 +83,7 @@ class AutoPipeline:
             task = asyncio.create_task(self._send(taken))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self._queued and self._linger is None and self._waited == 0:
-            self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
+        self._arm_linger()
 
     async def _send(self, taken: list[_Queued]) -> None:
         try:
@@ -103,8 +106,8 @@ class AutoPipeline:
             self._in_flight -= 1
             if self._waited:
                 self._schedule()
-            elif self._queued and self._linger is None:
-                self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._flush)
+            else:
+                self._arm_linger()
 
 
 def _fail(future: asyncio.Future[Any] | None, args: tuple[Any, ...], error: Exception) -> None:
