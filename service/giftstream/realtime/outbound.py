@@ -72,8 +72,7 @@ class Outbound:
         return self._transport.get_write_buffer_size()
 
     def put(self, frame: bytes, lossless: bool) -> None:
-        if self._fits(frame, lossless, 0):
-            self._transport.write(frame)
+        self.put_all([(frame, lossless)])
 
     def put_all(self, frames: list[tuple[bytes, bool]]) -> None:
         """Several frames in one write (one system call), each kept or dropped as by `put`."""
@@ -105,3 +104,7 @@ class Outbound:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        """Drop the connection at once, whatever it still holds."""
+        self._transport.abort()

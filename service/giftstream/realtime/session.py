@@ -76,7 +76,6 @@ class Session:
         limits: ConnectionLimits,
     ) -> None:
         self.ws = ws
-        self.transport = transport
         self.codec = codec
         self.redis = redis
         self.hub = hub
@@ -149,8 +148,7 @@ class Session:
         )
         self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
         self._closing = asyncio.create_task(self._send_close())
-        transport = self.transport
-        asyncio.get_running_loop().call_later(SLOW_CONSUMER_ABORT_S, transport.abort)
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_ABORT_S, self.outbound.abort)
 
     async def _send_close(self) -> None:
         if self._close is None or self.ws.client_state is not WebSocketState.CONNECTED:
