@@ -302,6 +302,36 @@ async def connected(
         yield client
 
 
+async def gift_burst(
+    server: ServerProcess, user: User, room: str, connections: int, per_connection: int, tag: str
+) -> list[giftstream.client.Ack | giftstream.client.ServerError]:
+    """`per_connection` roses in flight at once on each of `connections` connections of `user`
+    joined to `room` (ids `<tag>-<connection>-<n>`): every answer, an ack or its refusal."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(connected(server, user, receive_events=False))
+            for _ in range(connections)
+        ]
+        for client in clients:
+            await client.join(room)
+
+        async def attempt(
+            client: giftstream.client.Client, rid: str
+        ) -> giftstream.client.Ack | giftstream.client.ServerError:
+            try:
+                return await client.send_gift(room, "rose", id=rid)
+            except giftstream.client.ServerError as refused:
+                return refused
+
+        return await asyncio.gather(
+            *(
+                attempt(client, f"{tag}-{c}-{n}")
+                for c, client in enumerate(clients)
+                for n in range(per_connection)
+            )
+        )
+
+
 async def first_event(
     client: giftstream.client.Client,
     match: Callable[[giftstream.client.Event], bool],

@@ -20,7 +20,6 @@ import pytest
 
 from giftstream.client import (
     Ack,
-    Client,
     CreditEvent,
     Forbidden,
     GiftEvent,
@@ -33,7 +32,16 @@ from giftstream.payments import DECLINES
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream, text
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, ServerProcess, User, bearer, connected, first_event, running
+from support import (
+    Api,
+    ServerProcess,
+    User,
+    bearer,
+    connected,
+    first_event,
+    gift_burst,
+    running,
+)
 
 RECV_S = 15.0
 SETTLE_DEADLINE_S = 20.0
@@ -890,28 +898,8 @@ async def test_the_daily_cap_is_never_exceeded_under_concurrent_gifts_from_four_
     room = await api.open_room(host)
     viewer = await make_user(api, coins=1000)
     ok(await set_cap(api, viewer, 30))
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(connected(server, viewer, receive_events=False))
-            for _ in range(4)
-        ]
-        for client in clients:
-            await client.join(room)
-
-        async def attempt(client: Client, rid: str) -> Ack | ServerError:
-            try:
-                return await client.send_gift(room, "rose", id=rid)
-            except ServerError as refused:
-                return refused
-
-        # 25 gifts in flight on each connection at once.
-        answers = await asyncio.gather(
-            *(
-                attempt(client, f"capburst-{c}-{n}")
-                for c, client in enumerate(clients)
-                for n in range(25)
-            )
-        )
+    # 25 gifts in flight on each of four connections at once.
+    answers = await gift_burst(server, viewer, room, 4, 25, "capburst")
 
     acks = [a for a in answers if isinstance(a, Ack)]
     codes = Counter(a.code for a in answers if isinstance(a, ServerError))

@@ -7,7 +7,6 @@ from collections import Counter
 import pytest
 
 from giftstream.client import Ack, NotInRoom, ServerError
-from giftstream.client import Client as UserClient
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from support import (
@@ -17,6 +16,7 @@ from support import (
     ServerProcess,
     User,
     connected,
+    gift_burst,
     on_both_stores,
     raw_connected,
 )
@@ -236,27 +236,8 @@ async def test_200_concurrent_gifts_over_4_connections_with_50_coins_charge_exac
     async with contextlib.AsyncExitStack() as stack:
         host_ws = await stack.enter_async_context(raw_connected(server, host))
         await host_ws.join(room)
-        clients = [
-            await stack.enter_async_context(connected(server, viewer, receive_events=False))
-            for _ in range(4)
-        ]
-        for client in clients:
-            await client.join(room)
-
-        async def attempt(client: UserClient, rid: str) -> Ack | ServerError:
-            try:
-                return await client.send_gift(room, "rose", id=rid)
-            except ServerError as refused:
-                return refused
-
-        # 50 gifts in flight on each connection at once.
-        answers = await asyncio.gather(
-            *(
-                attempt(client, f"burst-{c}-{n}")
-                for c, client in enumerate(clients)
-                for n in range(50)
-            )
-        )
+        # 50 gifts in flight on each of four connections at once.
+        answers = await gift_burst(server, viewer, room, 4, 50, "burst")
 
         assert (await api.wallet(viewer))["coins"] == 0
         assert (await api.wallet(host))["diamonds"] == 50
