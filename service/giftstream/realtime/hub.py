@@ -189,7 +189,7 @@ class Hub:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await link.reader
             with contextlib.suppress(Exception):
-                await link.pubsub.aclose()  # type: ignore[no-untyped-call]
+                await link.pubsub.aclose()
             with contextlib.suppress(Exception):
                 await link.client.aclose()
 
