@@ -311,7 +311,7 @@ def ignored(path: str) -> bool:
 
 
 def test_dockerignore_beside_the_dockerfile_sends_only_what_the_build_copies() -> None:
-    for needed in ("pyproject.toml", "README.md", "service/giftstream/cli.py"):
+    for needed in ("pyproject.toml", "README.md", "requirements/serve.txt", "service/giftstream/cli.py"):
         assert not ignored(needed), needed
     for left_out in (
         ".venv/bin/python",
@@ -326,7 +326,7 @@ def test_dockerignore_beside_the_dockerfile_sends_only_what_the_build_copies() -
 
 
 def _context_files() -> Iterator[Path]:
-    for top in ("pyproject.toml", "README.md", "service"):
+    for top in ("pyproject.toml", "README.md", "requirements", "service"):
         path = ROOT / top
         candidates = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for candidate in candidates:
