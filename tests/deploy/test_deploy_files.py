@@ -311,7 +311,12 @@ def ignored(path: str) -> bool:
 
 
 def test_dockerignore_beside_the_dockerfile_sends_only_what_the_build_copies() -> None:
-    for needed in ("pyproject.toml", "README.md", "requirements/serve.txt", "service/giftstream/cli.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "requirements/serve.txt",
+        "service/giftstream/cli.py",
+    ):
         assert not ignored(needed), needed
     for left_out in (
         ".venv/bin/python",
