@@ -1,0 +1,158 @@
+"""HTTP connections with deadlines and a bound per address: uvicorn's httptools protocol plus
+what it lacks. uvicorn has no time limit on a request's headers or body (its keep-alive timer
+starts only after a first response, and any byte cancels it), no cap on header bytes, and only a
+global concurrency limit; a client trickling a byte every few seconds held a connection forever.
+
+`giftstream serve` runs uvicorn with `http="giftstream.http.guard:GuardedHttp"`. A WebSocket
+upgrade leaves this protocol (and its count) for the WebSocket limits of realtime/limits.py.
+"""
+
+import asyncio
+import functools
+import json
+from collections import Counter
+from http import HTTPStatus
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from giftstream import metrics
+from giftstream.errors import HTTP_STATUS, ErrorCode
+from giftstream.settings import Settings
+
+# Open HTTP connections of each address in this worker process.
+_OPEN: Counter[str] = Counter()
+
+
+@functools.cache
+def _settings() -> Settings:
+    # The worker's settings, as `giftstream serve` put them in its environment (like create_app).
+    return Settings.from_env()
+
+
+def _response(code: ErrorCode, message: str) -> bytes:
+    """A complete error response that closes the connection, in the shape of every error body."""
+    status = HTTP_STATUS[code]
+    body = json.dumps({"code": code.value, "message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+TOO_MANY = _response(ErrorCode.RATE_LIMITED, "too many connections from this address")
+TIMED_OUT = _response(ErrorCode.REQUEST_TIMEOUT, "the request did not arrive in time")
+HEADERS_TOO_LARGE = _response(
+    ErrorCode.HEADERS_TOO_LARGE, "the request line and headers are too large"
+)
+
+
+class GuardedHttp(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = _settings()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._counted: str | None = None
+        self._header_bytes = 0
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ip = self.client[0] if self.client else None  # None: a unix socket
+        if ip is not None and ip not in self._limits.trusted_ips:
+            if _OPEN[ip] >= self._limits.http_max_connections_per_ip:
+                metrics.LIMITED.labels("http_connections_per_ip").inc()
+                self._refuse(TOO_MANY)
+                return
+            _OPEN[ip] += 1
+            self._counted = ip
+        self._arm(self._limits.http_header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._uncount()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        self._uncount()
+        super().handle_websocket_upgrade()
+
+    # Parser callbacks: a request's headers, then its body, each on a deadline.
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._deadline is None:  # a kept-alive connection's next request
+            self._arm(self._limits.http_header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._arm(self._limits.http_body_timeout_s)
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().on_message_complete()
+
+    # --
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self._limits.http_max_header_bytes and not self._refused:
+            metrics.LIMITED.labels("http_header_bytes").inc()
+            self._refuse(HEADERS_TOO_LARGE)
+
+    def _arm(self, delay_s: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _uncount(self) -> None:
+        if self._counted is not None:
+            _OPEN[self._counted] -= 1
+            if _OPEN[self._counted] <= 0:
+                del _OPEN[self._counted]
+            self._counted = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        metrics.LIMITED.labels("http_read_timeout").inc()
+        if self.cycle is None or self.cycle.response_complete:
+            self._refuse(TIMED_OUT)  # still reading headers: nothing answered them yet
+        else:
+            # Reading the body: the handler waiting for it sees the client disconnect.
+            self.transport.close()
+
+    def _refuse(self, response: bytes) -> None:
+        self._refused = True
+        self._disarm()
+        self.transport.write(response)
+        self.transport.close()
