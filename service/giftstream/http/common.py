@@ -108,7 +108,7 @@ async def json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
     try:
         body = decode_json_body(await _read_body(request))
     except Undecodable as e:
-        raise InvalidField("the body must be a JSON object") from e
+        raise InvalidField(f"the body must be a JSON object: {e}") from e
     if not isinstance(body, dict):
         raise InvalidField("the body must be a JSON object")
     unknown = set(body) - allowed

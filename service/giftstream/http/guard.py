@@ -9,6 +9,7 @@ upgrade leaves this protocol (and its count) for the WebSocket limits of realtim
 
 import asyncio
 import functools
+import ipaddress
 import json
 from collections import Counter
 from http import HTTPStatus
@@ -48,6 +49,39 @@ HEADERS_TOO_LARGE = _response(
 )
 
 
+@functools.cache
+def _proxies(allowed: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """uvicorn's FORWARDED_ALLOW_IPS as networks; None: every address ("*")."""
+    parts = [p.strip() for p in allowed.split(",") if p.strip()]
+    if "*" in parts:
+        return None
+    networks = []
+    for part in parts:
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            continue  # a unix socket path or a name: no address to match
+    return tuple(networks)
+
+
+def is_proxy(ip: str, forwarded_allow_ips: str | list[str]) -> bool:
+    """Whether uvicorn believes this peer's X-Forwarded-For: a proxy carries many clients on
+    its connections, and bounds them itself (deploy/nginx.conf), so it is not counted here."""
+    allowed = (
+        forwarded_allow_ips
+        if isinstance(forwarded_allow_ips, str)
+        else ",".join(forwarded_allow_ips)
+    )
+    networks = _proxies(allowed)
+    if networks is None:
+        return True
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 class GuardedHttp(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,7 +94,7 @@ class GuardedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         ip = self.client[0] if self.client else None  # None: a unix socket
-        if ip is not None and ip not in self._limits.trusted_ips:
+        if ip is not None and self._counts(ip):
             if _OPEN[ip] >= self._limits.http_max_connections_per_ip:
                 metrics.LIMITED.labels("http_connections_per_ip").inc()
                 self._refuse(TOO_MANY)
@@ -117,6 +151,11 @@ class GuardedHttp(HttpToolsProtocol):
         super().on_message_complete()
 
     # --
+
+    def _counts(self, ip: str) -> bool:
+        if ip in self._limits.trusted_ips:
+            return False
+        return not is_proxy(ip, self.config.forwarded_allow_ips)
 
     def _count_header_bytes(self, size: int) -> None:
         self._header_bytes += size

@@ -110,7 +110,7 @@ def decode_json_body(data: bytes) -> Any:
             data.decode("utf-8"), parse_constant=_no_constant, parse_int=_bounded_int
         )
     except (ValueError, RecursionError) as e:
-        raise Undecodable("not a JSON value") from e
+        raise Undecodable("this is not JSON text") from e
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         item, depth = pending.pop()
