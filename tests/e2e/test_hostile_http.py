@@ -147,6 +147,12 @@ async def test_a_malformed_video_or_room_in_a_post_path_is_invalid_field(
         refused(response, 400, "invalid_field")
 
 
+async def test_session_zero_of_a_room_never_opened_is_not_found(api: Api) -> None:
+    """Found by the fuzzer (test_http_fuzz.py): it read a session hash that does not exist."""
+    response = await api.http.get("/v1/rooms/never-opened/sessions/0")
+    refused(response, 404, "not_found")
+
+
 async def test_well_formed_numbers_in_queries_still_work(api: Api, scene: Scene) -> None:
     quote = await api.http.get("/v1/packages/quote?coins=0100&region=us")
     assert quote.status_code == 200, quote.text
