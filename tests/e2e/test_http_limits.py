@@ -128,6 +128,19 @@ async def test_a_kept_alive_connection_trickling_its_next_request_is_closed(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
 
 
+async def test_a_kept_alive_connection_sending_only_blank_lines_is_closed(
+    slow_server: ServerProcess,
+) -> None:
+    """The parser skips empty lines between requests without beginning one."""
+    async with raw(slow_server) as conn:
+        await conn.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        async with asyncio.timeout(CLOSE_DEADLINE_S):
+            await conn.reader.readuntil(b'{"status":"ok"}')
+        async with trickling(conn, b"\r\n" * 200):
+            answer = await conn.closed_by_server()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+
+
 async def test_a_connection_trickling_its_body_is_closed(slow_server: ServerProcess) -> None:
     head = (
         b"POST /v1/dev/users HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"

@@ -111,6 +111,10 @@ class GuardedHttp(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        # Between requests any byte starts the header clock (and cancels uvicorn's keep-alive
+        # timer): blank lines between requests begin no message but must not hold the line.
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm(self._limits.http_header_timeout_s)
         super().data_received(data)
 
     def handle_websocket_upgrade(self) -> None:
