@@ -14,10 +14,18 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from giftstream.store import keys
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import Redis
-from support import RECV_TIMEOUT_S, Api, Client, ServerProcess, User, bearer, raw_connected
+from support import (
+    RECV_TIMEOUT_S,
+    Api,
+    Client,
+    ServerProcess,
+    User,
+    bearer,
+    raw_connected,
+    user_accounts,
+)
 
 VIEWER_COINS = 5_000
 SUPERSCRIPT_TWO = "%C2%B2"  # "²": str.isdigit() says yes, int() says no
@@ -46,13 +54,9 @@ async def scene(api: Api) -> Scene:
     return Scene(viewer, host, admin, room, r.json()["video"])
 
 
-async def _accounts(redis: Redis) -> int:
-    return len([k async for k in redis.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000)])
-
-
 async def _state(api: Api, redis: Redis, scene: Scene) -> tuple[Any, ...]:
     viewer, host = await api.wallet(scene.viewer), await api.wallet(scene.host)
-    return viewer, host, await _accounts(redis)
+    return viewer, host, await user_accounts(redis)
 
 
 @contextlib.asynccontextmanager
@@ -386,18 +390,24 @@ async def test_a_chunked_body_is_cut_off_at_the_limit(
 
 
 async def test_a_request_for_another_host_is_refused(
-    server: ServerProcess, api: Api, scene: Scene
+    server: ServerProcess, api: Api, redis: Redis, scene: Scene
 ) -> None:
     """A page on evil.example whose name was rebound to 127.0.0.1 sends Host: evil.example."""
-    headers = {"host": "evil.example", "origin": "http://evil.example", **bearer(scene.viewer)}
-    response = await api.http.get("/v1/wallet", headers=headers)
-    assert response.status_code == 400, response.text
-    response = await api.http.post(
-        "/v1/dev/users",
-        headers={"host": f"evil.example:{server.port}"},
-        json={"name": "e", "region": "US"},
-    )
-    assert response.status_code == 400, response.text
+    evil = {"host": "evil.example", "origin": "http://evil.example"}
+    async with unchanged(api, redis, scene):
+        response = await api.http.get("/v1/wallet", headers={**evil, **bearer(scene.viewer)})
+        assert response.status_code == 400, response.text
+        assert "coins" not in response.text
+        response = await api.http.post(
+            "/v1/dev/users",
+            headers={**evil, "host": f"evil.example:{server.port}"},
+            json={"name": "e", "region": "US", "coins": 1000},
+        )
+        assert response.status_code == 400, response.text
+        response = await api.http.post(
+            "/v1/rewards/checkin", headers={**evil, **bearer(scene.viewer)}
+        )
+        assert response.status_code == 400, response.text
 
 
 async def test_a_websocket_for_another_host_is_refused_at_the_handshake(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import ServerProcess, running
+from support import ServerProcess, running, store, user_accounts
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -141,16 +141,21 @@ async def test_a_kept_alive_connection_sending_only_blank_lines_is_closed(
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
 
 
-async def test_a_connection_trickling_its_body_is_closed(slow_server: ServerProcess) -> None:
+async def test_a_connection_trickling_its_body_is_closed(
+    slow_server: ServerProcess, valkey: EmbeddedValkey
+) -> None:
     head = (
         b"POST /v1/dev/users HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"content-length: 200\r\n\r\n"
     )
-    async with raw(slow_server) as conn:
-        await conn.send(head)
-        async with trickling(conn, b'{"name": "' + b"s" * 180 + b'", "region": "US"}'):
-            answer = await conn.closed_by_server()
-    assert answer == b"", answer[:200]  # cut off, never answered: the user was not created
+    async with store(valkey.url) as redis:
+        before = await user_accounts(redis)
+        async with raw(slow_server) as conn:
+            await conn.send(head)
+            async with trickling(conn, b'{"name": "' + b"s" * 180 + b'", "region": "US"}'):
+                answer = await conn.closed_by_server()
+        assert answer == b"", answer[:200]  # cut off, never answered
+        assert await user_accounts(redis) == before  # and the user was not created
 
 
 async def test_headers_over_the_byte_limit_get_431_and_a_close(slow_server: ServerProcess) -> None:
