@@ -87,6 +87,8 @@ class GuardedHttp(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._limits = _settings()
         self._deadline: asyncio.TimerHandle | None = None
+        # What the deadline waits for: a request's headers (True) or its body.
+        self._awaiting_headers = True
         self._counted: str | None = None
         self._header_bytes = 0
         self._refused = False
@@ -101,7 +103,7 @@ class GuardedHttp(HttpToolsProtocol):
                 return
             _OPEN[ip] += 1
             self._counted = ip
-        self._arm(self._limits.http_header_timeout_s)
+        self._arm_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -114,7 +116,7 @@ class GuardedHttp(HttpToolsProtocol):
         # Between requests any byte starts the header clock (and cancels uvicorn's keep-alive
         # timer): blank lines between requests begin no message but must not hold the line.
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm(self._limits.http_header_timeout_s)
+            self._arm_headers()
         super().data_received(data)
 
     def handle_websocket_upgrade(self) -> None:
@@ -127,8 +129,8 @@ class GuardedHttp(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
-        if self._deadline is None:  # a kept-alive connection's next request
-            self._arm(self._limits.http_header_timeout_s)
+        if self._deadline is None:  # a pipelined request, behind one being handled
+            self._arm_headers()
 
     def on_url(self, url: bytes) -> None:
         self._count_header_bytes(len(url))
@@ -141,7 +143,7 @@ class GuardedHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        self._arm(self._limits.http_body_timeout_s)
+        self._arm(self._limits.http_body_timeout_s, headers=False)
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -167,8 +169,12 @@ class GuardedHttp(HttpToolsProtocol):
             metrics.LIMITED.labels("http_header_bytes").inc()
             self._refuse(HEADERS_TOO_LARGE)
 
-    def _arm(self, delay_s: float) -> None:
+    def _arm_headers(self) -> None:
+        self._arm(self._limits.http_header_timeout_s, headers=True)
+
+    def _arm(self, delay_s: float, *, headers: bool) -> None:
         self._disarm()
+        self._awaiting_headers = headers
         self._deadline = self.loop.call_later(delay_s, self._expire)
 
     def _disarm(self) -> None:
@@ -188,10 +194,12 @@ class GuardedHttp(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         metrics.LIMITED.labels("http_read_timeout").inc()
-        if self.cycle is None or self.cycle.response_complete:
-            self._refuse(TIMED_OUT)  # still reading headers: nothing answered them yet
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self._awaiting_headers and not answering:
+            self._refuse(TIMED_OUT)
         else:
-            # Reading the body: the handler waiting for it sees the client disconnect.
+            # A body (or a pipelined request behind a response still being written): the
+            # handler waiting for it sees the client disconnect.
             self.transport.close()
 
     def _refuse(self, response: bytes) -> None:
