@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import ServerProcess, running, store, user_accounts
+from support import Api, ServerProcess, User, raw_connected, running, store, user_accounts
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -198,3 +198,23 @@ async def test_one_address_holds_only_so_many_http_connections(
                     except httpx.TransportError:
                         pass
                 await asyncio.sleep(0.05)
+
+
+async def test_a_websocket_is_not_held_to_the_http_deadlines(
+    slow_server: ServerProcess, api_user: User
+) -> None:
+    """The deadlines end at the upgrade: a WebSocket quiet for longer than both is still open."""
+    async with raw_connected(slow_server, api_user) as ws:
+        # The time under test: past every HTTP deadline of this server.
+        await asyncio.sleep(HEADER_TIMEOUT_S + BODY_TIMEOUT_S + 1.0)
+        pong = await ws.request({"t": "ping", "id": "after"}, "pong")
+        assert (pong["t"], pong["id"]) == ("pong", "after"), pong
+
+
+@pytest.fixture
+async def api_user(slow_server: ServerProcess) -> AsyncIterator[User]:
+    api = Api(slow_server.base_url)
+    try:
+        yield await api.user()
+    finally:
+        await api.aclose()
