@@ -25,6 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import giftstream.client
+from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
@@ -382,3 +383,8 @@ async def store(url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def user_accounts(r: Redis) -> int:
+    """How many user accounts the store holds (a request refused must create none)."""
+    return len([k async for k in r.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000)])

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
@@ -194,4 +195,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await runtime.gifting.aclose()
             await redis.aclose()
 
-    return Starlette(routes=routes(), lifespan=lifespan, middleware=[Middleware(KeepTransport)])
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=sorted(allowed_hosts(settings))),
+        Middleware(KeepTransport),
+    ]
+    return Starlette(routes=routes(), lifespan=lifespan, middleware=middleware)
+
+
+# Listening on every address: the Host header names none of them.
+WILDCARD_ADDRESSES = frozenset({"0.0.0.0", "::", ""})
+
+
+def allowed_hosts(settings: Settings) -> frozenset[str]:
+    """The Host names answered: the setting's, and the address the server listens on."""
+    host = settings.host
+    if host in WILDCARD_ADDRESSES:
+        return settings.allowed_hosts
+    return settings.allowed_hosts | {f"[{host}]" if ":" in host else host}

@@ -87,7 +87,8 @@ def serve(settings: Settings, log_level: str, on_ready: object = None) -> None:
             ws_max_size=settings.max_frame_bytes,
             ws_per_message_deflate=False,
             loop="uvloop",
-            http="httptools",
+            http="giftstream.http.guard:GuardedHttp",
+            timeout_keep_alive=settings.http_keep_alive_s,
             log_level=log_level,
             timeout_graceful_shutdown=10,
         )

@@ -18,7 +18,12 @@
     ├── PaymentDeclined        payment_declined: the store refused the payment
     ├── BelowMinimum           below_minimum: under the minimum cash-out
     ├── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
-    └── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    ├── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    ├── PayloadTooLarge        payload_too_large: an HTTP body over the size limit
+    └── UnsupportedMediaType   unsupported_media_type: an HTTP body that is not JSON
+
+Two codes answer a connection rather than a request, and are written by http/guard.py:
+request_timeout (headers not received in time) and headers_too_large.
 
 Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
 """
@@ -48,6 +53,10 @@ class ErrorCode(StrEnum):
     CHEST_CLOSED = "chest_closed"
     NOT_PRESENT = "not_present"
     ALREADY_CLAIMED = "already_claimed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     INTERNAL = "internal"
 
 
@@ -74,6 +83,10 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CHEST_CLOSED: 409,
     ErrorCode.NOT_PRESENT: 403,
     ErrorCode.ALREADY_CLAIMED: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -160,3 +173,11 @@ class ChestError(GiftstreamError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class PayloadTooLarge(GiftstreamError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class UnsupportedMediaType(GiftstreamError):
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE

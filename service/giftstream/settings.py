@@ -66,6 +66,22 @@ class Settings:
     # Origins allowed to open a WebSocket from a browser ("*": any). A request without an
     # Origin header (a program) or from the server's own origin is always allowed.
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    # Host headers answered ("*": any), beside the address the server listens on; any other
+    # gets 400, so that a page on a rebound DNS name cannot reach a server on loopback.
+    allowed_hosts: frozenset[str] = frozenset({"127.0.0.1", "localhost", "[::1]"})
+    # Largest HTTP request body; a larger one gets 413 before it is read.
+    max_body_bytes: int = 64 * 1024
+    # An HTTP request's headers must arrive within this long of the connection (or of the
+    # request's first byte on a kept-alive one), and its body within this long of its headers;
+    # a connection that is slower is closed (slowloris).
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    # Most bytes of request line and headers; more get 431 and the connection is closed.
+    http_max_header_bytes: int = 16 * 1024
+    # An idle kept-alive HTTP connection is closed after this long (uvicorn's keep-alive timeout).
+    http_keep_alive_s: int = 5
+    # Open HTTP connections per address, per worker (addresses in `trusted_ips` are exempt).
+    http_max_connections_per_ip: int = 100
     # How long a gift `id` is remembered for idempotent retries.
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).

@@ -16,7 +16,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ import yaml  # type: ignore[import-untyped]
 from starlette.routing import Route, WebSocketRoute
 
 from giftstream import cli
-from giftstream.app import routes
+from giftstream.app import allowed_hosts, routes
 from giftstream.settings import ENV_PREFIX, Settings
 from giftstream.store.connection import connect
 from support import ServerProcess, free_port
@@ -606,6 +606,25 @@ def test_nginx_keeps_metrics_inside_and_answers_its_own_health_check() -> None:
     assert service("nginx")["ports"] == ["8000:80"]
 
 
+def test_nginx_bounds_slow_and_greedy_clients_with_the_services_own_limits() -> None:
+    """The replicas do not bound nginx per address (they trust it): nginx bounds its clients,
+    with the same numbers as the settings' defaults (docs/security.md, "HTTP limits")."""
+    http, s = nginx().one("http"), Settings()
+    assert seconds(http.one("client_header_timeout").args[0]) == s.http_header_timeout_s
+    assert seconds(http.one("client_body_timeout").args[0]) == s.http_body_timeout_s
+    assert http.one("client_max_body_size").args == [f"{s.max_body_bytes // 1024}k"]
+    assert http.one("large_client_header_buffers").args[1] == f"{s.http_max_header_bytes // 1024}k"
+    assert seconds(http.one("keepalive_timeout").args[0]) == s.http_keep_alive_s
+    assert http.one("limit_conn_status").args == ["429"]
+    [zone] = http.all("limit_conn_zone")
+    assert zone.args[0] == "$binary_remote_addr"
+    name = zone.args[1].removeprefix("zone=").split(":")[0]
+    per_address = str(s.http_max_connections_per_ip)
+    assert nginx_location("/").one("limit_conn").args == [name, per_address]
+    [ws_path] = websocket_routes()
+    assert nginx_location(ws_path).one("limit_conn").args == [name, str(s.max_connections_per_ip)]
+
+
 # -- Kubernetes -----------------------------------------------------------------------------
 
 
@@ -672,6 +691,19 @@ def test_configmap_keys_are_settings_and_point_at_the_valkey_service() -> None:
     valkey = manifest("Service", "valkey")
     assert url.hostname == valkey["metadata"]["name"]
     assert url.port in {p["port"] for p in valkey["spec"]["ports"]}
+
+
+def test_the_probes_and_the_ingress_ask_for_hosts_the_pods_answer() -> None:
+    """The kubelet's Host is the pod's address, which no setting can name: the probes send one."""
+    data = manifest("ConfigMap", "giftstream-config")["data"]
+    settings = Settings.from_env({k: v for k, v in data.items() if k.startswith(ENV_PREFIX)})
+    c = container()
+    hosts = allowed_hosts(replace(settings, host=serve_args(["giftstream", *c["args"]]).host))
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        [header] = c[probe]["httpGet"]["httpHeaders"]
+        assert header["name"] == "Host" and header["value"] in hosts, probe
+    for rule in manifest("Ingress", "giftstream")["spec"]["rules"]:
+        assert rule["host"] in hosts
 
 
 def test_secret_is_a_marked_placeholder() -> None:

@@ -386,17 +386,19 @@ def test_parse_request_of_any_msgpack_value_returns_a_request_or_raises_a_parse_
     _parses_or_refuses(frame)
 
 
-# Identifiers are printable text (no control characters, no lone surrogates).
+# Request ids and gift ids are printable text (no control characters, no lone surrogates); rooms
+# and chests are ids the server assigned (letters, digits, '-', '_', '.').
 short_strings = st.text(
     alphabet=st.characters(categories=["L", "M", "N", "P", "S"]),
     min_size=1,
     max_size=MAX_ID_LENGTH,
 )
+server_ids = st.from_regex(rf"[A-Za-z0-9_.-]{{1,{MAX_ID_LENGTH}}}", fullmatch=True)
 
 
 @given(
     ident=short_strings,
-    room=short_strings,
+    room=server_ids,
     gift=short_strings,
     count=st.integers(min_value=1, max_value=MAX_GIFT_COUNT),
 )

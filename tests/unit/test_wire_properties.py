@@ -403,7 +403,11 @@ def test_the_answer_to_any_json_frame_can_be_sent_as_utf8_text(
     assert answer is not None
 
 
-@given(value=any_text, field=st.sampled_from(["t", "id", "room", "x"]))
+# msgpack carries UTF-8 only: a lone surrogate cannot even be packed into a frame.
+@given(
+    value=st.text(alphabet=st.characters(codec="utf-8"), max_size=70),
+    field=st.sampled_from(["t", "id", "room", "x"]),
+)
 def test_the_answer_to_any_msgpack_frame_can_be_encoded(value: str, field: str) -> None:
     answer = receive(MSGPACK, msgpack.packb({"t": "ping", field: value}))
     assert answer is not None

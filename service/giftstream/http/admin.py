@@ -5,7 +5,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from giftstream.errors import Forbidden, InvalidField, NotFound
-from giftstream.http.common import authenticate, json_body, runtime_of, text_field
+from giftstream.http.common import authenticate, json_body, path_id, runtime_of, text_field
 from giftstream.store import accounts, keys, rooms
 from giftstream.store.connection import read_stream, text
 
@@ -20,7 +20,7 @@ def require_admin(request: Request) -> None:
 async def inspect_user(request: Request) -> Response:
     require_admin(request)
     runtime = runtime_of(request)
-    user = request.path_params["user"]
+    user = path_id(request, "user")
     account = await accounts.get_account(runtime.redis, user)
     if account is None:
         raise NotFound(f"there is no user '{user}'")
@@ -49,7 +49,7 @@ async def inspect_user(request: Request) -> Response:
 async def inspect_room(request: Request) -> Response:
     require_admin(request)
     runtime = runtime_of(request)
-    room = request.path_params["room"]
+    room = path_id(request, "room")
     state = await rooms.room_state(runtime.redis, room)
     if state is None:
         raise NotFound(f"there is no room '{room}'")
@@ -72,7 +72,7 @@ async def inspect_room(request: Request) -> Response:
 async def freeze_user(request: Request) -> Response:
     require_admin(request)
     runtime = runtime_of(request)
-    user = request.path_params["user"]
+    user = path_id(request, "user")
     body = await json_body(request, {"frozen", "reason"})
     frozen = body.get("frozen")
     if not isinstance(frozen, bool):

@@ -4,15 +4,24 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from giftstream import metrics, tokens
-from giftstream.errors import HTTP_STATUS, GiftstreamError, InvalidField, Unauthenticated
+from giftstream.errors import (
+    HTTP_STATUS,
+    GiftstreamError,
+    InvalidField,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
 from giftstream.runtime import Runtime
 from giftstream.store import accounts
 from giftstream.store.accounts import Account
-from giftstream.wire.requests import MAX_ID_LENGTH
+from giftstream.wire import fields
+from giftstream.wire.codec import Undecodable, decode_json_body
+from giftstream.wire.fields import MAX_ID_LENGTH
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -24,8 +33,13 @@ def runtime_of(request: Request) -> Runtime:
 
 def error_response(error: GiftstreamError) -> JSONResponse:
     metrics.ERRORS.labels(error.code.value).inc()
+    # Always encodable, whatever client text a message quotes.
+    message = error.message.encode("utf-8", "replace").decode("utf-8")
+    headers = {"connection": "close"} if isinstance(error, PayloadTooLarge) else None
     return JSONResponse(
-        {"code": error.code.value, "message": error.message}, status_code=HTTP_STATUS[error.code]
+        {"code": error.code.value, "message": message},
+        status_code=HTTP_STATUS[error.code],
+        headers=headers,
     )
 
 
@@ -55,17 +69,63 @@ async def current_account(request: Request) -> Account:
     return account
 
 
-async def json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
+def _is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused once it passes `max_body_bytes` (announced or counted as it comes),
+    never read in full past that."""
+    limit = runtime_of(request).settings.max_body_bytes
+    too_large = PayloadTooLarge(f"the body must be at most {limit} bytes")
+    announced = request.headers.get("content-length")
+    if announced is not None and (
+        fields.DIGITS.fullmatch(announced) is None or int(announced) > limit
+    ):
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = await request.json()
-    except ValueError as e:
-        raise InvalidField("the body must be a JSON object") from e
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect as e:
+        raise InvalidField("the body was cut off") from e
+    return b"".join(chunks)
+
+
+async def json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    content_type = request.headers.get("content-type")
+    # Without a Content-Type a program's JSON is taken; a browser always names one, and a
+    # form or text/plain (a cross-site post without a preflight) is refused.
+    if content_type is not None and not _is_json(content_type):
+        raise UnsupportedMediaType("send the body as JSON, with 'Content-Type: application/json'")
+    try:
+        body = decode_json_body(await _read_body(request))
+    except Undecodable as e:
+        raise InvalidField(f"the body must be a JSON object: {e}") from e
     if not isinstance(body, dict):
         raise InvalidField("the body must be a JSON object")
     unknown = set(body) - allowed
     if unknown:
-        raise InvalidField(f"unknown fields: {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(fields.quoted(name) for name in unknown))
+        raise InvalidField(f"unknown fields: {names}")
     return body
+
+
+def path_id(request: Request, name: str) -> str:
+    """A path parameter that names a room, user or video."""
+    return fields.ident(request.path_params[name], name)
+
+
+def query_int(request: Request, name: str, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    return None if raw is None else fields.digits(raw, name, low, high)
 
 
 def text_field(
@@ -74,9 +134,9 @@ def text_field(
     value = body.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= max_length or not value.isprintable():
-        raise InvalidField(f"'{name}' must be printable text of 1 to {max_length} characters")
-    return value
+    if value is None:
+        raise InvalidField(f"'{name}' is required")
+    return fields.text(value, name, max_length)
 
 
 def required_text(body: dict[str, Any], name: str, max_length: int = MAX_ID_LENGTH) -> str:
@@ -91,9 +151,7 @@ def int_field(
     value = body.get(name, default)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InvalidField(f"'{name}' must be an integer from {low} to {high}")
-    return value
+    return fields.integer(value, name, low, high)
 
 
 def required_int(body: dict[str, Any], name: str, low: int, high: int) -> int:

@@ -1,7 +1,6 @@
 """Users (dev mode), rooms, the gift catalog, the wallet, and the health endpoints."""
 
 import asyncio
-import re
 import secrets
 import time
 
@@ -15,13 +14,15 @@ from giftstream.http.common import (
     current_account,
     int_field,
     json_body,
+    path_id,
     required_text,
     runtime_of,
 )
 from giftstream.store import accounts, rooms
+from giftstream.wire import fields
+from giftstream.wire.requests import MAX_OFFSET
 
 ROLES = ("viewer", "host", "admin")
-REGION = re.compile(r"^[A-Z]{2}$")
 ADULT_AGE = 30
 MAX_AGE = 150
 LIVE_ROOMS_LISTED = 50
@@ -34,9 +35,7 @@ async def create_dev_user(request: Request) -> Response:
         raise NotFound("dev endpoints exist only when the server runs with --dev")
     body = await json_body(request, {"name", "region", "role", "coins", "age"})
     name = required_text(body, "name")
-    region = body.get("region")
-    if not isinstance(region, str) or not REGION.match(region):
-        raise InvalidField("'region' must be a two-letter country code such as 'US'")
+    region = fields.region(body.get("region"))
     role = body.get("role", "viewer")
     if role not in ROLES:
         raise InvalidField(f"'role' must be one of {', '.join(ROLES)}")
@@ -86,7 +85,7 @@ async def open_room(request: Request) -> Response:
 async def end_room(request: Request) -> Response:
     runtime = runtime_of(request)
     account = await current_account(request)
-    room = request.path_params["room"]
+    room = path_id(request, "room")
     try:
         summary = await rooms.end_room(runtime.redis, room, account.id)
     except rooms.NoSuchRoom as e:
@@ -98,11 +97,11 @@ async def end_room(request: Request) -> Response:
 
 async def get_session(request: Request) -> Response:
     runtime = runtime_of(request)
-    room = request.path_params["room"]
-    raw = request.path_params["session"]
-    summary = await rooms.session_summary(runtime.redis, room, int(raw)) if raw.isdigit() else None
+    room = path_id(request, "room")
+    session = fields.digits(request.path_params["session"], "session", 0, MAX_OFFSET)
+    summary = await rooms.session_summary(runtime.redis, room, session)
     if summary is None:
-        raise NotFound(f"room '{room}' has no session '{raw}'")
+        raise NotFound(f"room '{room}' has no session {session}")
     return JSONResponse(summary)
 
 

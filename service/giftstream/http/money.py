@@ -10,6 +10,8 @@ from giftstream.http.common import (
     current_account,
     int_field,
     json_body,
+    path_id,
+    query_int,
     required_int,
     required_text,
     runtime_of,
@@ -17,6 +19,7 @@ from giftstream.http.common import (
 )
 from giftstream.store import earnings, rooms
 from giftstream.wallet import utc_now
+from giftstream.wire import fields
 from giftstream.wire.requests import MAX_GIFT_COUNT, SendGift
 
 MAX_RECEIPT_LENGTH = 128
@@ -35,9 +38,10 @@ def _channel(value: object) -> str:
 def _region(value: object) -> str:
     if value is None:
         return "*"
-    if not isinstance(value, str) or len(value) != 2 or not value.isalpha():
-        raise InvalidField("'region' must be a two-letter country code such as 'US'")
-    return value.upper()
+    # Either case is taken; only ASCII is put in capitals ("ß".upper() is "SS").
+    if isinstance(value, str) and value.isascii():
+        value = value.upper()
+    return fields.region(value)
 
 
 async def packages(request: Request) -> Response:
@@ -57,11 +61,11 @@ async def quote(request: Request) -> Response:
     runtime = runtime_of(request)
     region = _region(request.query_params.get("region"))
     channel = _channel(request.query_params.get("channel"))
-    raw = request.query_params.get("coins", "")
-    if not raw.isdigit():
-        raise InvalidField("'coins' must be a whole number")
+    coins = query_int(request, "coins", 0, MAX_COINS)
+    if coins is None:
+        raise InvalidField("'coins' is required")
     try:
-        priced = runtime.economy.quote(region, channel, utc_now(), coins=int(raw))
+        priced = runtime.economy.quote(region, channel, utc_now(), coins=coins)
     except UnsoldRegion as e:
         raise UnavailableInRegion(str(e)) from e
     except PriceError as e:
@@ -92,9 +96,8 @@ async def recharge(request: Request) -> Response:
 
 async def recharge_status(request: Request) -> Response:
     account = await current_account(request)
-    status = await runtime_of(request).wallet.recharge_status(
-        account, request.path_params["receipt"]
-    )
+    receipt = fields.text(request.path_params["receipt"], "receipt", MAX_RECEIPT_LENGTH)
+    status = await runtime_of(request).wallet.recharge_status(account, receipt)
     return JSONResponse(status)
 
 
@@ -176,9 +179,10 @@ async def create_video(request: Request) -> Response:
 async def gift_video(request: Request) -> Response:
     runtime = runtime_of(request)
     account = await current_account(request)
-    video = await earnings.get_video(runtime.redis, request.path_params["video"])
+    video_id = path_id(request, "video")
+    video = await earnings.get_video(runtime.redis, video_id)
     if video is None:
-        raise NotFound(f"there is no video '{request.path_params['video']}'")
+        raise NotFound(f"there is no video '{video_id}'")
     body = await json_body(request, {"id", "gift", "count"})
     req = SendGift(
         id=required_text(body, "id"),
@@ -199,11 +203,9 @@ async def get_earnings(request: Request) -> Response:
     account = await current_account(request)
     diamonds = await rooms.host_diamonds(runtime.redis, account.room)
     body = await runtime.wallet.earnings(account, diamonds)
-    raw = request.query_params.get("coins")
-    if raw is not None:
-        if not raw.isdigit() or int(raw) > MAX_COINS:
-            raise InvalidField(f"'coins' must be a whole number up to {MAX_COINS}")
-        body["estimate"] = runtime.wallet.estimate(int(raw))
+    coins = query_int(request, "coins", 0, MAX_COINS)
+    if coins is not None:
+        body["estimate"] = runtime.wallet.estimate(coins)
     return JSONResponse(body)
 
 

@@ -104,7 +104,8 @@ async def session_summary(r: Redis, room: str, session: int) -> dict[str, Any] |
         summary: dict[str, Any] = msgpack.unpackb(packed, raw=False)
         return summary
     state = await read_hash(r, keys.room_session(room))
-    if int(state.get(b"id", b"0")) != session:
+    # No session hash at all (a room never opened): session 0 is not "the current one".
+    if b"started" not in state or int(state.get(b"id", b"0")) != session:
         return None
     now = int(time.time() * 1000)
     started = int(state[b"started"])

@@ -81,11 +81,52 @@ def decode_msgpack(data: bytes) -> Any:
         # answer it with invalid_field instead of closing the connection.
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise Undecodable(f"not a msgpack value: {e}") from e
+        raise Undecodable("not a msgpack value") from e
 
 
 def decode_json(text: str) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
-        raise Undecodable(f"not a JSON value: {e}") from e
+        raise Undecodable("not a JSON value") from e
+
+
+# An HTTP body is a small object: nesting and numbers beyond these are refused, not parsed.
+MAX_BODY_DEPTH = 16
+MAX_BODY_INT_DIGITS = 20
+
+
+def _bounded_int(raw: str) -> int:
+    if len(raw.lstrip("-")) > MAX_BODY_INT_DIGITS:
+        raise ValueError("too many digits")
+    return int(raw)
+
+
+def decode_json_body(data: bytes) -> Any:
+    """An HTTP request's JSON body: UTF-8, nested at most MAX_BODY_DEPTH deep, integers of at
+    most MAX_BODY_INT_DIGITS digits, and every string (keys too) valid text."""
+    try:
+        value = json.loads(
+            data.decode("utf-8"), parse_constant=_no_constant, parse_int=_bounded_int
+        )
+    except (ValueError, RecursionError) as e:
+        raise Undecodable("this is not JSON text") from e
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_BODY_DEPTH:
+                raise Undecodable(f"nested deeper than {MAX_BODY_DEPTH}")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str) and not _is_text(item):
+            raise Undecodable("a string that is not text (a lone surrogate)")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

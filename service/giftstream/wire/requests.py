@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from giftstream.errors import BadFrame, InvalidField, UnknownType
+from giftstream.wire import fields
 
-MAX_ID_LENGTH = 64
+MAX_ID_LENGTH = fields.MAX_ID_LENGTH
 MAX_TOKEN_LENGTH = 1024
 MAX_GIFT_COUNT = 10_000
 MAX_CHEST_COINS = 1_000_000
@@ -100,35 +101,24 @@ def request_id(frame: Any) -> str | None:
     return None
 
 
-def shown(value: str) -> str:
-    """A client's string as an error message may quote it: short, and always valid UTF-8."""
-    return value[:MAX_ID_LENGTH].encode("utf-8", "replace").decode("utf-8")
-
-
 def _string(frame: dict[str, Any], name: str, max_length: int, *, required: bool = True) -> Any:
     if name not in frame:
         if required:
             raise InvalidField(f"the field '{name}' is required")
         return None
-    value = frame[name]
-    if not isinstance(value, str):
-        raise InvalidField(f"the field '{name}' must be a string")
-    if not 0 < len(value) <= max_length:
-        raise InvalidField(f"the field '{name}' must be 1 to {max_length} characters long")
-    if not value.isprintable():
-        raise InvalidField(f"the field '{name}' must be printable text")
-    return value
+    return fields.text(frame[name], name, max_length)
+
+
+def _id(frame: dict[str, Any], name: str) -> str:
+    if name not in frame:
+        raise InvalidField(f"the field '{name}' is required")
+    return fields.ident(frame[name], name)
 
 
 def _integer(frame: dict[str, Any], name: str, low: int, high: int, default: int) -> int:
     if name not in frame:
         return default
-    value = frame[name]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidField(f"the field '{name}' must be an integer")
-    if not low <= value <= high:
-        raise InvalidField(f"the field '{name}' must be between {low} and {high}")
-    return value
+    return fields.integer(frame[name], name, low, high)
 
 
 def _since(frame: dict[str, Any]) -> Since | None:
@@ -139,7 +129,8 @@ def _since(frame: dict[str, Any]) -> Since | None:
         raise InvalidField("the field 'since' must be a map {epoch, offset}")
     unknown = set(value) - {"epoch", "offset"}
     if unknown:
-        raise InvalidField(f"'since' has unknown fields: {', '.join(sorted(map(str, unknown)))}")
+        names = ", ".join(sorted(fields.quoted(repr(k)) for k in unknown))
+        raise InvalidField(f"'since' has unknown fields: {names}")
     epoch = _string(value, "epoch", MAX_ID_LENGTH)
     if "offset" not in value:
         raise InvalidField("the field 'offset' of 'since' is required")
@@ -156,10 +147,10 @@ def parse_request(frame: Any) -> Request:
         raise BadFrame("a frame needs a string field 't' naming its type")
     allowed = _FIELDS.get(kind)
     if allowed is None:
-        raise UnknownType(f"unknown frame type '{shown(kind)}'")
+        raise UnknownType(f"unknown frame type '{fields.quoted(kind)}'")
     unknown = [k for k in frame if k not in allowed]
     if unknown:
-        names = ", ".join(sorted(repr(k)[:MAX_ID_LENGTH] for k in unknown))
+        names = ", ".join(sorted(fields.quoted(repr(k)) for k in unknown))
         raise InvalidField(f"unknown fields for '{kind}': {names}")
     ident = _string(frame, "id", MAX_ID_LENGTH, required=kind in ("gift", "drop_chest"))
     if kind == "auth":
@@ -168,13 +159,13 @@ def parse_request(frame: Any) -> Request:
             raise InvalidField("the field 'extras' must be true or false")
         return Auth(token=_string(frame, "token", MAX_TOKEN_LENGTH), id=ident, extras=extras)
     if kind == "join":
-        return Join(room=_string(frame, "room", MAX_ID_LENGTH), since=_since(frame), id=ident)
+        return Join(room=_id(frame, "room"), since=_since(frame), id=ident)
     if kind == "leave":
-        return Leave(room=_string(frame, "room", MAX_ID_LENGTH), id=ident)
+        return Leave(room=_id(frame, "room"), id=ident)
     if kind == "gift":
         return SendGift(
             id=ident,
-            room=_string(frame, "room", MAX_ID_LENGTH),
+            room=_id(frame, "room"),
             gift=_string(frame, "gift", MAX_ID_LENGTH),
             count=_integer(frame, "count", 1, MAX_GIFT_COUNT, 1),
         )
@@ -183,13 +174,13 @@ def parse_request(frame: Any) -> Request:
             raise InvalidField("the field 'coins' is required")
         return DropChest(
             id=ident,
-            room=_string(frame, "room", MAX_ID_LENGTH),
+            room=_id(frame, "room"),
             coins=_integer(frame, "coins", 1, MAX_CHEST_COINS, 1),
         )
     if kind == "claim":
         return Claim(
-            room=_string(frame, "room", MAX_ID_LENGTH),
-            chest=_string(frame, "chest", MAX_ID_LENGTH),
+            room=_id(frame, "room"),
+            chest=_id(frame, "chest"),
             id=ident,
         )
     return Ping(id=ident)
