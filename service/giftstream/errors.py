@@ -18,7 +18,8 @@
     ├── PaymentDeclined        payment_declined: the store refused the payment
     ├── BelowMinimum           below_minimum: under the minimum cash-out
     ├── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
-    └── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    ├── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    └── LedgerUnavailable      ledger_unavailable: the ledger of record (PostgreSQL) is unreachable
 
 Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
 """
@@ -48,6 +49,7 @@ class ErrorCode(StrEnum):
     CHEST_CLOSED = "chest_closed"
     NOT_PRESENT = "not_present"
     ALREADY_CLAIMED = "already_claimed"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
     INTERNAL = "internal"
 
 
@@ -74,6 +76,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CHEST_CLOSED: 409,
     ErrorCode.NOT_PRESENT: 403,
     ErrorCode.ALREADY_CLAIMED: 409,
+    ErrorCode.LEDGER_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -160,3 +163,7 @@ class ChestError(GiftstreamError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class LedgerUnavailable(GiftstreamError):
+    code = ErrorCode.LEDGER_UNAVAILABLE
