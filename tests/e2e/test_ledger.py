@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, text
+from giftstream.store.connection import Redis, read_stream, text
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
 from support import (
@@ -88,7 +88,7 @@ async def valkey_entries(redis: Redis) -> set[tuple[str, str]]:
         keys.ROOM_EVENTS_PATTERN,
     ):
         async for key in redis.scan_iter(match=pattern, _type="stream"):
-            for entry_id, _ in await redis.xrange(key):
+            for entry_id, _ in await read_stream(redis, text(key)):
                 found.add((text(key), text(entry_id)))
     return found
 
