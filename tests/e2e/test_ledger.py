@@ -429,3 +429,39 @@ async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothi
                 await wait_archived(redis, db)
             finally:
                 await db.close()
+
+
+async def test_serve_runs_an_embedded_postgresql_in_the_data_dir_that_the_export_reuses(
+    short_tmp: Path,
+) -> None:
+    data = short_tmp / "data"
+    pgdata = data / "postgres"
+    url = f"postgresql://postgres:@/postgres?host={pgdata}"
+    server = ServerProcess(redis_url=None, data_dir=data, env=FAST_ARCHIVE)
+    async with serving(server) as (_, api), store(f"unix://{data / 'valkey.sock'}") as redis:
+        assert (pgdata / "postmaster.pid").exists()
+        done = await traffic(server, api, gifts=3)
+        db = await asyncpg.connect(url)
+        try:
+            await wait_archived(redis, db)
+        finally:
+            await db.close()
+        viewer = await api.wallet(done.viewer)
+    assert not (pgdata / "postmaster.pid").exists(), "serve left its PostgreSQL running"
+    if os.geteuid() == 0:
+        assert data.stat().st_mode & 0o777 == 0o711  # the server's own user can reach its folder
+
+    today = datetime.now(UTC).date()
+    code, out, err = await ledger_cli(
+        "export",
+        "--from",
+        today.isoformat(),
+        "--to",
+        str(today + timedelta(days=1)),
+        "--data-dir",
+        str(data),
+    )
+    assert code == 0, err
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["owner"] == done.viewer.user]
+    assert sum(int(r["coins"]) for r in rows) == viewer["coins"]
+    assert not (pgdata / "postmaster.pid").exists(), "the export left PostgreSQL running"
