@@ -81,6 +81,17 @@ def fresh_database() -> str:
     return url.replace("/postgres?", f"/{name}?", 1)
 
 
+_databases: dict[str, str] = {}
+
+
+def database_for(redis_url: str) -> str:
+    """The ledger database of the deployment on the store at `redis_url`: servers sharing a
+    store share its database (as one deployment does), each store has its own."""
+    if redis_url not in _databases:
+        _databases[redis_url] = fresh_database()
+    return _databases[redis_url]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,8 +112,8 @@ class ServerProcess:
     log_path: Path | None = None
     # `--dev` (enables /v1/dev/*); False runs the server as in production.
     dev: bool = True
-    # The ledger's PostgreSQL. Unset: with a data directory, the embedded one there; without, a
-    # fresh database on the session's PostgreSQL (chosen at the first start).
+    # The ledger's PostgreSQL. Unset: with a data directory, the embedded one there; without, the
+    # store's own database on the session's PostgreSQL (chosen at the first start).
     database_url: str | None = None
 
     @property
@@ -122,8 +133,8 @@ class ServerProcess:
             args += ["--redis-url", self.redis_url]
         if self.data_dir:
             args += ["--data-dir", str(self.data_dir)]
-        if self.database_url is None and self.data_dir is None:
-            self.database_url = fresh_database()
+        if self.database_url is None and self.data_dir is None and self.redis_url:
+            self.database_url = database_for(self.redis_url)
         if self.database_url:
             args += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}

