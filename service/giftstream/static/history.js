@@ -5,10 +5,10 @@ import { api, storedAccount } from "./api.js";
 import { h } from "./ui.js";
 
 const PAGE = 20;
-const REFRESH_MS = 5000;
+const REFRESH_MS = 3000;
 
 const LABELS = {
-  credit: (e) => `+${e.diamonds} 💎 from @${e.from ?? "?"} (${e.gift_coins ?? "?"} coins)`,
+  credit: (e) => `+${e.diamonds} 💎 from a gift of ${e.gift_coins ?? "?"} coins`,
   payout: (e) => `cash-out ${e.diamonds} 💎 → ${e.amount ?? ""} ${e.currency ?? ""}`,
   gift: (e) => `sent ${e.count ?? 1} × ${e.gift ?? "gift"} (${e.coins} coins)`,
   purchase: (e) => `bought +${e.coins} coins`,
@@ -26,10 +26,11 @@ function row(entry) {
   return h("li", { class: `history-${entry.kind}` }, h("small", {}, when), " ", describe(entry));
 }
 
+function token() {
+  return new URLSearchParams(location.search).get("token") ?? storedAccount("host")?.token;
+}
+
 async function start(section) {
-  const params = new URLSearchParams(location.search);
-  const token = params.get("token") ?? storedAccount("host")?.token;
-  if (!token) return;
   const list = section.querySelector("ol");
   const more = section.querySelector("button");
   const empty = section.querySelector("p");
@@ -38,11 +39,12 @@ async function start(section) {
   async function page(cursor) {
     const query = new URLSearchParams({ limit: String(PAGE) });
     if (cursor) query.set("cursor", cursor);
-    const { body } = await api(`/v1/history?${query}`, { token });
+    const { body } = await api(`/v1/history?${query}`, { token: token() });
     return body;
   }
 
   async function refresh() {
+    if (!token()) return; // the page makes its dev account after this module starts
     try {
       const body = await page(null);
       list.replaceChildren(...body.entries.map(row));
