@@ -427,6 +427,8 @@ async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothi
 
             await wait_for(lagging, "the lag metrics to rise")
             assert await metric(api, "giftstream_archive_failures_total") > 0
+            r = await api.http.get("/v1/history", headers=bearer(during.viewer))
+            assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
 
             await asyncio.to_thread(restart_postgres, handles, pgdata)
             db = await asyncpg.connect(handles[-1].get_uri())
@@ -534,3 +536,17 @@ async def test_a_batch_from_an_archiver_whose_lease_lapsed_is_refused_by_the_fen
         finally:
             await first.aclose()
             await second.aclose()
+
+
+async def test_a_server_starts_and_gifting_works_while_postgresql_is_unreachable(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"  # no server listens there
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=nowhere)
+    async with serving(server) as (_, api):
+        done = await traffic(server, api, gifts=3)
+        assert (await api.wallet(done.host))["diamonds"] > 0
+        r = await api.http.get("/v1/history", headers=bearer(done.viewer))
+        assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
+        assert "gifting is not affected" in r.json()["message"]
+        assert await metric(api, "giftstream_archive_failures_total") > 0

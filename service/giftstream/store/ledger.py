@@ -79,7 +79,7 @@ class Ledger:
             if self.pool is None:
                 try:
                     self.pool = await connect_pool(self.url)
-                except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
                     raise LedgerUnreachable(str(e)) from e
             return self.pool
 
