@@ -30,7 +30,7 @@ from giftstream.store.archive import Archiver, Fenced
 from giftstream.store.connection import Redis, load_functions, read_stream, text
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
-from giftstream.store.postgres import use_own_runtime_dir
+from giftstream.store.postgres import migrate, migrations, use_own_runtime_dir
 from support import (
     SHARED_ENV,
     Api,
@@ -550,3 +550,27 @@ async def test_a_server_starts_and_gifting_works_while_postgresql_is_unreachable
         assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
         assert "gifting is not affected" in r.json()["message"]
         assert await metric(api, "giftstream_archive_failures_total") > 0
+
+
+async def test_migrations_started_at_once_from_many_connections_apply_once(database: str) -> None:
+    conns = [await asyncpg.connect(database) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(migrate(c) for c in conns))
+        versions = [v for v, _ in migrations()]
+        assert sorted(v for done in applied for v in done) == versions  # each once, in all
+        rows = await conns[0].fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == versions
+        assert await migrate(conns[0]) == []  # and again: nothing to do
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_two_workers_of_one_server_start_on_a_fresh_database_and_archive(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database, workers=2)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        await traffic(server, api, gifts=4)
+        await wait_archived(redis, db)
+        assert await db.fetchval("SELECT count(*) FROM schema_migrations") == len(migrations())
