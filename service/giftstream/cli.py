@@ -167,6 +167,9 @@ def ledger_command(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"--from/--to: {e}", file=sys.stderr)
             return 2
+        if end <= start:
+            print("--to must come after --from", file=sys.stderr)
+            return 2
         if args.out is None:
             count = asyncio.run(ledger.export(url, start, end, args.format, sys.stdout))
         else:

@@ -352,12 +352,18 @@ async def test_an_export_range_with_no_entries_writes_only_the_header(database: 
     assert out.splitlines() == [",".join(EXPORT_COLUMNS)]
 
 
-async def test_a_bad_export_range_is_refused_with_a_sentence(database: str) -> None:
+async def test_a_bad_export_range_or_day_is_refused_with_a_sentence(database: str) -> None:
     code, _, err = await ledger_cli(
         "export", "--from", "yesterday", "--to", "2001-01-02", "--database-url", database
     )
     assert code == 2
     assert "not an ISO date" in err
+    code, _, err = await ledger_cli(
+        "export", "--from", "2001-01-02", "--to", "2001-01-01", "--database-url", database
+    )
+    assert (code, err.strip()) == (2, "--to must come after --from")
+    code, _, err = await ledger_cli("summary", "--day", "monday", "--database-url", database)
+    assert (code, err.strip()) == (2, "--day must be YYYY-MM-DD, not 'monday'")
 
 
 def _gone(pid: int) -> bool:
