@@ -30,7 +30,7 @@ from giftstream import metrics
 from giftstream.settings import Settings
 from giftstream.store import keys
 from giftstream.store.connection import Redis, StreamEntries, fcall, text
-from giftstream.store.postgres import connect_pool
+from giftstream.store.postgres import close_pool, connect_pool
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class Archiver:
             except Exception as e:
                 log.warning("could not release the archive lease: %r", e)
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
 
     async def connected(self) -> asyncpg.Pool:
         if self.pool is None:

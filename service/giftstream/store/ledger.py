@@ -14,7 +14,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from giftstream.errors import InvalidField
-from giftstream.store.postgres import connect_pool, migrate
+from giftstream.store.postgres import close_pool, connect_pool, migrate
 
 # The columns of an exported statement, in order.
 EXPORT_COLUMNS = (
@@ -85,7 +85,7 @@ class Ledger:
 
     async def aclose(self) -> None:
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
 
     async def history(
         self, streams: list[str], cursor: str | None, limit: int

@@ -6,6 +6,7 @@ a system user of its own (`embedded_postgres`), which must be able to traverse t
 directory to reach its own folder: the data directory is then made 0711 (docs/security.md).
 """
 
+import asyncio
 import contextlib
 import os
 import stat
@@ -22,6 +23,9 @@ POSTGRES_DIR = "postgres"
 MIGRATION_LOCK = 0x67_73_6D_69  # 'gsmi'
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
+# A pool closes gracefully within this, or its connections are cut (a stopping worker must not
+# wait on an unreachable PostgreSQL).
+CLOSE_TIMEOUT_S = 5.0
 
 
 def use_own_runtime_dir() -> None:
@@ -104,3 +108,10 @@ async def connect_pool(url: str, max_size: int = 4) -> asyncpg.Pool:
         await pool.close()
         raise
     return pool
+
+
+async def close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        pool.terminate()
