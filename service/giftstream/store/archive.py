@@ -17,7 +17,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -256,6 +256,10 @@ class Archiver:
         self.cursors: dict[str, Cursor] = {}
         self.streams: set[str] = set()
         self.scanned_at = -math.inf
+        # Per stream, as last read: its length, and its last id and entries added (XINFO).
+        self.lengths: dict[str, int] = {}
+        self.heads: dict[str, tuple[tuple[int, int], int]] = {}
+        self.swept_at = -math.inf
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -348,23 +352,45 @@ class Archiver:
         return True
 
     async def pending(self) -> dict[str, int]:
-        """Stream -> entries added and not yet copied, for the streams with any."""
-        out: dict[str, int] = {}
+        """Stream -> entries added and not yet copied, for the streams with any. XLEN (an integer
+        each) tells which streams changed; only those, the ones still behind, and every stream
+        once per scan interval (a trimmed stream's length may not change) get an XINFO."""
         streams = sorted(self.streams)
+        lengths = await self._each(streams, lambda pipe, key: pipe.xlen(key))
+        sweep = time.monotonic() - self.swept_at >= self.settings.archive_scan_interval_s
+        ask = [
+            key
+            for key, length in zip(streams, lengths, strict=True)
+            if sweep or length != self.lengths.get(key) or self._behind(key)
+        ]
+        infos = await self._each(ask, lambda pipe, key: pipe.xinfo_stream(key))
+        if sweep:
+            self.swept_at = time.monotonic()
+        self.lengths.update(zip(streams, lengths, strict=True))
+        for key, info in zip(ask, infos, strict=True):
+            if isinstance(info, Exception):
+                continue  # gone (deleted); nothing to copy
+            self.heads[key] = (split_id(info["last-generated-id"]), int(info["entries-added"]))
+        return {
+            key: max(1, added - self._cursor(key).entries)
+            for key, (_, added) in self.heads.items()
+            if self._behind(key)
+        }
+
+    def _behind(self, key: str) -> bool:
+        """The stream's last entry, as last seen, is past its cursor."""
+        head = self.heads.get(key)
+        return head is not None and head[0] > self._position(key)
+
+    async def _each(self, streams: list[str], command: Callable[[Any, str], object]) -> list[Any]:
+        """One command per stream, pipelined; a failed command's reply is its exception."""
+        replies: list[Any] = []
         for i in range(0, len(streams), PIPELINE_STREAMS):
-            chunk = streams[i : i + PIPELINE_STREAMS]
             pipe = self.redis.pipeline(transaction=False)
-            for key in chunk:
-                pipe.xinfo_stream(key)
-            replies = await pipe.execute(raise_on_error=False)
-            for key, info in zip(chunk, replies, strict=True):
-                if isinstance(info, Exception):
-                    continue  # gone (deleted); nothing to copy
-                cursor = self.cursors.get(key, Cursor())
-                last = split_id(info["last-generated-id"])
-                if last > (cursor.ms, cursor.seq):
-                    out[key] = max(1, int(info["entries-added"]) - cursor.entries)
-        return out
+            for key in streams[i : i + PIPELINE_STREAMS]:
+                command(pipe, key)
+            replies += await pipe.execute(raise_on_error=False)
+        return replies
 
     async def read(self) -> tuple[Batch, bool]:
         """The next batch: the entries after each stream's cursor, oldest cursors first, up to
