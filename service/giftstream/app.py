@@ -18,7 +18,7 @@ from giftstream import metrics
 from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
-from giftstream.http import admin, core, money
+from giftstream.http import admin, core, history, money
 from giftstream.http.common import Handler, handles_errors
 from giftstream.payments import no_provider_verdict, simulated_verdict
 from giftstream.realtime.hub import Hub
@@ -32,7 +32,9 @@ from giftstream.realtime.session import (
 )
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
+from giftstream.store.archive import Archiver
 from giftstream.store.connection import connect, load_functions, shared_secret
+from giftstream.store.ledger import Ledger, LedgerUnreachable
 from giftstream.store.relay import relay_if_leader
 from giftstream.wallet import Wallet
 from giftstream.wire.codec import negotiate
@@ -144,6 +146,7 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         post("/v1/videos", money.create_video),
         post("/v1/videos/{video}/gifts", money.gift_video),
         get("/v1/earnings", money.get_earnings),
+        get("/v1/history", history.history),
         get("/v1/payouts", money.list_payouts),
         post("/v1/payouts", money.create_payout),
         get("/v1/admin/users/{user}", admin.inspect_user),
@@ -160,6 +163,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if not settings.redis_url:
         raise RuntimeError("create_app needs a Redis URL; `giftstream serve` provides one")
     redis_url = settings.redis_url
+    if not settings.database_url:
+        raise RuntimeError("create_app needs a database URL; `giftstream serve` provides one")
+    database_url = settings.database_url
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -181,16 +187,28 @@ def create_app(settings: Settings | None = None) -> Starlette:
             gifting=Gifting(redis, catalog, economy, settings),
             wallet=Wallet(redis, economy, catalog.rate, verdict),
             limits=ConnectionLimits(settings),
+            ledger=Ledger(database_url),
         )
+        try:
+            await runtime.ledger.connected()  # applies the migrations
+        except LedgerUnreachable as e:
+            log.warning("PostgreSQL unreachable at start (gifting goes on; retrying): %s", e)
         app.state.runtime = runtime
         tune_gc()
         relay = asyncio.create_task(_relay_forever(runtime), name="relay")
+        archiver = Archiver(redis, database_url, settings)
+        archiving = asyncio.create_task(archiver.run(), name="archiver")
         try:
             yield
         finally:
             relay.cancel()
+            archiving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
+            with contextlib.suppress(asyncio.CancelledError):
+                await archiving
+            await archiver.aclose()
+            await runtime.ledger.aclose()
             await hub.stop()
             await runtime.gifting.aclose()
             await redis.aclose()

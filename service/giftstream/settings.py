@@ -103,6 +103,21 @@ class Settings:
     catalog_path: Path | None = None
     # Prices, regions, promotions, cash-out and rewards; unset: the bundled data/economy.toml.
     economy_path: Path | None = None
+    # The ledger of record (PostgreSQL). Unset: an embedded PostgreSQL in `data_dir`/postgres.
+    database_url: str | None = None
+    # The archiver copies new ledger entries and room events to PostgreSQL every this often, at
+    # most this many rows per transaction, and looks for new streams every scan interval.
+    archive_interval_s: float = 1.0
+    archive_batch_rows: int = 2000
+    archive_scan_interval_s: float = 5.0
+    # The active archiver's lease in Valkey: another worker takes over once it lapses.
+    archive_lease_ms: int = 5000
+    # Longest wait between the archiver's retries while PostgreSQL is unreachable (below the
+    # lease, which it renews between retries).
+    archive_backoff_max_s: float = 2.0
+    # Entries per page of GET /v1/history: the default, and the most a client may ask for.
+    history_page_size: int = 50
+    history_page_max: int = 200
     # Testing only: named faults to inject, e.g. "crash_after_debit".
     faults: frozenset[str] = field(default_factory=frozenset)
 

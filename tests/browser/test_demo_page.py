@@ -639,3 +639,20 @@ async def test_the_module_backoff_is_full_jitter_under_a_bounded_ceiling(
     assert result["ceilings"] == ceilings
     assert result["floors"] == [0] * 12
     assert all(0 <= d <= c for d, c in zip(result["drawn"], ceilings, strict=True))
+
+
+async def test_the_host_studio_shows_the_earnings_history_from_the_ledger(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    room = await go_live(page)
+    fan = await named_user(page_api.http, "Lea", coins=1_000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        await client.send_gift(room, "rose", 3)
+        await client.send_gift(room, "finger_heart", 1)
+    # Archived to PostgreSQL, then read back by the page: newest first.
+    rows = page.locator("#earnings-history li")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text("+5 💎 from a gift of 5 coins")
+    await expect(rows.last).to_contain_text("+3 💎 from a gift of 3 coins")

@@ -408,7 +408,7 @@ def test_grace_periods_cover_the_prestop_pause_and_the_servers_graceful_shutdown
     run: dict[str, Any] = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: run.update(kw))
     monkeypatch.setattr(signal, "signal", lambda *a: None)
-    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", database_url="postgresql:///unused")
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)  # serve() exports them; restored after the test
     cli.serve(settings, "warning")

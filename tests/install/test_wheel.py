@@ -22,7 +22,7 @@ from support import free_port
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "giftstream"
 # Files the service reads at run time, beside its modules.
-RESOURCES = ("store/functions", "static", "data")
+RESOURCES = ("store/functions", "store/migrations", "static", "data")
 BUILD_TIMEOUT_S = 300
 DEMO_READY_S = 90.0
 pytestmark = pytest.mark.timeout(600)
@@ -150,11 +150,20 @@ def gifts_acked(metrics: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def rows_archived(metrics: str) -> float:
+    match = re.search(
+        r'^giftstream_archived_rows_total\{table="ledger_entries"\} (\S+)$', metrics, re.M
+    )
+    return float(match.group(1)) if match else 0.0
+
+
 def test_the_demo_runs_from_the_installed_wheel(demo: str) -> None:
     rooms = eventually_json(demo + "/v1/rooms", lambda rooms: any(r["live"] for r in rooms))
     assert isinstance(rooms, list)
     # Bots gifting means the Lua functions were found and loaded from the wheel.
     eventually_json(demo + "/metrics", lambda text: gifts_acked(text) > 0)
+    # Rows archived means the embedded PostgreSQL started and the migrations came with the wheel.
+    eventually_json(demo + "/metrics", lambda text: rows_archived(text) > 0)
     page = httpx.get(demo + "/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     for script in re.findall(r'src="/static/([^"]+)"', page.text):

@@ -27,7 +27,14 @@ CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 # loosely, so the store casts them once, to these, where it reads them.
 HashReply = dict[bytes, bytes]
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
-FUNCTION_FILES = ("wallet.lua", "gifts.lua", "rooms.lua", "earnings.lua", "chests.lua")
+FUNCTION_FILES = (
+    "wallet.lua",
+    "gifts.lua",
+    "rooms.lua",
+    "earnings.lua",
+    "chests.lua",
+    "archive.lua",
+)
 COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
 

@@ -168,3 +168,12 @@ def room_channel(room_id: str) -> str:
 
 def room_from_key(key: str) -> str:
     return key[len(PREFIX) + 4 : key.index("}")]
+
+
+# The archiver's lease ('token fence', expiring) and its fencing counter, in one slot.
+ARCHIVE_LEASE = f"{PREFIX}:{{archive}}:lease"
+ARCHIVE_FENCE = f"{PREFIX}:{{archive}}:fence"
+# The streams the archiver copies to PostgreSQL.
+USER_LEDGER_PATTERN = f"{PREFIX}:{{u:*}}:ledger"
+ROOM_LEDGER_PATTERN = f"{PREFIX}:{{r:*}}:ledger"
+ROOM_EVENTS_PATTERN = f"{PREFIX}:{{r:*}}:events"

