@@ -173,7 +173,7 @@ class Session:
         try:
             request = parse_request(decoded)
             if isinstance(request, SendGift):
-                self._start_gift(request)
+                await self._start_gift(request)
             else:
                 await self._dispatch(request)
         except GiftstreamError as e:
@@ -364,25 +364,34 @@ class Session:
 
     # -- gifts -------------------------------------------------------------------------------
 
-    def _start_gift(self, request: SendGift) -> None:
+    async def _start_gift(self, request: SendGift) -> None:
+        # Back-pressure: while the window of gifts in flight is full the next frame is not
+        # read, so a client that pipelines beyond it waits in its own socket (TCP flow
+        # control), not in this worker's memory.
+        await self._gift_slots.acquire()
         task = asyncio.create_task(self._gift(request))
         self._gift_tasks.add(task)
         task.add_done_callback(self._gift_tasks.discard)
 
     async def _gift(self, request: SendGift) -> None:
+        try:
+            await self._answer_gift(request)
+        finally:
+            self._gift_slots.release()
+
+    async def _answer_gift(self, request: SendGift) -> None:
         started = time.perf_counter()
-        async with self._gift_slots:
-            try:
-                ack = await self._send_gift(request)
-            except GiftstreamError as e:
-                metrics.GIFTS.labels(e.code.value).inc()
-                self.send_error(e, request.id)
-                return
-            except Exception:
-                log.exception("gift failed")
-                metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
-                self.send_error(GiftstreamError("the gift could not be completed"), request.id)
-                return
+        try:
+            ack = await self._send_gift(request)
+        except GiftstreamError as e:
+            metrics.GIFTS.labels(e.code.value).inc()
+            self.send_error(e, request.id)
+            return
+        except Exception:
+            log.exception("gift failed")
+            metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
+            self.send_error(GiftstreamError("the gift could not be completed"), request.id)
+            return
         metrics.GIFTS.labels("ok").inc()
         metrics.GIFT_SECONDS.observe(time.perf_counter() - started)
         self.send({"t": "ack", "id": ack.id, "event": ack.event, "coins": ack.coins})
