@@ -59,6 +59,12 @@ class Settings:
     max_connections_per_ip: int = 200
     connection_attempts_per_ip_per_s: float = 50.0
     max_rooms_per_connection: int = 20
+    # A WebSocket that has not authenticated this long after it opened is closed (1008).
+    auth_timeout_s: float = 5.0
+    # The server pings every connection this often; one whose pong has not come this long
+    # after the ping is closed (1011). A viewer that only watches still answers pings.
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
     # Addresses the per-address limits do not apply to (loopback: local tools and tests; a
     # deployment behind a proxy should pass the client's address with proxy headers). "none"
     # trusts no address.

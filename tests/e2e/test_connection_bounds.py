@@ -8,6 +8,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import SHARED_ENV, Api, Client, ServerProcess, running
@@ -80,3 +85,105 @@ async def test_200000_gift_frames_on_one_connection_leave_server_memory_bounded(
         await api.aclose()
     print(f"server RSS {before:.0f} -> {after:.0f} MB over {FLOOD_GIFTS} gift frames")
     assert after - before < FLOOD_RSS_BOUND_MB
+
+
+# -- deadlines -------------------------------------------------------------------------------
+
+AUTH_TIMEOUT_S = 1.0
+PING_INTERVAL_S = 0.5
+PING_TIMEOUT_S = 0.5
+# How long after its deadline a connection must be seen closed: a loaded machine is slow.
+CLOSE_WITHIN_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def deadline_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    env = {
+        **SHARED_ENV,
+        "GIFTSTREAM_AUTH_TIMEOUT_S": str(AUTH_TIMEOUT_S),
+        "GIFTSTREAM_WS_PING_INTERVAL_S": str(PING_INTERVAL_S),
+        "GIFTSTREAM_WS_PING_TIMEOUT_S": str(PING_TIMEOUT_S),
+    }
+    with running(ServerProcess(valkey.url, env=env)) as s:
+        yield s
+
+
+async def close_code_of(client: Client, within_s: float) -> int | None:
+    """The code the server closes `client` with (its frames before are discarded)."""
+    try:
+        async with asyncio.timeout(within_s):
+            while True:
+                await client.ws.recv()
+    except ConnectionClosed as e:
+        return e.rcvd.code if e.rcvd is not None else None
+
+
+async def test_a_websocket_that_does_not_authenticate_in_time_is_closed_with_1008(
+    deadline_server: ServerProcess,
+) -> None:
+    api = Api(deadline_server.base_url)
+    try:
+        user = await api.user()
+        silent = await Client.open(deadline_server.ws_url)
+        authenticated = await Client.open(deadline_server.ws_url)
+        try:
+            await authenticated.auth(user)
+            assert await close_code_of(silent, AUTH_TIMEOUT_S + CLOSE_WITHIN_S) == 1008
+            assert "authenticate within" in (silent.ws.close_reason or "")
+            # Opened at the same time, past the same deadline: authenticated, it stays open.
+            pong = await authenticated.request({"t": "ping", "id": "still"}, "pong")
+            assert pong["t"] == "pong"
+        finally:
+            await silent.close()
+            await authenticated.close()
+    finally:
+        await api.aclose()
+
+
+async def test_a_connection_that_does_not_answer_pings_is_closed_and_one_that_only_watches_is_not(
+    deadline_server: ServerProcess,
+) -> None:
+    api = Api(deadline_server.base_url)
+    try:
+        user = await api.user()
+        watcher = await Client.open(deadline_server.ws_url)  # answers pings, sends nothing
+        try:
+            await watcher.auth(user)
+            code, pings = await mute_connection(deadline_server, user.token)
+            assert pings >= 1
+            assert code == 1011
+            pong = await watcher.request({"t": "ping", "id": "alive"}, "pong")
+            assert pong["t"] == "pong"
+        finally:
+            await watcher.close()
+    finally:
+        await api.aclose()
+
+
+async def mute_connection(server: ServerProcess, token: str) -> tuple[int | None, int]:
+    """A connection that authenticates, then reads everything and never writes again (no
+    pongs): the server's close code and how many pings it got until the server closed it."""
+    protocol = ClientProtocol(parse_uri(server.ws_url))
+    protocol.send_request(protocol.connect())
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"".join(protocol.data_to_send()))
+        pings = 0
+        code: int | None = None
+        authenticated = False
+        async with asyncio.timeout(PING_INTERVAL_S + PING_TIMEOUT_S + CLOSE_WITHIN_S):
+            while data := await reader.read(65536):
+                protocol.receive_data(data)
+                for event in protocol.events_received():
+                    if isinstance(event, Response) and not authenticated:
+                        authenticated = True
+                        protocol.send_binary(msgpack.packb({"t": "auth", "token": token}))
+                        writer.write(b"".join(protocol.data_to_send()))
+                    elif isinstance(event, Frame) and event.opcode is Opcode.PING:
+                        pings += 1
+                    elif isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                        code = Close.parse(event.data).code
+                protocol.data_to_send()  # the pongs the protocol would send: never sent
+        return code, pings
+    finally:
+        writer.close()

@@ -98,9 +98,13 @@ class Session:
 
     async def run(self) -> None:
         metrics.CONNECTIONS.inc()
+        auth_deadline = asyncio.get_running_loop().call_later(
+            self.settings.auth_timeout_s, self._on_auth_deadline
+        )
         try:
             await self._read_forever()
         finally:
+            auth_deadline.cancel()
             # Gifts already taken are finished, not cut in half (their ack may find the socket
             # gone; a retry of the same id gets it then), within a bound.
             if self._gift_tasks:
@@ -136,6 +140,16 @@ class Session:
         metrics.CLOSES.labels(str(code)).inc()
         self._close = (code, reason[:120])
         self.outbound.close()
+
+    def _on_auth_deadline(self) -> None:
+        if self.sender is not None or self._close is not None:
+            return
+        metrics.LIMITED.labels("auth_timeout").inc()
+        self._close_with(
+            CLOSE_POLICY, f"authenticate within {self.settings.auth_timeout_s:g} s of connecting"
+        )
+        # The read loop waits for a frame: the close wakes it (as a disconnect).
+        self._closing = asyncio.create_task(self._send_close())
 
     def _on_overflow(self) -> None:
         """A lossless frame did not fit: close now (the close frame follows what the socket
