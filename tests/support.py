@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 import giftstream.client
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
+from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
 READY_TIMEOUT_S = 30.0
@@ -382,3 +383,10 @@ async def store(url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+def crash(valkey: EmbeddedValkey) -> None:
+    """kill -9 the Valkey process (and release its pipe, as stop() would)."""
+    valkey.kill()
+    if valkey.process is not None and valkey.process.stderr is not None:
+        valkey.process.stderr.close()

@@ -18,7 +18,9 @@
     ├── PaymentDeclined        payment_declined: the store refused the payment
     ├── BelowMinimum           below_minimum: under the minimum cash-out
     ├── InsufficientDiamonds   insufficient_diamonds: a cash-out above the host's diamonds
-    └── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    ├── ChestError             chest_not_open | chest_closed | not_present | already_claimed
+    └── Unavailable            unavailable (retry): the store failed mid-request, so the outcome
+                               is unknown; the same request re-sent (same id) learns it
 
 Errors become `error` frames or HTTP bodies only at the edge (app.py, realtime/connection.py).
 """
@@ -49,6 +51,7 @@ class ErrorCode(StrEnum):
     NOT_PRESENT = "not_present"
     ALREADY_CLAIMED = "already_claimed"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
 
 
 # The HTTP status that carries each code in an HTTP error body.
@@ -75,11 +78,14 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_PRESENT: 403,
     ErrorCode.ALREADY_CLAIMED: 409,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 
 class GiftstreamError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
+    # Whether the same request, re-sent as it was, may get another answer (`retry: true`).
+    retry: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -160,3 +166,10 @@ class ChestError(GiftstreamError):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Unavailable(GiftstreamError):
+    """The store failed while the request ran: it may or may not have taken effect."""
+
+    code = ErrorCode.UNAVAILABLE
+    retry = True

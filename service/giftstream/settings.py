@@ -93,7 +93,7 @@ class Settings:
     catalog_path: Path | None = None
     # Prices, regions, promotions, cash-out and rewards; unset: the bundled data/economy.toml.
     economy_path: Path | None = None
-    # Testing only: named faults to inject, e.g. "crash_after_debit".
+    # Testing only: named faults to inject: "crash_after_debit", "lose_debit_reply".
     faults: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod

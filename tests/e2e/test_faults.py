@@ -3,9 +3,9 @@ killed mid-storm, the store killed and restarted (AOF `always`, then `everysec`)
 never read, and a silent loss of the pub/sub connection.
 
 The gifting clients behave as a correct client must: they match acks by `id`, and on a lost
-connection or a retryable answer (`internal`, `rate_limited`) they reconnect and re-send every
-gift not yet acked, with the same `id`. Afterwards the store is checked: no acked gift is lost,
-none is charged twice, and `giftstream audit` is clean.
+connection or a retryable answer (`unavailable`, `internal`, `rate_limited`) they reconnect and
+re-send every gift not yet acked, with the same `id`. Afterwards the store is checked: no acked
+gift is lost, none is charged twice, and `giftstream audit` is clean.
 
 Each test writes its figures to a JSON file in its tmp dir and prints one line (`pytest -s`).
 """
@@ -36,7 +36,7 @@ from giftstream.store import keys
 from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User, serving, store
+from support import Api, Client, Frame, ServerProcess, User, crash, serving, store
 
 SEED = 4_242
 GIFT, PRICE = "confetti", 100  # not streakable: one frame per gift, never merged
@@ -49,7 +49,7 @@ STORM_ENV = {
     "GIFTSTREAM_RELAY_GRACE_MS": "500",
     "GIFTSTREAM_RELAY_INTERVAL_S": "0.2",
 }
-RETRYABLE = frozenset({"internal", "rate_limited"})
+RETRYABLE = frozenset({"unavailable", "internal", "rate_limited"})
 RECV_S = 15.0
 STORM_S = 90.0
 READY_S = 30.0
@@ -97,13 +97,6 @@ def own_valkey(data_dir: Path, aof_fsync: str) -> Iterator[EmbeddedValkey]:
         valkey.stop()
         if valkey.process is not None and valkey.process.poll() is None:
             valkey.kill()
-
-
-def crash(valkey: EmbeddedValkey) -> None:
-    """kill -9 the Valkey process (and release its pipe, as stop() would)."""
-    valkey.kill()
-    if valkey.process is not None and valkey.process.stderr is not None:
-        valkey.process.stderr.close()
 
 
 async def audit(url: str) -> tuple[int, str]:

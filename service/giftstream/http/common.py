@@ -8,10 +8,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from giftstream import metrics, tokens
-from giftstream.errors import HTTP_STATUS, GiftstreamError, InvalidField, Unauthenticated
+from giftstream.errors import (
+    HTTP_STATUS,
+    GiftstreamError,
+    InvalidField,
+    Unauthenticated,
+    Unavailable,
+)
 from giftstream.runtime import Runtime
 from giftstream.store import accounts
 from giftstream.store.accounts import Account
+from giftstream.store.connection import STORE_UNAVAILABLE
 from giftstream.wire.requests import MAX_ID_LENGTH
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -24,9 +31,10 @@ def runtime_of(request: Request) -> Runtime:
 
 def error_response(error: GiftstreamError) -> JSONResponse:
     metrics.ERRORS.labels(error.code.value).inc()
-    return JSONResponse(
-        {"code": error.code.value, "message": error.message}, status_code=HTTP_STATUS[error.code]
-    )
+    body: dict[str, Any] = {"code": error.code.value, "message": error.message}
+    if error.retry:
+        body["retry"] = True
+    return JSONResponse(body, status_code=HTTP_STATUS[error.code])
 
 
 def handles_errors(endpoint: Handler) -> Handler:
@@ -35,6 +43,13 @@ def handles_errors(endpoint: Handler) -> Handler:
             return await endpoint(request)
         except GiftstreamError as e:
             return error_response(e)
+        except STORE_UNAVAILABLE:
+            return error_response(
+                Unavailable(
+                    "the store failed while handling this request, which may or may not have"
+                    " taken effect: send it again (same receipt or id) to learn the outcome"
+                )
+            )
 
     return wrapped
 

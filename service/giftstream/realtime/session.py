@@ -21,6 +21,7 @@ from giftstream.errors import (
     RateLimited,
     RoomNotLive,
     Unauthenticated,
+    Unavailable,
 )
 from giftstream.gifting import Gifting, Sender
 from giftstream.realtime.frames import single
@@ -30,7 +31,7 @@ from giftstream.realtime.member import Member
 from giftstream.realtime.outbound import Outbound, Transport
 from giftstream.settings import Settings
 from giftstream.store import accounts, chests, rooms
-from giftstream.store.connection import Redis
+from giftstream.store.connection import STORE_UNAVAILABLE, Redis
 from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
 from giftstream.wire.requests import (
     Auth,
@@ -59,6 +60,10 @@ MAX_GIFTS_IN_FLIGHT = 64
 GIFT_DRAIN_S = 10.0
 # How long a slow consumer has to take the close frame before its connection is dropped.
 SLOW_CONSUMER_ABORT_S = 10.0
+UNAVAILABLE_MESSAGE = (
+    "the store failed while handling this request, which may or may not have taken effect:"
+    " re-send the same id to learn the outcome"
+)
 
 
 class Session:
@@ -178,6 +183,8 @@ class Session:
         frame: dict[str, Any] = {"t": "error", "code": error.code.value, "message": error.message}
         if rid is not None:
             frame["id"] = rid
+        if error.retry:
+            frame["retry"] = True
         self.send(frame)
 
     # -- requests ----------------------------------------------------------------------------
@@ -192,6 +199,9 @@ class Session:
                 await self._dispatch(request)
         except GiftstreamError as e:
             self.send_error(e, rid)
+        except STORE_UNAVAILABLE as e:
+            log.warning("request failed, the store being unavailable: %r", e)
+            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), rid)
         except Exception:
             log.exception("request failed")
             self.send_error(GiftstreamError("the server failed to handle this request"), rid)
@@ -400,6 +410,13 @@ class Session:
         except GiftstreamError as e:
             metrics.GIFTS.labels(e.code.value).inc()
             self.send_error(e, request.id)
+            return
+        except STORE_UNAVAILABLE as e:
+            # The debit may have run (and its credit by the relay later): only a retry of the
+            # same id can tell the client which, never a guess of ours.
+            log.warning("gift %s failed, the store being unavailable: %r", request.id, e)
+            metrics.GIFTS.labels(ErrorCode.UNAVAILABLE.value).inc()
+            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), request.id)
             return
         except Exception:
             log.exception("gift failed")
