@@ -8,6 +8,7 @@ subject is the wire itself (exact frames, fields, error codes, batches, extensio
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -390,3 +391,10 @@ def crash(valkey: EmbeddedValkey) -> None:
     valkey.kill()
     if valkey.process is not None and valkey.process.stderr is not None:
         valkey.process.stderr.close()
+
+
+async def metric(api: Api, name: str) -> float:
+    """A sample of the server's /metrics (0 when absent)."""
+    text = (await api.http.get("/metrics")).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

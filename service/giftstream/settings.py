@@ -29,8 +29,14 @@ class Settings:
     # Largest WebSocket frame accepted; a larger one closes the connection with 1009.
     max_frame_bytes: int = 64 * 1024
     # Bytes a connection may have queued for sending before lossy frames are dropped and,
-    # for a lossless frame that cannot fit, the connection is closed as a slow consumer.
-    send_queue_bytes: int = 1024 * 1024
+    # for a lossless frame that cannot fit, the connection is closed as a slow consumer. The
+    # kernel's send buffer of the socket counts towards it.
+    send_queue_bytes: int = 256 * 1024
+    # Each socket's send buffer (SO_SNDBUF), fixed: the kernel holds up to twice this for it.
+    socket_send_buffer_bytes: int = 32 * 1024
+    # A connection that stays behind (its queue full, frames dropped) this long is closed as a
+    # slow consumer (1008): it resumes from its last offset when it reads again.
+    slow_reader_timeout_s: float = 30.0
     # A streak continues while taps of the same gift come within this time of each other.
     streak_timeout_ms: int = 3000
     # Lossy room frames (streak updates, viewer counts, leaderboards) are merged per room and

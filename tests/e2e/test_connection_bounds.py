@@ -3,6 +3,8 @@ than its window of gifts in flight, its send queue, and a few seconds of waiting
 
 import asyncio
 import contextlib
+import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import SHARED_ENV, Api, Client, ServerProcess, running
+from support import SHARED_ENV, Api, Client, ServerProcess, User, metric, raw_connected, running
 
 # 200,000 gift frames pipelined on one connection grew the server by 318 MB when every frame
 # became a task at once (issue 15). Read only as the window frees, they cost the window's
@@ -34,7 +36,10 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def own_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
-    with running(ServerProcess(valkey.url, env=SHARED_ENV)) as s:
+    # A flood's frames wait in the sockets, and so does a pong behind them: on a loaded machine
+    # that can take longer than a keepalive allows, which is not what this server is for.
+    env = {**SHARED_ENV, "GIFTSTREAM_WS_PING_INTERVAL_S": "600"}
+    with running(ServerProcess(valkey.url, env=env)) as s:
         yield s
 
 
@@ -71,7 +76,7 @@ async def test_200000_gift_frames_on_one_connection_leave_server_memory_bounded(
     api = Api(own_server.base_url)
     try:
         user = await api.user(coins=0)
-        client = await Client.open(own_server.ws_url)
+        client = await Client.open(own_server.ws_url, ping_interval=None)
         try:
             await client.auth(user)
             # A first flood warms the worker's pools, so that the figure after is the flood's.
@@ -187,3 +192,139 @@ async def mute_connection(server: ServerProcess, token: str) -> tuple[int | None
         return code, pings
     finally:
         writer.close()
+
+
+# -- viewers that never read -----------------------------------------------------------------
+
+SILENT_VIEWERS = 2_000
+# Small, so that the viewers fill their queues after a few hundred gifts: the figures scale.
+SILENT_QUEUE_BYTES = 64 * 1024
+SILENT_SNDBUF = 8 * 1024
+# The server's growth while every viewer's queue is full: what their queues may hold, and what
+# a worker allocates besides for a storm (frames in flight, pools).
+SILENT_RSS_SLACK_MB = 60
+SILENT_GIFTS = 600
+GIFTERS = 4
+GIFTS_IN_FLIGHT = 16
+# 64 four-byte characters: bigger frames, so that fewer gifts fill a queue.
+BIG_NAME = "\U0001f339" * 64
+
+
+@pytest.fixture(scope="module")
+def silent_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    env = {
+        **SHARED_ENV,
+        "GIFTSTREAM_SEND_QUEUE_BYTES": str(SILENT_QUEUE_BYTES),
+        "GIFTSTREAM_SOCKET_SEND_BUFFER_BYTES": str(SILENT_SNDBUF),
+        "GIFTSTREAM_MAX_CONNECTIONS_PER_USER": str(SILENT_VIEWERS),
+        # Neither closed nor pinged away while the test measures them.
+        "GIFTSTREAM_SLOW_READER_TIMEOUT_S": "600",
+        "GIFTSTREAM_WS_PING_INTERVAL_S": "600",
+    }
+    with running(ServerProcess(valkey.url, env=env)) as s:
+        yield s
+
+
+async def silent_viewer(server: ServerProcess, token: str, room: str) -> asyncio.StreamWriter:
+    """A viewer that joins `room` and then never reads; its socket's receive buffer is small, so
+    that what the server sends it stays on the server's side."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    protocol = ClientProtocol(parse_uri(server.ws_url))
+    protocol.send_request(protocol.connect())
+    writer.write(b"".join(protocol.data_to_send()))
+    answered: set[str] = set()
+    while "joined" not in answered:
+        data = await asyncio.wait_for(reader.read(65536), 30)
+        assert data, "the server closed a viewer before it joined"
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Response):
+                for frame in ({"t": "auth", "token": token}, {"t": "join", "room": room}):
+                    protocol.send_binary(msgpack.packb(frame))
+                writer.write(b"".join(protocol.data_to_send()))
+            elif isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                answered.add(msgpack.unpackb(event.data, raw=False)["t"])
+    return writer
+
+
+async def gift_storm(server: ServerProcess, gifter: User, room: str, gifts: int, tag: str) -> int:
+    """`gifts` gifts, `GIFTS_IN_FLIGHT` at a time; how many were acked."""
+    acked = 0
+    async with raw_connected(server, gifter) as ws:
+        await ws.join(room)
+        for start in range(0, gifts, GIFTS_IN_FLIGHT):
+            ids = [f"{tag}-{n}" for n in range(start, min(start + GIFTS_IN_FLIGHT, gifts))]
+            for rid in ids:
+                await ws.send_gift(room, "confetti", rid)
+            waiting = set(ids)
+            while waiting:
+                frame = await ws.recv(30)
+                if frame["t"] in ("ack", "error") and frame.get("id") in waiting:
+                    waiting.discard(frame["id"])
+                    acked += frame["t"] == "ack"
+    return acked
+
+
+async def test_2000_viewers_that_never_read_hold_no_more_than_their_queues(
+    silent_server: ServerProcess,
+) -> None:
+    assert silent_server.process is not None
+    pid = silent_server.process.pid
+    api = Api(silent_server.base_url)
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        host = await api.user(role="host")
+        room = await api.open_room(host)
+        viewer = await api.user()
+        for _ in range(0, SILENT_VIEWERS, 100):
+            writers += await asyncio.gather(
+                *(silent_viewer(silent_server, viewer.token, room) for _ in range(100))
+            )
+        gifters = []
+        for _ in range(GIFTERS):
+            r = await api.http.post(
+                "/v1/dev/users", json={"name": BIG_NAME, "region": "US", "coins": 10_000_000}
+            )
+            gifters.append(User(r.json()["user"], r.json()["token"]))
+        dropped_before = await metric(api, "giftstream_frames_dropped_total")
+        before = rss_mb(pid)
+        per_gifter = SILENT_GIFTS // GIFTERS
+        acked = await asyncio.gather(
+            *(
+                gift_storm(silent_server, g, room, per_gifter, f"s{i}")
+                for i, g in enumerate(gifters)
+            )
+        )
+        after = rss_mb(pid)
+        dropped = await metric(api, "giftstream_frames_dropped_total") - dropped_before
+        sndbufs = await server_send_buffers(silent_server.port)
+    finally:
+        for writer in writers:
+            writer.close()
+        await api.aclose()
+    queues_mb = SILENT_VIEWERS * SILENT_QUEUE_BYTES / 2**20
+    print(
+        f"{SILENT_VIEWERS} silent viewers, {sum(acked)} gifts: server RSS {before:.0f} ->"
+        f" {after:.0f} MB (queues {queues_mb:.0f} MB), {dropped:.0f} frames dropped,"
+        f" send buffers {sorted(set(sndbufs))}"
+    )
+    assert sum(acked) == per_gifter * GIFTERS
+    # Every viewer's queue filled, and went on dropping frames.
+    assert dropped >= SILENT_VIEWERS * 10
+    # The kernel's part is fixed: each WebSocket's send buffer is the setting's (doubled by
+    # Linux), not grown up to tcp_wmem's maximum (the others are the test's HTTP connection).
+    assert sum(tb <= 2 * SILENT_SNDBUF for tb in sndbufs) >= SILENT_VIEWERS
+    assert after - before < queues_mb + SILENT_RSS_SLACK_MB
+
+
+async def server_send_buffers(port: int) -> list[int]:
+    """The send buffer (skmem `tb`) of every established socket of the server on `port`."""
+    proc = await asyncio.create_subprocess_exec(
+        "ss", "-tnmH", "state", "established", f"sport = :{port}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    return [int(tb) for tb in re.findall(r"\btb(\d+)\b", out.decode())]

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sys
@@ -36,7 +35,7 @@ from giftstream.store import keys
 from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User, crash, serving, store
+from support import Api, Client, Frame, ServerProcess, User, crash, metric, serving, store
 
 SEED = 4_242
 GIFT, PRICE = "confetti", 100  # not streakable: one frame per gift, never merged
@@ -124,13 +123,6 @@ async def ready(api: Api) -> bool:
 
 async def not_ready(api: Api) -> bool:
     return (await api.http.get("/readyz")).status_code == 503
-
-
-async def metric(api: Api, name: str) -> float:
-    """A sample of the server's /metrics (0 when absent)."""
-    text = (await api.http.get("/metrics")).text
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 SLOW_CONSUMER_CLOSES = 'giftstream_closes_total{reason="slow_consumer"}'
