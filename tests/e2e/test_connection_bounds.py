@@ -3,9 +3,10 @@ than its window of gifts in flight, its send queue, and a few seconds of waiting
 
 import asyncio
 import contextlib
+import itertools
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import msgpack
@@ -328,3 +329,137 @@ async def server_send_buffers(port: int) -> list[int]:
     )
     out, _ = await proc.communicate()
     return [int(tb) for tb in re.findall(r"\btb(\d+)\b", out.decode())]
+
+
+# -- readers that stay behind ----------------------------------------------------------------
+
+BEHIND_TIMEOUT_S = 2.0
+# Time to fill a queue before the keepalive's first ping.
+FILL_PING_INTERVAL_S = 8.0
+# uvicorn's close handshake and the session's abort give a peer that does not read 10 s each.
+DROPPED_WITHIN_S = 40.0
+
+
+def behind_env(**extra: str) -> dict[str, str]:
+    return {
+        **SHARED_ENV,
+        "GIFTSTREAM_SEND_QUEUE_BYTES": str(SILENT_QUEUE_BYTES),
+        "GIFTSTREAM_SOCKET_SEND_BUFFER_BYTES": str(SILENT_SNDBUF),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def behind_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    env = behind_env(
+        GIFTSTREAM_SLOW_READER_TIMEOUT_S=str(BEHIND_TIMEOUT_S),
+        GIFTSTREAM_WS_PING_INTERVAL_S="600",
+    )
+    with running(ServerProcess(valkey.url, env=env)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def keepalive_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    env = behind_env(
+        GIFTSTREAM_SLOW_READER_TIMEOUT_S="600",
+        GIFTSTREAM_WS_PING_INTERVAL_S=str(FILL_PING_INTERVAL_S),
+        GIFTSTREAM_WS_PING_TIMEOUT_S=str(PING_TIMEOUT_S),
+    )
+    with running(ServerProcess(valkey.url, env=env)) as s:
+        yield s
+
+
+async def server_holds(server: ServerProcess, client_port: int) -> bool:
+    """Whether the server still has an open connection to the client's port."""
+    proc = await asyncio.create_subprocess_exec(
+        *("ss", "-tnH", "state", "established"),
+        *(f"( sport = :{server.port} and dport = :{client_port} )",),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return bool(out.strip())
+
+
+async def fill_queue_of(
+    server: ServerProcess, api: Api, room: str, done: Callable[[], Awaitable[bool]], what: str
+) -> None:
+    """Gift in `room`, 200 gifts at a time, until `done()`."""
+    r = await api.http.post(
+        "/v1/dev/users", json={"name": BIG_NAME, "region": "US", "coins": 10_000_000}
+    )
+    gifter = User(r.json()["user"], r.json()["token"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DROPPED_WITHIN_S
+    for n in itertools.count():
+        await gift_storm(server, gifter, room, 200, f"fill{n}")
+        if await done():
+            return
+        assert loop.time() < deadline, f"not within {DROPPED_WITHIN_S} s: {what}"
+
+
+def logged(server: ServerProcess, text: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return text in await asyncio.to_thread(server.log)
+
+    return check
+
+
+async def dropping_frames(api: Api) -> Callable[[], Awaitable[bool]]:
+    """A check that holds once the server has dropped frames for want of room."""
+    before = await metric(api, "giftstream_frames_dropped_total")
+
+    async def check() -> bool:
+        return await metric(api, "giftstream_frames_dropped_total") > before
+
+    return check
+
+
+async def until_dropped(server: ServerProcess, writer: asyncio.StreamWriter) -> None:
+    port = writer.get_extra_info("sockname")[1]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DROPPED_WITHIN_S
+    while await server_holds(server, port):
+        assert loop.time() < deadline, "the server still holds a connection it gave up on"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_viewer_that_stays_behind_is_closed_and_dropped_if_it_still_does_not_read(
+    behind_server: ServerProcess,
+) -> None:
+    api = Api(behind_server.base_url)
+    try:
+        room = await api.open_room(await api.user(role="host"))
+        viewer = await api.user()
+        writer = await silent_viewer(behind_server, viewer.token, room)
+        try:
+            port = writer.get_extra_info("sockname")[1]
+            assert await server_holds(behind_server, port)
+            closed = f"closing a slow consumer (user {viewer.user},"
+            await fill_queue_of(behind_server, api, room, logged(behind_server, closed), closed)
+            assert "behind for" in behind_server.log()
+            await until_dropped(behind_server, writer)
+        finally:
+            writer.close()
+    finally:
+        await api.aclose()
+
+
+async def test_a_connection_closed_by_the_keepalive_with_bytes_unsent_is_dropped(
+    keepalive_server: ServerProcess,
+) -> None:
+    api = Api(keepalive_server.base_url)
+    try:
+        room = await api.open_room(await api.user(role="host"))
+        viewer = await api.user()
+        writer = await silent_viewer(keepalive_server, viewer.token, room)
+        try:
+            # Its queue full, the keepalive's close cannot be flushed to a peer that does not
+            # read (nor answer pings): the transport would wait for it for ever.
+            full = await dropping_frames(api)
+            await fill_queue_of(keepalive_server, api, room, full, "frames dropped")
+            await until_dropped(keepalive_server, writer)
+        finally:
+            writer.close()
+    finally:
+        await api.aclose()
