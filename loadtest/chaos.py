@@ -30,8 +30,6 @@ STORE_DOWN_S = 1.0
 CHAOS_SETTINGS = {
     "GIFTSTREAM_RELAY_GRACE_MS": "500",
     "GIFTSTREAM_RELAY_INTERVAL_S": "0.2",
-    # Everything the senders were answered must be on disk when the store dies.
-    "GIFTSTREAM_AOF_FSYNC": "always",
 }
 
 

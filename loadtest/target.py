@@ -293,7 +293,8 @@ def giftstream_service(
         if own_store:
             if not keep:  # last, once the store has stopped
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-            target.store = EmbeddedValkey(data_dir)
+            # Everything the senders were answered is on disk when the store dies.
+            target.store = EmbeddedValkey(data_dir, aof_fsync="always")
             target.store.start()
             stack.callback(target.store.stop)
             target.audit_args = ["--redis-url", target.store.url]
