@@ -19,7 +19,7 @@ from loadtest.target import TargetError
 
 # Idle connections per user: the server allows 20 per user and worker.
 CONNS_PER_USER = 10
-SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep")
+SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep", "chaos")
 # Per scenario, the defaults that differ from Options'.
 DEFAULTS: dict[str, dict[str, float]] = {
     "storm": {"viewers": 1000},
@@ -28,6 +28,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "rooms": {"viewers": 10, "rooms": 200, "rate": 400},
     "idle": {"rooms": 10},
     "recharge": {},
+    "chaos": {"viewers": 50, "senders": 10, "duration": 20, "rate": 200},
 }
 
 
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--server-env takes GIFTSTREAM_NAME=VALUE")
     if min(args.procs, args.workers) < 1:
         p.error("--procs and --workers must be at least 1")
+    if args.scenario == "chaos" and args.url:
+        p.error("chaos kills the service's workers and store: it starts its own (no --url)")
     display = Display(args.quiet)
     report = new_report(args.url or "giftstream started here")
     command = Command(args, options(args), display, report)

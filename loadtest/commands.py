@@ -1,10 +1,12 @@
 """One function per command of `python -m loadtest`: set up, run, check, and fill the report."""
 
 import argparse
+import asyncio
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
+from loadtest.chaos import CHAOS_SETTINGS, Faults, inflict, read_books
 from loadtest.http import HttpPool
 from loadtest.report import Display, cpu_us_per_frame
 from loadtest.results import Report, RunResult
@@ -23,6 +25,8 @@ from loadtest.target import Target, baseline_server, external, giftstream_servic
 from loadtest.wsload import ConnPlan
 
 Body = Callable[[Target, HttpPool], Awaitable[None]]
+# How long the chaos books wait for the relay to credit a killed worker's gifts.
+BOOKS_SETTLE_S = 30.0
 RATIO_ECHO = "storm gifts acked/s ÷ bare echo round trips/s"
 RATIO_BROADCAST = "storm frames delivered/s ÷ bare broadcast frames delivered/s"
 RATIO_ECHO_CPU = "bare echo server CPU per round trip ÷ storm server CPU per gift"
@@ -54,8 +58,9 @@ def bench_ratios(
 
 
 @contextmanager
-def service(args: argparse.Namespace) -> Iterator[Target]:
-    """The giftstream under load: at --url, or started here."""
+def service(args: argparse.Namespace, chaos: bool = False) -> Iterator[Target]:
+    """The giftstream under load: at --url, or started here (for `chaos`, with two workers at
+    least, on a store of its own)."""
     if args.url:
         audit_args = None
         if args.redis_url:
@@ -66,8 +71,13 @@ def service(args: argparse.Namespace) -> Iterator[Target]:
         return
     # A benchmark measures the service, not its per-user limits (a storm has few senders):
     # they are lifted unless --server-env sets them.
-    settings = {**BENCH_LIMITS, **dict(item.split("=", 1) for item in args.server_env)}
-    with giftstream_service(args.workers, settings, args.keep) as target:
+    settings = {
+        **BENCH_LIMITS,
+        **(CHAOS_SETTINGS if chaos else {}),
+        **dict(item.split("=", 1) for item in args.server_env),
+    }
+    workers = max(args.workers, 2) if chaos else args.workers
+    with giftstream_service(workers, settings, args.keep, own_store=chaos) as target:
         if args.no_audit:
             target.audit_args = None
         yield target
@@ -87,9 +97,9 @@ class Command:
         self.display = display
         self.report = report
 
-    async def on_service(self, body: Body) -> None:
+    async def on_service(self, body: Body, chaos: bool = False) -> None:
         """Run `body` against the service, then audit its store whatever happened."""
-        with service(self.args) as target:
+        with service(self.args, chaos) as target:
             self.report.target = target.description
             pool = HttpPool(target.url, SETUP_CONNECTIONS)
             try:
@@ -247,6 +257,46 @@ class Command:
                     await self.gifting(f"{fraction:g} x max", "storm", target, pool, world, rate)
 
         await self.on_service(body)
+
+    async def chaos(self) -> None:
+        """`storm` at a steady rate while a worker, then the store, is killed (kill -9); then
+        the books: every gift acked in its sender's ledger and credited, once."""
+        opts = self.opts
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            assert target.store is not None
+            world = await self._storm_world(pool)
+            faults = Faults()
+            striking = asyncio.create_task(inflict(target, opts.duration_s, faults))
+            try:
+                with self.display.live():
+                    result, tally = await run_ws(
+                        "chaos",
+                        "chaos",
+                        "service",
+                        target,
+                        world.conns,
+                        opts,
+                        opts.rate,
+                        world.gift_coins,
+                        faults.watch(self.display.tick("chaos")),
+                    )
+                await striking
+            finally:
+                striking.cancel()
+            senders = [c.user for c in world.conns if c.role == "sender"]
+            rooms = sorted({c.room for c in world.conns})
+            books = await read_books(target.store.url, senders, rooms, tally, BOOKS_SETTLE_S)
+            result.books = dict(books.rows())
+            result.faults = faults.done
+            result.coin_check = await check_coins(pool, world, tally)
+            self._check(result)
+            if not books.clean:
+                missing = {k: v for k, v in books.rows() if v and ("missing" in k or "twice" in k)}
+                self.report.failures.append(f"chaos: gifts missing or doubled: {missing}")
+            self.report.runs.append(result)
+
+        await self.on_service(body, chaos=True)
 
     async def _storm_world(self, pool: HttpPool) -> World:
         opts = self.opts

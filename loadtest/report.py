@@ -227,6 +227,12 @@ def print_summary(display: Display, report: Report) -> None:
     display.out.print(table)
     for name, value in report.ratios.items():
         display.out.print(f"  {name}: [bold]{value:.3f}[/bold]")
+    for run in report.runs:
+        if run.books:
+            display.out.print(f"{run.label}, the books after the faults:")
+            for name, value in run.books.items():
+                display.out.print(f"  {name}: {value:,}")
+            display.out.print("  faults: " + "; ".join(run.faults))
     if report.audit_clean is not None:
         colour = "green" if report.audit_clean else "red"
         display.out.print(f"[{colour}]{report.audit_output}[/{colour}]")
@@ -253,6 +259,12 @@ def markdown(report: Report) -> str:
     if report.ratios:
         lines.append("")
         lines += [f"- {name}: **{value:.3f}**" for name, value in report.ratios.items()]
+    for run in report.runs:
+        if run.books:
+            lines += ["", f"{run.label}: the books after the faults", ""]
+            lines += ["| | gifts |", "|---|---:|"]
+            lines += [f"| {name} | {value:,} |" for name, value in run.books.items()]
+            lines += ["", "Faults: " + "; ".join(run.faults) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -70,6 +70,9 @@ class RunResult:
     # CPU of the load generator itself, in cores: near its process count, it is the limit.
     generator_cpu_cores: float = 0.0
     coin_check: CoinCheck | None = None
+    # `chaos`: the books after the faults (acked vs ledgers vs credits), and the faults.
+    books: dict[str, int] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
 
 
 @dataclass

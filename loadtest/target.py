@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from giftstream.store.embedded import EmbeddedValkey
 from loadtest.http import split_url
 
 READY_TIMEOUT_S = 60.0
@@ -64,6 +65,8 @@ class Target:
     # Whether a load connected here before: a process reuses the memory freed by closed
     # connections, so only the first load shows what a connection costs.
     loaded: bool = False
+    # The store, when it was started here apart from the service (to be killed and restarted).
+    store: EmbeddedValkey | None = None
 
     @property
     def host(self) -> str:
@@ -112,6 +115,12 @@ class Target:
         )
         output = (result.stdout + result.stderr).decode(errors="replace").strip()
         return AuditResult(result.returncode == 0, output)
+
+    def worker_pids(self) -> list[int]:
+        """The service's worker processes (uvicorn spawns them with multiprocessing)."""
+        if self.root_pid is None:
+            return []
+        return [p for p in _tree(self.root_pid)[1:] if "spawn_main" in _cmdline(p)]
 
     def log_tail(self) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -164,6 +173,13 @@ def _cpu_s(pid: int) -> float:
         return 0.0
     # utime and stime are fields 14 and 15 of stat(5); here they follow the name, from 3.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _name(pid: int) -> str:
@@ -245,10 +261,11 @@ def _spawned(
 
 @contextlib.contextmanager
 def giftstream_service(
-    workers: int, settings: dict[str, str], keep: bool = False
+    workers: int, settings: dict[str, str], keep: bool = False, own_store: bool = False
 ) -> Iterator[Target]:
     """`giftstream serve --dev` on a free loopback port with a fresh embedded store, with
-    `settings` (GIFTSTREAM_* variables) and no other."""
+    `settings` (GIFTSTREAM_* variables) and no other. With `own_store`, the store is started
+    here, apart from the service (`target.store`), so that it can be killed and restarted."""
     # Short: the store's unix socket path must fit in 107 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="gs-lt-"))
     data_dir = workdir / "data"
@@ -269,16 +286,26 @@ def giftstream_service(
         str(port),
         "--workers",
         str(workers),
-        "--data-dir",
-        str(data_dir),
         "--log-level",
         "warning",
     ]
-    with _spawned(args, target, keep, settings):
-        _wait_http_ready(target, "/readyz")
-        if keep:
-            target.notes.append(f"data and log kept in {workdir}")
-        yield target
+    with contextlib.ExitStack() as stack:
+        if own_store:
+            if not keep:  # last, once the store has stopped
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            # Everything the senders were answered is on disk when the store dies.
+            target.store = EmbeddedValkey(data_dir, aof_fsync="always")
+            target.store.start()
+            stack.callback(target.store.stop)
+            target.audit_args = ["--redis-url", target.store.url]
+            args += ["--redis-url", target.store.url]
+        else:
+            args += ["--data-dir", str(data_dir)]
+        with _spawned(args, target, keep or own_store, settings):
+            _wait_http_ready(target, "/readyz")
+            if keep:
+                target.notes.append(f"data and log kept in {workdir}")
+            yield target
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ acks are counted alike for both kinds of sender (`Sender`).
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ import msgpack
 from giftstream.client import Client, ClientClosed, ClientError, ServerError
 from loadtest.procs import Link
 from loadtest.tally import Tally
-from loadtest.wsclient import HandshakeError, WsClient, connect
+from loadtest.wsclient import HandshakeError, OnMessage, WsClient, connect
 
 SUBPROTOCOL = "giftstream.v1+msgpack"
 # The protocol's bound on gifts in flight per connection.
 MAX_IN_FLIGHT = 64
 PACE_TICK_S = 0.002
+# Waits before each attempt to reconnect a viewer or host: quick, then every second.
+RECONNECT_DELAYS_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 REPORT_S = 0.25
 CLOSE_WAIT_S = 5.0
 
@@ -243,15 +246,123 @@ class WireSender(Sender):
 
 
 class HostWatch:
+    """A host's credits: each event once (a second credit frame of an event is counted as
+    doubled: resuming by offset must never deliver one twice)."""
+
     def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.credits = 0
 
     def on_message(self, data: bytes) -> None:
         frame = msgpack.unpackb(data)
-        if frame.get("t") == "credit":
+        for f in frame["frames"] if frame.get("t") == "batch" else [frame]:
+            if f.get("t") != "credit":
+                continue
+            if f["event"] in self.tally.credited_at:
+                self.tally.counts["credits_doubled"] += 1
+                continue
             self.credits += 1
-            self.tally.credited_at[frame["event"]] = time.perf_counter()
+            self.tally.credited_at[f["event"]] = time.perf_counter()
+
+
+class Member:
+    """A viewer or a host of the service on the minimal client: when the server drops its
+    connection (a worker killed, a slow consumer closed) it connects again, with a bounded
+    backoff, and joins with `since` = the last offset it saw, so the room's history fills the
+    gap once. Only the last message is kept (not decoded) for its offset: a thousand viewers
+    stay cheap."""
+
+    def __init__(self, conn: ConnPlan, plan: "WsPlan", tally: Tally) -> None:
+        self.conn = conn
+        self.plan = plan
+        self.tally = tally
+        self.client: WsClient | None = None
+        self.on_message: OnMessage | None = None
+        self.epoch: str | None = None
+        self.offset = 0
+        self._last: bytes | None = None
+        self._frames_before = 0  # frames of the connections before this one
+        self._stopped = False
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def frames(self) -> int:
+        return self._frames_before + (self.client.frames if self.client is not None else 0)
+
+    async def open(self) -> None:
+        self.client = await self._connect()
+        self._watch = asyncio.create_task(self._reconnect_forever())
+
+    async def _connect(self) -> WsClient:
+        plan = self.plan
+        client = await connect(
+            plan.host, plan.port, plan.path(self.conn.room), SUBPROTOCOL, plan.timeout_s
+        )
+        try:
+            await request(
+                client, {"t": "auth", "token": self.conn.token}, "welcome", plan.timeout_s
+            )
+            join: dict[str, Any] = {"t": "join", "room": self.conn.room}
+            if self.epoch is not None:
+                join["since"] = {"epoch": self.epoch, "offset": self.offset}
+            joined = await request(client, join, "joined", plan.timeout_s)
+        except BaseException:
+            client.close()
+            raise
+        if self.epoch is None:
+            self.offset = int(joined["offset"])
+        elif joined["epoch"] != self.epoch:
+            self.offset = 0
+        self.epoch = str(joined["epoch"])
+        client.on_message = self._on_message
+        return client
+
+    def _on_message(self, data: bytes) -> None:
+        self._last = data
+        if self.on_message is not None:
+            self.on_message(data)
+
+    def _note_offset(self) -> None:
+        """The offset of the last message, if it has one (room events do)."""
+        if self._last is None:
+            return
+        frame = msgpack.unpackb(self._last)
+        frames = frame["frames"] if frame.get("t") == "batch" else [frame]
+        for f in frames:
+            if isinstance(f.get("offset"), int):
+                self.offset = max(self.offset, f["offset"])
+
+    async def _reconnect_forever(self) -> None:
+        delays = RECONNECT_DELAYS_S
+        while True:
+            assert self.client is not None
+            code = await self.client.closed
+            if self._stopped:
+                return
+            self.tally.errors[f"closed_by_server:{code}"] += 1
+            self.tally.counts["reconnects"] += 1
+            self._note_offset()
+            self._frames_before += self.client.frames
+            self.client = None
+            for attempt in itertools.count():
+                await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+                if self._stopped:
+                    return
+                try:
+                    self.client = await self._connect()
+                    break
+                except (OSError, TimeoutError, HandshakeError, Refused):
+                    continue
+
+    def close(self) -> asyncio.Future[int] | None:
+        """Close for good; the connection's `closed`, to wait on (None when there is none)."""
+        self._stopped = True
+        if self._watch is not None:
+            self._watch.cancel()
+        if self.client is None:
+            return None
+        self.client.close()
+        return self.client.closed
 
 
 class Entry:
@@ -286,14 +397,17 @@ class WsLoad:
         self.link = link
         self.tally = Tally()
         self.run_state = Run(self.tally)
-        # The minimal clients: viewers, hosts, and the senders to a bare server.
+        # The minimal clients: viewers and hosts of a bare server, and its senders.
         self.clients: list[tuple[ConnPlan, WsClient]] = []
+        # The service's viewers and hosts (minimal clients that reconnect and resume).
+        self.members: list[Member] = []
         self.senders: list[Sender] = []
         self.hosts: list[HostWatch] = []
 
     @property
     def connected(self) -> int:
-        return len(self.clients) + sum(isinstance(s, ClientSender) for s in self.senders)
+        clients = len(self.clients) + len(self.members)
+        return clients + sum(isinstance(s, ClientSender) for s in self.senders)
 
     async def run(self) -> Tally:
         plan = self.plan
@@ -341,6 +455,10 @@ class WsLoad:
                         self.senders.append(
                             ClientSender(client, conn, self.plan, self.run_state, n)
                         )
+                    elif self.plan.mode == "service":
+                        member = Member(conn, self.plan, self.tally)
+                        await member.open()
+                        self._add_member(member)
                     else:
                         self._assign(conn, await self._open(conn), n)
                 except Refused as e:
@@ -357,17 +475,9 @@ class WsLoad:
 
     async def _open(self, conn: ConnPlan) -> WsClient:
         plan = self.plan
-        client = await connect(
+        return await connect(
             plan.host, plan.port, plan.path(conn.room), SUBPROTOCOL, plan.timeout_s
         )
-        if plan.mode == "service":
-            try:
-                await request(client, {"t": "auth", "token": conn.token}, "welcome", plan.timeout_s)
-                await request(client, {"t": "join", "room": conn.room}, "joined", plan.timeout_s)
-            except BaseException:
-                client.close()
-                raise
-        return client
 
     async def _open_client(self, conn: ConnPlan) -> Client:
         plan = self.plan
@@ -388,9 +498,12 @@ class WsLoad:
         self.clients.append((conn, client))
         if conn.role == "sender":
             self.senders.append(WireSender(client, conn, self.plan, self.run_state, n))
-        elif conn.role == "host" and self.plan.mode == "service":
+
+    def _add_member(self, member: Member) -> None:
+        self.members.append(member)
+        if member.conn.role == "host":
             host = HostWatch(self.tally)
-            client.on_message = host.on_message
+            member.on_message = host.on_message
             self.hosts.append(host)
 
     def _frames(self) -> int:
@@ -399,7 +512,7 @@ class WsLoad:
         for conn, client in self.clients:
             if conn.role != "sender":
                 total += client.frames
-        return total
+        return total + sum(m.frames for m in self.members)
 
     async def _pace(self, started: float) -> None:
         """Open loop: gift n is due at started + n / rate, spread over the senders in turn."""
@@ -454,5 +567,9 @@ class WsLoad:
                 self.tally.errors[f"closed_by_server:{client.closed.result()}"] += 1
             client.close()
         waits = [client.closed for _, client in self.clients]
+        for member in self.members:
+            closing = member.close()
+            if closing is not None:
+                waits.append(closing)
         if waits:
             await asyncio.wait(waits, timeout=CLOSE_WAIT_S)

@@ -9,6 +9,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,6 +33,7 @@ import giftstream.client
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
+from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.postgres import use_own_runtime_dir
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
@@ -443,3 +445,17 @@ async def store(url: str) -> AsyncIterator[Redis]:
 async def user_accounts(r: Redis) -> int:
     """How many user accounts the store holds (a request refused must create none)."""
     return len([k async for k in r.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000)])
+
+
+def crash(valkey: EmbeddedValkey) -> None:
+    """kill -9 the Valkey process (and release its pipe, as stop() would)."""
+    valkey.kill()
+    if valkey.process is not None and valkey.process.stderr is not None:
+        valkey.process.stderr.close()
+
+
+async def metric(api: Api, name: str) -> float:
+    """A sample of the server's /metrics (0 when absent)."""
+    text = (await api.http.get("/metrics")).text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

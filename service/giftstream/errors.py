@@ -21,7 +21,9 @@
     ├── ChestError             chest_not_open | chest_closed | not_present | already_claimed
     ├── PayloadTooLarge        payload_too_large: an HTTP body over the size limit
     ├── UnsupportedMediaType   unsupported_media_type: an HTTP body that is not JSON
-    └── LedgerUnavailable      ledger_unavailable: the ledger of record (PostgreSQL) is unreachable
+    ├── LedgerUnavailable      ledger_unavailable: the ledger of record (PostgreSQL) is unreachable
+    └── Unavailable            unavailable (retry): the store failed mid-request, so the outcome
+                               is unknown; the same request re-sent (same id) learns it
 
 Two codes answer a connection rather than a request, and are written by http/guard.py:
 request_timeout (headers not received in time) and headers_too_large.
@@ -60,6 +62,7 @@ class ErrorCode(StrEnum):
     HEADERS_TOO_LARGE = "headers_too_large"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
 
 
 # The HTTP status that carries each code in an HTTP error body.
@@ -91,11 +94,14 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.HEADERS_TOO_LARGE: 431,
     ErrorCode.LEDGER_UNAVAILABLE: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 
 class GiftstreamError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
+    # Whether the same request, re-sent as it was, may get another answer (`retry: true`).
+    retry: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -188,3 +194,10 @@ class UnsupportedMediaType(GiftstreamError):
 
 class LedgerUnavailable(GiftstreamError):
     code = ErrorCode.LEDGER_UNAVAILABLE
+
+
+class Unavailable(GiftstreamError):
+    """The store failed while the request ran: it may or may not have taken effect."""
+
+    code = ErrorCode.UNAVAILABLE
+    retry = True

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 
 import msgpack
+import redis.exceptions
 
 from giftstream import metrics
 from giftstream.domain.catalog import Catalog
@@ -30,6 +31,7 @@ from giftstream.store.pipeline import AutoPipeline
 from giftstream.wire.requests import SendGift
 
 CRASH_AFTER_DEBIT = "crash_after_debit"
+LOSE_DEBIT_REPLY = "lose_debit_reply"
 
 
 def credit_rules(catalog: Catalog, settings: Settings) -> gifts.CreditRules:
@@ -152,6 +154,9 @@ class Gifting:
             raise NotFound("your account no longer exists") from e
         if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:
             os._exit(70)  # testing only: a worker dying between debit and credit
+        if LOSE_DEBIT_REPLY in self.settings.faults and not debited.replayed:
+            # Testing only: the debit ran, but its reply was lost with the store's connection.
+            raise redis.exceptions.ConnectionError("fault lose_debit_reply")
         if debited.payload is not None:
             await gifts.credit(self.pipeline, req.room, debited.payload, self.rules)
             gifts.settle_later(self.pipeline, sender.user, debited.event)

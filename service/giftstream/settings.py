@@ -29,8 +29,14 @@ class Settings:
     # Largest WebSocket frame accepted; a larger one closes the connection with 1009.
     max_frame_bytes: int = 64 * 1024
     # Bytes a connection may have queued for sending before lossy frames are dropped and,
-    # for a lossless frame that cannot fit, the connection is closed as a slow consumer.
-    send_queue_bytes: int = 1024 * 1024
+    # for a lossless frame that cannot fit, the connection is closed as a slow consumer. The
+    # kernel's send buffer of the socket counts towards it.
+    send_queue_bytes: int = 256 * 1024
+    # Each socket's send buffer (SO_SNDBUF), fixed: the kernel holds up to twice this for it.
+    socket_send_buffer_bytes: int = 32 * 1024
+    # A connection that stays behind (its queue full, frames dropped) this long is closed as a
+    # slow consumer (1008): it resumes from its last offset when it reads again.
+    slow_reader_timeout_s: float = 30.0
     # A streak continues while taps of the same gift come within this time of each other.
     streak_timeout_ms: int = 3000
     # Lossy room frames (streak updates, viewer counts, leaderboards) are merged per room and
@@ -59,6 +65,12 @@ class Settings:
     max_connections_per_ip: int = 200
     connection_attempts_per_ip_per_s: float = 50.0
     max_rooms_per_connection: int = 20
+    # A WebSocket that has not authenticated this long after it opened is closed (1008).
+    auth_timeout_s: float = 5.0
+    # The server pings every connection this often; one whose pong has not come this long
+    # after the ping is closed (1011). A viewer that only watches still answers pings.
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
     # Addresses the per-address limits do not apply to (loopback: local tools and tests; a
     # deployment behind a proxy should pass the client's address with proxy headers). "none"
     # trusts no address.
@@ -118,7 +130,7 @@ class Settings:
     # Entries per page of GET /v1/history: the default, and the most a client may ask for.
     history_page_size: int = 50
     history_page_max: int = 200
-    # Testing only: named faults to inject, e.g. "crash_after_debit".
+    # Testing only: named faults to inject: "crash_after_debit", "lose_debit_reply".
     faults: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod

@@ -591,6 +591,65 @@ async def test_the_module_resends_a_gift_whose_ack_was_lost_and_it_is_charged_on
     assert (await page_api.wallet(fan))["coins"] == 99
 
 
+# Every gift's first answer is `unavailable` (the server loses the debit's reply): the module
+# re-sends the same id by itself and resolves with the one ack.
+UNAVAILABLE_ONCE = """async ({ token, room }) => {
+  const { Backoff, GiftstreamClient } = await import("/static/giftstream.js");
+  const giftIds = [];
+  const errors = [];
+  class WatchedSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      const send = this.send.bind(this);
+      this.send = (data) => {
+        const frame = JSON.parse(data);
+        if (frame.t === "gift") giftIds.push(frame.id);
+        send(data);
+      };
+      this.addEventListener("message", (m) => {
+        const frame = JSON.parse(m.data);
+        if (frame.t === "error") errors.push([frame.code, frame.retry]);
+      });
+    }
+  }
+  const backoff = new Backoff({ baseMs: 50, maxDelayMs: 200 });
+  const url = GiftstreamClient.urlFor(location);
+  const client = new GiftstreamClient(url, token, { WebSocket: WatchedSocket, backoff });
+  await client.connect();
+  await client.join(room);
+  const ack = await client.sendGift(room, "rose", 1, { id: "page-retries" });
+  client.close();
+  return { ack, giftIds, errors };
+}"""
+
+
+@pytest.fixture(scope="module")
+def lossy_page_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
+    """A server whose every new debit runs and then loses its reply (a store failure)."""
+    env = {"GIFTSTREAM_FAULTS": "lose_debit_reply"}
+    with running(ServerProcess(valkey.url, env=env)) as s:
+        yield s
+
+
+async def test_the_module_resends_a_gift_answered_unavailable_and_it_is_charged_once(
+    context: BrowserContext, lossy_page_server: ServerProcess
+) -> None:
+    api = Api(lossy_page_server.base_url)
+    try:
+        room = await live_room(api)
+        fan = await api.user(coins=100)
+        page = await module_page(context, lossy_page_server)
+
+        result = await page.evaluate(UNAVAILABLE_ONCE, {"token": fan.token, "room": room})
+
+        assert result["errors"] == [["unavailable", True]]
+        assert result["giftIds"] == ["page-retries", "page-retries"]
+        assert result["ack"]["coins"] == 99
+        assert (await api.wallet(fan))["coins"] == 99
+    finally:
+        await api.aclose()
+
+
 async def test_the_module_resumes_with_since_drops_duplicates_and_reports_a_new_epoch(
     context: BrowserContext, page_server: ServerProcess
 ) -> None:

@@ -101,7 +101,8 @@ async def gift_until_acked(ws: Client, room: str, request_id: str) -> Frame:
         answer = await ws.gift(room, "rose", request_id)
         if answer["t"] == "ack":
             return answer
-        assert answer["code"] == "internal", answer
+        # A fail-over is the store unavailable for a while: the outcome is unknown, re-send.
+        assert answer["code"] == "unavailable" and answer["retry"] is True, answer
         assert loop.time() < deadline, "the gift was never acked"
         await asyncio.sleep(RETRY_S)
 

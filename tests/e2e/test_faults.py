@@ -3,9 +3,9 @@ killed mid-storm, the store killed and restarted (AOF `always`, then `everysec`)
 never read, and a silent loss of the pub/sub connection.
 
 The gifting clients behave as a correct client must: they match acks by `id`, and on a lost
-connection or a retryable answer (`internal`, `rate_limited`) they reconnect and re-send every
-gift not yet acked, with the same `id`. Afterwards the store is checked: no acked gift is lost,
-none is charged twice, and `giftstream audit` is clean.
+connection or a retryable answer (`unavailable`, `internal`, `rate_limited`) they reconnect and
+re-send every gift not yet acked, with the same `id`. Afterwards the store is checked: no acked
+gift is lost, none is charged twice, and `giftstream audit` is clean.
 
 Each test writes its figures to a JSON file in its tmp dir and prints one line (`pytest -s`).
 """
@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sys
@@ -36,7 +35,7 @@ from giftstream.store import keys
 from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User, serving, store
+from support import Api, Client, Frame, ServerProcess, User, crash, metric, serving, store
 
 SEED = 4_242
 GIFT, PRICE = "confetti", 100  # not streakable: one frame per gift, never merged
@@ -49,7 +48,7 @@ STORM_ENV = {
     "GIFTSTREAM_RELAY_GRACE_MS": "500",
     "GIFTSTREAM_RELAY_INTERVAL_S": "0.2",
 }
-RETRYABLE = frozenset({"internal", "rate_limited"})
+RETRYABLE = frozenset({"unavailable", "internal", "rate_limited"})
 RECV_S = 15.0
 STORM_S = 90.0
 READY_S = 30.0
@@ -99,13 +98,6 @@ def own_valkey(data_dir: Path, aof_fsync: str) -> Iterator[EmbeddedValkey]:
             valkey.kill()
 
 
-def crash(valkey: EmbeddedValkey) -> None:
-    """kill -9 the Valkey process (and release its pipe, as stop() would)."""
-    valkey.kill()
-    if valkey.process is not None and valkey.process.stderr is not None:
-        valkey.process.stderr.close()
-
-
 async def audit(url: str) -> tuple[int, str]:
     """`giftstream audit --redis-url URL`: its exit code and its report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
@@ -131,13 +123,6 @@ async def ready(api: Api) -> bool:
 
 async def not_ready(api: Api) -> bool:
     return (await api.http.get("/readyz")).status_code == 503
-
-
-async def metric(api: Api, name: str) -> float:
-    """A sample of the server's /metrics (0 when absent)."""
-    text = (await api.http.get("/metrics")).text
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 SLOW_CONSUMER_CLOSES = 'giftstream_closes_total{reason="slow_consumer"}'

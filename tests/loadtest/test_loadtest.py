@@ -112,6 +112,30 @@ def test_bench_starts_the_service_and_the_bare_servers_and_gives_ratios(tmp_path
     }
 
 
+def test_chaos_kills_a_worker_and_the_store_and_finds_every_acked_gift_once(
+    tmp_path: Path,
+) -> None:
+    code, report, output = loadtest(
+        tmp_path / "out.json",
+        "chaos",
+        *("--viewers", "10", "--senders", "3", "--rate", "60"),
+        seconds=6,
+    )
+    assert code == 0, output
+    assert report["ok"] and report["audit_clean"], output
+    (run,) = report["runs"]
+    faults = run["faults"]
+    assert len(faults) == 3 and "kill -9 worker" in faults[0], faults
+    assert "kill -9 the store" in faults[1] and "started again" in faults[2], faults
+    books = run["books"]
+    assert books["gifts acked"] == run["gifts_acked"] > 0
+    assert books["gifts in the senders' ledgers"] == books["gifts acked"]
+    assert books["credits the hosts saw"] == books["gifts acked"]
+    missing_or_doubled = {k: v for k, v in books.items() if "missing" in k or "twice" in k}
+    assert set(missing_or_doubled.values()) == {0}, books
+    assert run["coin_check"]["coins_missing"] == 0
+
+
 async def test_a_coin_missing_from_the_store_fails_the_run(tmp_path: Path) -> None:
     data = Path(tempfile.mkdtemp(prefix="gs-"))
     store = EmbeddedValkey(data / "data")

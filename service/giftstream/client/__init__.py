@@ -32,6 +32,7 @@ from giftstream.client.errors import (
     ServerError,
     SpendingLimit,
     Unauthenticated,
+    Unavailable,
 )
 from giftstream.client.events import (
     Ack,
@@ -72,5 +73,6 @@ __all__ = [
     "SpendingLimit",
     "Streak",
     "Unauthenticated",
+    "Unavailable",
     "Welcome",
 ]

@@ -24,6 +24,7 @@ from giftstream.client.errors import (
     InternalError,
     NotInRoom,
     ProtocolError,
+    Unavailable,
     server_error,
 )
 from giftstream.client.events import (
@@ -44,8 +45,9 @@ from giftstream.wire.requests import MAX_ID_LENGTH
 log = logging.getLogger("giftstream.client")
 
 DEFAULT_BACKOFF = Backoff()
-# Failures after which another connection attempt may succeed (`internal` says so itself).
-_RETRYABLE = (OSError, TimeoutError, WebSocketException, Dropped, InternalError)
+# Failures after which another connection attempt may succeed (`internal` and `unavailable`
+# say so themselves).
+_RETRYABLE = (OSError, TimeoutError, WebSocketException, Dropped, InternalError, Unavailable)
 # Frames that answer a request, matched to it by `id`.
 _ANSWERS = frozenset({"welcome", "joined", "left", "ack", "error"})
 CLOSE_PROTOCOL_ERROR = 1002
@@ -243,11 +245,14 @@ class Client:
 
         `id` is the idempotency key (1-64 printable characters); a random UUID when None. If
         the connection drops before the ack, the client reconnects and sends the same id
-        again, so the gift is charged once however often it is sent. Re-sending an id after
-        an error (e.g. `InternalError`, or a timeout of the caller's) is safe too.
+        again, so the gift is charged once however often it is sent. An answer `unavailable`
+        (the store failed mid-gift: charged or not, the server cannot tell) is followed the
+        same way, the same id re-sent per the backoff until the true answer comes. Re-sending
+        an id after an error (e.g. `InternalError`, or a timeout of the caller's) is safe too.
 
         Raises a `ServerError` subclass for a refusal: `InsufficientCoins`, `NotInRoom`,
-        `RoomNotLive`, `NotFound` (unknown gift), `IdempotencyConflict`, ... and ValueError
+        `RoomNotLive`, `NotFound` (unknown gift), `IdempotencyConflict`, `Unavailable` once the
+        backoff ran out, ... and ValueError
         for an id the protocol does not allow (the server could not name it in its answer)
         or one that a call still waiting on this client uses.
         """
@@ -260,15 +265,28 @@ class Client:
             "gift": gift,
             "count": count,
         }
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        delays = self._backoff.delays(self._rng)
+        attempts = 0
         while True:
             link = await self._ready_link()
             try:
                 answer = await link.ask(frame)
             except Dropped:
                 continue
-            if answer["t"] == "error":
-                raise server_error(answer)
-            return Ack.from_frame(answer)
+            if answer["t"] != "error":
+                return Ack.from_frame(answer)
+            error = server_error(answer)
+            attempts += 1
+            # The store failed mid-gift: the same id, re-sent, gets the gift's one true answer.
+            if answer.get("retry") is not True or attempts >= self._backoff.max_attempts:
+                raise error
+            delay = next(delays)
+            if loop.time() - started + delay > self._backoff.max_elapsed_s:
+                raise error
+            log.debug("gift %s: %s; re-sending in %.2f s", frame["id"], error, delay)
+            await asyncio.sleep(delay)
 
     def events(self) -> AsyncIterator[Event]:
         """The events of the joined rooms, in order: `GiftEvent`, `CreditEvent` (to the

@@ -12,7 +12,9 @@
     │   ├── NotInRoom            not_in_room (also raised locally by `leave`)
     │   ├── IdempotencyConflict  idempotency_conflict
     │   ├── RateLimited          rate_limited
-    │   └── InternalError        internal: retry with the same request id
+    │   ├── InternalError        internal: retry with the same request id
+    │   └── Unavailable          unavailable: the store failed mid-request (`send_gift` re-sends
+    │                            by itself, per the backoff, before raising it)
     ├── ConnectionFailed         gave up (re)connecting: the backoff's attempts or time ran out
     ├── ProtocolError            the server sent a frame this client cannot read
     └── ClientClosed             the client was closed while the call waited
@@ -88,6 +90,12 @@ class InternalError(ServerError):
     pass
 
 
+class Unavailable(ServerError):
+    """The store failed while the server handled the request, so its outcome is unknown; the
+    same request re-sent (same id) learns it. `send_gift` does that by itself, per the
+    client's backoff, and raises this only once the backoff runs out."""
+
+
 class ConnectionFailed(ClientError):
     """The client could not (re)connect within its `Backoff`; `__cause__` is the last failure."""
 
@@ -121,6 +129,7 @@ _BY_CODE: dict[str, type[ServerError]] = {
     ErrorCode.IDEMPOTENCY_CONFLICT: IdempotencyConflict,
     ErrorCode.RATE_LIMITED: RateLimited,
     ErrorCode.INTERNAL: InternalError,
+    ErrorCode.UNAVAILABLE: Unavailable,
 }
 
 

@@ -14,11 +14,13 @@ from giftstream.errors import (
     InvalidField,
     PayloadTooLarge,
     Unauthenticated,
+    Unavailable,
     UnsupportedMediaType,
 )
 from giftstream.runtime import Runtime
 from giftstream.store import accounts
 from giftstream.store.accounts import Account
+from giftstream.store.connection import STORE_UNAVAILABLE
 from giftstream.wire import fields
 from giftstream.wire.codec import Undecodable, decode_json_body
 from giftstream.wire.fields import MAX_ID_LENGTH
@@ -35,12 +37,11 @@ def error_response(error: GiftstreamError) -> JSONResponse:
     metrics.ERRORS.labels(error.code.value).inc()
     # Always encodable, whatever client text a message quotes.
     message = error.message.encode("utf-8", "replace").decode("utf-8")
+    body: dict[str, Any] = {"code": error.code.value, "message": message}
+    if error.retry:
+        body["retry"] = True
     headers = {"connection": "close"} if isinstance(error, PayloadTooLarge) else None
-    return JSONResponse(
-        {"code": error.code.value, "message": message},
-        status_code=HTTP_STATUS[error.code],
-        headers=headers,
-    )
+    return JSONResponse(body, status_code=HTTP_STATUS[error.code], headers=headers)
 
 
 def handles_errors(endpoint: Handler) -> Handler:
@@ -49,6 +50,13 @@ def handles_errors(endpoint: Handler) -> Handler:
             return await endpoint(request)
         except GiftstreamError as e:
             return error_response(e)
+        except STORE_UNAVAILABLE:
+            return error_response(
+                Unavailable(
+                    "the store failed while handling this request, which may or may not have"
+                    " taken effect: send it again (same receipt or id) to learn the outcome"
+                )
+            )
 
     return wrapped
 

@@ -7,8 +7,14 @@ wake-up and a trip through the ASGI layers. What the socket cannot take yet wait
 transport's buffer, and that buffer is the bound: lossy frames (animations) are dropped when it
 is full; a lossless frame (ack, error, credit) that cannot fit marks the connection as a slow
 consumer, to be closed: the client resumes from its last offset.
+
+The bound counts the kernel too: each socket's send buffer is fixed (SO_SNDBUF, which also
+stops the kernel growing it up to tcp_wmem's maximum, 4 MiB), and the transport may hold the
+bound less what the kernel may hold. A connection costs at most its bound, whoever holds it.
 """
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -26,6 +32,8 @@ class Transport(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def get_write_buffer_size(self) -> int: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
     def is_closing(self) -> bool: ...
     def abort(self) -> None: ...
 
@@ -34,7 +42,14 @@ def transport_of(send: Any) -> Transport | None:
     """The transport under the server's ASGI `send`: uvicorn's WebSocket protocols pass their
     bound `send` method, whose object holds the connection's transport; None elsewhere."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
-    needed = ("write", "get_write_buffer_size", "is_closing", "abort")
+    needed = (
+        "write",
+        "get_write_buffer_size",
+        "set_write_buffer_limits",
+        "get_extra_info",
+        "is_closing",
+        "abort",
+    )
     if transport is None or not all(callable(getattr(transport, n, None)) for n in needed):
         return None
     return cast(Transport, transport)
@@ -53,23 +68,53 @@ class KeepTransport:
         await self.app(scope, receive, send)
 
 
+def fix_send_buffer(transport: Transport, requested: int) -> int:
+    """Fix the send buffer of the transport's socket at `requested` bytes; what the kernel may
+    hold for it (Linux doubles the figure for its bookkeeping, and reports that), or 0 with no
+    socket to size."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, requested)
+    held: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return held
+
+
 class Outbound:
     def __init__(
         self,
         transport: Transport,
         limit_bytes: int,
         on_overflow: Callable[[], None] | None = None,
+        kernel_bytes: int = 0,
     ) -> None:
         self.limit_bytes = limit_bytes
+        # What the transport may hold: the bound less what the kernel holds at most (never
+        # less than half the bound, whatever the kernel's figure).
+        self.budget_bytes = max(limit_bytes - kernel_bytes, limit_bytes // 2)
         # Called once when a lossless frame does not fit.
         self.on_overflow = on_overflow
         self.overflowed = False
         self.closed = False
+        # Since when (time.monotonic) lossy frames are dropped for want of room; None while
+        # the connection keeps up (its transport below half its budget).
+        self.behind_since: float | None = None
         self._transport = transport
+        # The server's own writes (pings, the close frame) wait only when the budget is full.
+        transport.set_write_buffer_limits(high=self.budget_bytes)
 
     @property
     def queued_bytes(self) -> int:
         return self._transport.get_write_buffer_size()
+
+    def behind_for(self, now: float) -> float:
+        """How long the connection has been behind, in seconds (0 when it keeps up)."""
+        return 0.0 if self.behind_since is None else now - self.behind_since
+
+    @property
+    def closing(self) -> bool:
+        """Whether the transport is closing (or closed): what it holds may never be taken."""
+        return self._transport.is_closing()
 
     def put(self, frame: bytes, lossless: bool) -> None:
         self.put_all([(frame, lossless)])
@@ -91,14 +136,19 @@ class Outbound:
         if self._transport.is_closing():
             self.closed = True
             return False
-        if self._transport.get_write_buffer_size() + pending + len(frame) > self.limit_bytes:
+        held = self._transport.get_write_buffer_size() + pending
+        if held + len(frame) > self.budget_bytes:
             if lossless:
                 self.overflowed = True
                 if self.on_overflow is not None:
                     self.on_overflow()
             else:
                 metrics.FRAMES_DROPPED.inc()
+                if self.behind_since is None:
+                    self.behind_since = time.monotonic()
             return False
+        if held <= self.budget_bytes // 2:
+            self.behind_since = None
         metrics.FRAMES_OUT.inc()
         return True
 
@@ -108,3 +158,9 @@ class Outbound:
     def abort(self) -> None:
         """Drop the connection at once, whatever it still holds."""
         self._transport.abort()
+
+    def abort_if_stuck(self) -> None:
+        """Drop the connection if it still holds bytes its peer has not taken: a closing
+        transport otherwise waits for a peer that does not read, for ever."""
+        if self._transport.get_write_buffer_size() > 0:
+            self._transport.abort()

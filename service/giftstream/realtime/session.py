@@ -21,16 +21,17 @@ from giftstream.errors import (
     RateLimited,
     RoomNotLive,
     Unauthenticated,
+    Unavailable,
 )
 from giftstream.gifting import Gifting, Sender
 from giftstream.realtime.frames import single
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits
 from giftstream.realtime.member import Member
-from giftstream.realtime.outbound import Outbound, Transport
+from giftstream.realtime.outbound import Outbound, Transport, fix_send_buffer
 from giftstream.settings import Settings
 from giftstream.store import accounts, chests, rooms
-from giftstream.store.connection import Redis
+from giftstream.store.connection import STORE_UNAVAILABLE, Redis
 from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
 from giftstream.wire.requests import (
     Auth,
@@ -59,6 +60,12 @@ MAX_GIFTS_IN_FLIGHT = 64
 GIFT_DRAIN_S = 10.0
 # How long a slow consumer has to take the close frame before its connection is dropped.
 SLOW_CONSUMER_ABORT_S = 10.0
+# How often a connection checks that it keeps up (its reader) and can still close (its socket).
+WATCH_INTERVAL_S = 1.0
+UNAVAILABLE_MESSAGE = (
+    "the store failed while handling this request, which may or may not have taken effect:"
+    " re-send the same id to learn the outcome"
+)
 
 
 class Session:
@@ -84,8 +91,13 @@ class Session:
         self.settings = settings
         self.limits = limits
         self.outbound = Outbound(
-            transport, settings.send_queue_bytes, on_overflow=self._on_overflow
+            transport,
+            settings.send_queue_bytes,
+            on_overflow=self._on_overflow,
+            kernel_bytes=fix_send_buffer(transport, settings.socket_send_buffer_bytes),
         )
+        self._watch: asyncio.TimerHandle | None = None
+        self._closing_seen: float | None = None
         self._closing: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self.extras = False
@@ -98,9 +110,14 @@ class Session:
 
     async def run(self) -> None:
         metrics.CONNECTIONS.inc()
+        loop = asyncio.get_running_loop()
+        auth_deadline = loop.call_later(self.settings.auth_timeout_s, self._on_auth_deadline)
+        self._watch = loop.call_later(WATCH_INTERVAL_S, self._on_watch)
         try:
             await self._read_forever()
         finally:
+            auth_deadline.cancel()
+            self._watch.cancel()
             # Gifts already taken are finished, not cut in half (their ack may find the socket
             # gone; a retry of the same id gets it then), within a bound.
             if self._gift_tasks:
@@ -114,6 +131,8 @@ class Session:
             self.outbound.close()
             if self._closing is None:
                 await self._send_close()
+            # Closed, the transport still waits to send what it holds: not for ever.
+            loop.call_later(SLOW_CONSUMER_ABORT_S, self.outbound.abort_if_stuck)
             metrics.CONNECTIONS.dec()
 
     async def _read_forever(self) -> None:
@@ -137,16 +156,47 @@ class Session:
         self._close = (code, reason[:120])
         self.outbound.close()
 
+    def _on_auth_deadline(self) -> None:
+        if self.sender is not None or self._close is not None:
+            return
+        metrics.LIMITED.labels("auth_timeout").inc()
+        self._close_with(
+            CLOSE_POLICY, f"authenticate within {self.settings.auth_timeout_s:g} s of connecting"
+        )
+        # The read loop waits for a frame: the close wakes it (as a disconnect).
+        self._closing = asyncio.create_task(self._send_close())
+
+    def _on_watch(self) -> None:
+        """Every WATCH_INTERVAL_S: close a reader that stays behind, and drop a connection
+        whose transport is closing (uvicorn's keepalive timeout, say) but cannot send what it
+        holds to a peer that does not read."""
+        now = time.monotonic()
+        self._watch = asyncio.get_running_loop().call_later(WATCH_INTERVAL_S, self._on_watch)
+        if self.outbound.closing:
+            if self._closing_seen is None:
+                self._closing_seen = now
+            elif now - self._closing_seen > SLOW_CONSUMER_ABORT_S:
+                self.outbound.abort()
+            return
+        behind = self.outbound.behind_for(now)
+        if self._close is None and behind > self.settings.slow_reader_timeout_s:
+            self._close_slow_consumer(f"behind for {behind:.0f} s")
+
     def _on_overflow(self) -> None:
-        """A lossless frame did not fit: close now (the close frame follows what the socket
-        already holds); a client that does not read even that is cut off after a while."""
+        self._close_slow_consumer("a lossless frame did not fit")
+
+    def _close_slow_consumer(self, why: str) -> None:
+        """Close now (the close frame follows what the socket already holds); a client that
+        does not read even that is cut off after a while."""
         metrics.CLOSES.labels("slow_consumer").inc()
         log.warning(
-            "closing a slow consumer (user %s, %d bytes queued)",
+            "closing a slow consumer (user %s, %d bytes queued): %s",
             self.sender.user if self.sender else "-",
             self.outbound.queued_bytes,
+            why,
         )
         self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
+        self.outbound.close()
         self._closing = asyncio.create_task(self._send_close())
         asyncio.get_running_loop().call_later(SLOW_CONSUMER_ABORT_S, self.outbound.abort)
 
@@ -164,6 +214,8 @@ class Session:
         frame: dict[str, Any] = {"t": "error", "code": error.code.value, "message": error.message}
         if rid is not None:
             frame["id"] = rid
+        if error.retry:
+            frame["retry"] = True
         self.send(frame)
 
     # -- requests ----------------------------------------------------------------------------
@@ -173,11 +225,14 @@ class Session:
         try:
             request = parse_request(decoded)
             if isinstance(request, SendGift):
-                self._start_gift(request)
+                await self._start_gift(request)
             else:
                 await self._dispatch(request)
         except GiftstreamError as e:
             self.send_error(e, rid)
+        except STORE_UNAVAILABLE as e:
+            log.warning("request failed, the store being unavailable: %r", e)
+            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), rid)
         except Exception:
             log.exception("request failed")
             self.send_error(GiftstreamError("the server failed to handle this request"), rid)
@@ -364,25 +419,41 @@ class Session:
 
     # -- gifts -------------------------------------------------------------------------------
 
-    def _start_gift(self, request: SendGift) -> None:
+    async def _start_gift(self, request: SendGift) -> None:
+        # Back-pressure: while the window of gifts in flight is full the next frame is not
+        # read, so a client that pipelines beyond it waits in its own socket (TCP flow
+        # control), not in this worker's memory.
+        await self._gift_slots.acquire()
         task = asyncio.create_task(self._gift(request))
         self._gift_tasks.add(task)
         task.add_done_callback(self._gift_tasks.discard)
 
     async def _gift(self, request: SendGift) -> None:
+        try:
+            await self._answer_gift(request)
+        finally:
+            self._gift_slots.release()
+
+    async def _answer_gift(self, request: SendGift) -> None:
         started = time.perf_counter()
-        async with self._gift_slots:
-            try:
-                ack = await self._send_gift(request)
-            except GiftstreamError as e:
-                metrics.GIFTS.labels(e.code.value).inc()
-                self.send_error(e, request.id)
-                return
-            except Exception:
-                log.exception("gift failed")
-                metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
-                self.send_error(GiftstreamError("the gift could not be completed"), request.id)
-                return
+        try:
+            ack = await self._send_gift(request)
+        except GiftstreamError as e:
+            metrics.GIFTS.labels(e.code.value).inc()
+            self.send_error(e, request.id)
+            return
+        except STORE_UNAVAILABLE as e:
+            # The debit may have run (and its credit by the relay later): only a retry of the
+            # same id can tell the client which, never a guess of ours.
+            log.warning("gift %s failed, the store being unavailable: %r", request.id, e)
+            metrics.GIFTS.labels(ErrorCode.UNAVAILABLE.value).inc()
+            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), request.id)
+            return
+        except Exception:
+            log.exception("gift failed")
+            metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
+            self.send_error(GiftstreamError("the gift could not be completed"), request.id)
+            return
         metrics.GIFTS.labels("ok").inc()
         metrics.GIFT_SECONDS.observe(time.perf_counter() - started)
         self.send({"t": "ack", "id": ack.id, "event": ack.event, "coins": ack.coins})

@@ -9,7 +9,9 @@
 //
 // Guarantees, across any number of dropped connections:
 // - sendGift (and dropChest) charges at most once: it keeps one idempotency id and re-sends that
-//   id after each reconnect until the server answers or refuses.
+//   id after each reconnect until the server answers or refuses; an answer with `retry: true`
+//   (`unavailable`: the store failed mid-gift, charged or not) is re-sent the same way, after a
+//   wait drawn from the backoff, up to MAX_RETRIES times.
 // - "gift" and "credit" events of a room come at most once and in offset order: every reconnect
 //   authenticates again and joins each room with `since` = the last {epoch, offset} seen, so
 //   nothing is missed (live gift frames the server sheds under load excepted: they are lossy).
@@ -18,6 +20,10 @@
 export const SUBPROTOCOL = "giftstream.v1+json";
 // The server's limit of gifts in flight per connection; more wait here.
 export const MAX_GIFTS_IN_FLIGHT = 64;
+// Re-sends of a gift answered with `retry: true` before its error is given to the caller.
+export const MAX_RETRIES = 8;
+// A gift's `ws` while it waits to be re-sent: on no connection, and not to be sent yet.
+const WAITING = Symbol("waiting");
 
 export const State = Object.freeze({
   CONNECTING: "connecting",
@@ -394,7 +400,7 @@ export class GiftstreamClient extends EventTarget {
       return Promise.reject(new GiftstreamError("duplicate_id", `'${frame.id}' is in flight`));
     }
     return new Promise((resolve, reject) => {
-      this.#gifts.set(frame.id, { frame, resolve, reject, ws: null });
+      this.#gifts.set(frame.id, { frame, resolve, reject, ws: null, retries: 0 });
       this.#pumpGifts();
     });
   }
@@ -571,7 +577,7 @@ export class GiftstreamClient extends EventTarget {
     for (const g of this.#gifts.values()) if (g.ws === this.#ws) inFlight += 1;
     for (const g of this.#gifts.values()) {
       if (inFlight >= MAX_GIFTS_IN_FLIGHT) return;
-      if (g.ws === this.#ws) continue;
+      if (g.ws === this.#ws || g.ws === WAITING) continue;
       g.ws = this.#ws;
       inFlight += 1;
       this.#send(g.frame);
@@ -692,6 +698,19 @@ export class GiftstreamClient extends EventTarget {
   #onGiftAnswer(f) {
     const g = this.#gifts.get(f.id);
     if (!g) return; // answered already (a re-sent gift's first answer came late)
+    if (f.t === "error" && f.retry === true && g.retries < MAX_RETRIES) {
+      // The store failed mid-gift: charged or not, only the same id re-sent can tell.
+      const delayMs = this.#backoff.delay(g.retries, this.#random);
+      g.retries += 1;
+      g.ws = WAITING;
+      setTimeout(() => {
+        if (this.#gifts.get(f.id) !== g || g.ws !== WAITING) return;
+        g.ws = null;
+        this.#pumpGifts();
+      }, delayMs);
+      this.#pumpGifts();
+      return;
+    }
     this.#gifts.delete(f.id);
     if (f.t === "ack") g.resolve({ id: f.id, event: f.event, coins: f.coins });
     else if (f.t === "dropped") g.resolve(f);

@@ -6,6 +6,7 @@ from importlib import resources
 from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -37,6 +38,19 @@ FUNCTION_FILES = (
 )
 COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
+# Failures of the store's connection or of its availability (lost, timed out, loading, a
+# replica after a fail-over, a cluster without a primary for the slot). A command that failed
+# so may or may not have run: its caller cannot say what happened, only that a retry can tell.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterUnreachableError,
+    redis.exceptions.SlotNotCoveredError,
+    OSError,
+)
 
 
 class _Cluster(RedisCluster):
