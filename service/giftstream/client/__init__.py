@@ -42,6 +42,7 @@ from giftstream.client.events import (
     Joined,
     RoomState,
     Streak,
+    StreakEnded,
     Welcome,
 )
 
@@ -71,6 +72,7 @@ __all__ = [
     "ServerError",
     "SpendingLimit",
     "Streak",
+    "StreakEnded",
     "Unauthenticated",
     "Welcome",
 ]
