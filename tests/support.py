@@ -64,6 +64,9 @@ class ServerProcess:
     log_path: Path | None = None
     # `--dev` (enables /v1/dev/*); False runs the server as in production.
     dev: bool = True
+    # `serve`, or `demo` (dev mode with bot rooms, `args` e.g. ["--rooms", "1"]).
+    command: str = "serve"
+    args: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -74,9 +77,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     def start(self) -> "ServerProcess":
-        args = [sys.executable, "-m", "giftstream.cli", "serve", "--port", str(self.port)]
-        if self.dev:
+        args = [sys.executable, "-m", "giftstream.cli", self.command, "--port", str(self.port)]
+        if self.dev and self.command == "serve":
             args.append("--dev")
+        args += self.args
         args += ["--workers", str(self.workers), "--log-level", "warning"]
         if self.redis_url:
             args += ["--redis-url", self.redis_url]
