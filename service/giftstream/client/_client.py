@@ -127,6 +127,7 @@ class Client:
         self._inbox = Inbox(max_buffered_events)
         self._overflowed = 0
         self._messages = 0
+        self._gift_frames = 0
         self._rooms: dict[str, _Room] = {}
         self._link: Link | None = None
         # Set while `_link` is usable, or once the client is closed or failed.
@@ -206,6 +207,13 @@ class Client:
         answers and room frames alike, a `batch` counting as one. A measure of what the server
         sent, for load tools and tests."""
         return self._messages
+
+    @property
+    def gift_frames_received(self) -> int:
+        """How many `gift` frames of its rooms the client has received that are a gift (not a
+        streak's closing frame), over every connection: what the room delivered to it, for
+        load tools and tests."""
+        return self._gift_frames
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -443,6 +451,8 @@ class Client:
                 self._dispatch(link, inner)
             return
         if kind == "gift" or kind == "credit":
+            if kind == "gift" and not (frame.get("streak") or {}).get("end"):
+                self._gift_frames += 1
             if not self._receive_events:
                 # Only the offset matters (for resuming): no event to build.
                 self._on_offset(frame["room"], frame["offset"])
