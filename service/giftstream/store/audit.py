@@ -145,6 +145,13 @@ def _balanced(postings: Postings) -> bool:
     return all(v == 0 for v in sums.values())
 
 
+def _debit(user: str, gift: HashReply) -> _Debit:
+    """A `gift` entry of the user's ledger: what it took from the user, for which room."""
+    wallet = f"user:{user}"
+    cost = -sum(a for acc, asset, a in _postings(gift) if acc == wallet and asset == "coins")
+    return _Debit(user, text(gift[b"room"]), cost)
+
+
 class _Books:
     """Every posting of every ledger, summed per (account, asset)."""
 
@@ -228,8 +235,7 @@ async def _audit_user(
             event = text(e[b"ref"])
             if event in debits:
                 report.problems.append(f"user {user}: event {event} debited twice")
-            cost = -sum(a for acc, asset, a in postings if acc == wallet and asset == "coins")
-            debits[event] = _Debit(user, text(e[b"room"]), cost)
+            debits[event] = _debit(user, e)
     if first_broken is not None:
         report.problems.append(f"user {user}: ledger entry {first_broken} does not balance")
     if running["coins"] != coins:
@@ -321,11 +327,7 @@ async def _debited_since(
         async for _, e in _entries(r, keys.user_ledger(user), after, None, page):
             event = text(e.get(b"ref", b""))
             if e.get(b"kind") == b"gift" and event in credits:
-                wallet = f"user:{user}"
-                cost = -sum(
-                    a for acc, asset, a in _postings(e) if acc == wallet and asset == "coins"
-                )
-                late[event] = _Debit(user, text(e[b"room"]), cost)
+                late[event] = _debit(user, e)
     return late
 
 
