@@ -465,6 +465,32 @@ async def test_a_live_without_gifts_ends_on_a_summary_without_empty_headings(
     await expect(summary.locator("#summary-peak")).to_have_text("0")
 
 
+async def test_going_live_again_from_the_summary_starts_the_new_live_from_zero(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    room = await go_live(page)
+    fan = await named_user(page_api.http, "Noah", coins=1000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        await client.send_gift(room, "confetti")
+        await expect(page.locator("#session-diamonds")).to_have_text("+100")
+        await page.locator("#end-live").click()
+        await expect(page.locator("#summary-diamonds")).to_have_text("100")
+
+        await page.locator("#summary-again").click()
+
+        await expect(page.locator("#studio")).to_be_visible()
+        await expect(page.locator("#session-diamonds")).to_have_text("+0")
+        await expect(page.locator("#thank-list li")).to_have_count(0)
+        await client.send_gift(room, "rose", 2)
+        await expect(page.locator("#session-diamonds")).to_have_text("+2")
+        await expect(page.locator("#diamond-total")).to_have_attribute("data-diamonds", "102")
+        await page.locator("#end-live").click()
+        # The second LIVE's own summary, not the first one's.
+        await expect(page.locator("#summary-diamonds")).to_have_text("2")
+
+
 async def test_the_studio_opened_during_a_live_counts_from_the_lives_start_not_the_page_load(
     context: BrowserContext, page_server: ServerProcess, page_api: Api
 ) -> None:
