@@ -249,6 +249,9 @@ async def test_the_top_gifters_board_ranks_the_rooms_gifters_by_coins(
         ranking = await board.evaluate_all("items => items.map(li => li.dataset.user)")
         assert ranking == ranked
         await expect(page.locator("#viewer-count")).to_have_text("5")
+        # The room's card in the list counts the same viewers as the stage.
+        card = page.locator(f'.room-card[data-room="{room}"] .room-viewers')
+        await expect(card).to_have_text("👁 5 watching")
         await settle(page)
         await screenshot(page, "viewer.png")
 
@@ -625,6 +628,8 @@ async def test_gift_tiles_show_whole_names_and_the_combo_bubble_inside_the_panel
     bubble = tile.locator(".tile-combo")
     await expect(bubble).to_have_text(f"{TIMES}3")
     await expect(bubble).to_have_class(re.compile(r"\bshow\b"))
+    # Measured at rest: its pop (a scale-down from 1.9) and its fade-in are over.
+    await bubble.evaluate("b => Promise.all(b.getAnimations().map(a => a.finished))")
     grid = await page.locator("#gift-grid").bounding_box()
     box = await bubble.bounding_box()
     assert grid is not None and box is not None

@@ -194,6 +194,9 @@ export class ViewerView {
     const el = $("#viewer-count");
     el.textContent = fmt(n);
     el.dataset.viewers = n;
+    // The room's card in the list says the same as the stage.
+    const card = document.querySelector(`.room-card[data-room="${this.room}"] .room-viewers`);
+    if (card) card.textContent = `👁 ${fmt(n)} watching`;
   }
 
   #setLive(live) {
