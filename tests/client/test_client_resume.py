@@ -188,6 +188,11 @@ async def test_a_room_that_ended_while_the_client_was_away_is_reported_after_the
     assert proxy.accepted == 2
 
 
+async def accepted(proxy: Proxy, connections: int) -> None:
+    """Wait until the proxy has forwarded `connections` connections."""
+    await eventually(lambda: proxy.accepted >= connections)
+
+
 def assert_once_in_offset_order(
     received: list[Event], history: list[dict[str, Any]], kinds: set[str]
 ) -> None:
@@ -246,10 +251,13 @@ async def test_a_storm_of_streaks_through_cuts_yields_every_gift_once_in_offset_
             tasks.create_task(collect(host_client, for_host))
             tasks.create_task(collect(watching_sender, for_sender))
             senders = [tasks.create_task(keep_gifting(g)) for g in gifters]
-            for _ in range(CUTS):
+            for cut in range(CUTS):
+                # Both readers are back (from the cut before) and the storm goes on.
+                await accepted(proxy, 2 * (cut + 1))
                 await grown(acks, by=30)
                 async with proxy.offline():
                     await grown(acks, by=15)
+            await accepted(proxy, 2 * (CUTS + 1))
             await grown(acks, by=30)
             stop.set()
             await asyncio.gather(*senders)
