@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from giftstream.client import Client, CreditEvent, GiftEvent
+from giftstream.client import Client, CreditEvent, GiftEvent, StreakEnded
 
 WAIT_TIMEOUT_S = 30.0
 LOAD_TIMEOUT_S = 60.0
@@ -174,6 +174,8 @@ async def _listen(client: Client, seen: Seen, done: Callable[[Seen], bool]) -> N
             else:
                 repeat = max(seen.streaks.get(event.streak.id, 0), event.streak.repeat)
                 seen.streaks[event.streak.id] = repeat
+        elif isinstance(event, StreakEnded):
+            seen.streaks[event.streak] = max(seen.streaks.get(event.streak, 0), event.repeat)
         elif isinstance(event, CreditEvent):
             seen.credits[event.event] = event.diamonds
             seen.total = max(seen.total, event.total)

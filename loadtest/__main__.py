@@ -32,12 +32,19 @@ DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m loadtest",
-        description=__doc__,
-    )
-    p.add_argument("scenario", choices=SCENARIOS)
+# What each scenario does, for its --help.
+ABOUT = {
+    "storm": "one room: 1 host, viewers watching, senders tapping gifts",
+    "bench": "bare echo and broadcast servers, then storm as fast as it goes, at half that rate,"
+    " and its senders alone in a room",
+    "sweep": "storm as fast as it goes, then open loop at fractions of that rate",
+    "rooms": "many rooms of a host and viewers, every viewer gifting",
+    "idle": "connections that authenticate, join a room and stay quiet: memory per connection",
+    "recharge": "buyers over HTTP: packages, custom amounts, replays, declines, late payments",
+}
+
+
+def _service_flags(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("the service")
     t.add_argument("--url", help="a running giftstream (http://host:port) instead of starting one")
     t.add_argument("--workers", type=int, default=1, help="workers of the service started here (1)")
@@ -53,40 +60,70 @@ def parser() -> argparse.ArgumentParser:
         metavar="GIFTSTREAM_NAME=VALUE",
         help="a setting of the service started here (repeatable)",
     )
+
+
+def _load_flags(p: argparse.ArgumentParser, scenario: str) -> None:
+    """The load's flags that `scenario` uses, with its defaults in the help."""
+    d = DEFAULTS[scenario]
     load = p.add_argument_group("the load")
     load.add_argument("--procs", type=int, default=1, help="load generator processes (1)")
-    load.add_argument("--duration", type=float, help="seconds of load per run (10; sweep 6)")
+    load.add_argument(
+        "--duration", type=float, help=f"seconds of load per run ({d.get('duration', 10):g})"
+    )
     load.add_argument(
         "--drain", type=float, default=10.0, help="most seconds to wait for answers (10)"
     )
-    load.add_argument(
-        "--rate",
-        type=float,
-        help="gifts (recharge: requests) per second, open "
-        "loop; 0: as fast as answers come (0; rooms 400)",
-    )
-    load.add_argument(
-        "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
-    )
-    load.add_argument("--senders", type=int, default=20, help="storm: senders (20)")
-    load.add_argument("--viewers", type=int, help="storm: viewers (1000); rooms: per room (10)")
-    load.add_argument("--rooms", type=int, help="rooms: rooms (200); idle: rooms (10)")
-    load.add_argument("--conns", type=int, default=5000, help="idle: connections (5000)")
-    load.add_argument(
-        "--users", type=int, help="idle: users the connections share (one per 10 connections)"
-    )
-    load.add_argument("--clients", type=int, default=50, help="recharge: buyers (50)")
-    load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
-    load.add_argument(
-        "--fractions",
-        default=",".join(f"{f:g}" for f in FRACTIONS),
-        help="sweep: rates to run, as fractions of the maximum (%(default)s)",
-    )
+    if scenario in ("storm", "rooms", "recharge"):
+        what = "requests" if scenario == "recharge" else "gifts"
+        load.add_argument(
+            "--rate",
+            type=float,
+            help=f"{what} per second, open loop; 0: as fast as answers come ({d.get('rate', 0):g})",
+        )
+    if scenario in ("storm", "bench", "sweep", "rooms"):
+        load.add_argument(
+            "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
+        )
+        load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
+    if scenario in ("storm", "bench", "sweep"):
+        load.add_argument("--senders", type=int, default=20, help="senders (20)")
+        load.add_argument("--viewers", type=int, help=f"viewers ({d['viewers']:g})")
+    if scenario == "rooms":
+        load.add_argument("--viewers", type=int, help=f"viewers per room ({d['viewers']:g})")
+    if scenario in ("rooms", "idle"):
+        load.add_argument("--rooms", type=int, help=f"rooms ({d['rooms']:g})")
+    if scenario == "idle":
+        load.add_argument("--conns", type=int, default=5000, help="connections (5000)")
+        load.add_argument(
+            "--users", type=int, help="users the connections share (one per 10 connections)"
+        )
+    if scenario == "recharge":
+        load.add_argument("--clients", type=int, default=50, help="buyers (50)")
+    if scenario == "sweep":
+        load.add_argument(
+            "--fractions",
+            default=",".join(f"{f:g}" for f in FRACTIONS),
+            help="rates to run, as fractions of the maximum (%(default)s)",
+        )
+
+
+def _output_flags(p: argparse.ArgumentParser, scenario: str) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="default .giftstream/loadtest/SCENARIO-TIME.json")
     out.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
-    out.add_argument("--plot", type=Path, help="sweep: the PNG (default beside the JSON)")
+    if scenario == "sweep":
+        out.add_argument("--plot", type=Path, help="the PNG (default beside the JSON)")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
+    scenarios = p.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+    for scenario in SCENARIOS:
+        one = scenarios.add_parser(scenario, help=ABOUT[scenario], description=ABOUT[scenario])
+        _service_flags(one)
+        _load_flags(one, scenario)
+        _output_flags(one, scenario)
     return p
 
 
@@ -94,23 +131,24 @@ def options(args: argparse.Namespace) -> Options:
     defaults = DEFAULTS[args.scenario]
 
     def pick(name: str, fallback: float) -> float:
-        value = getattr(args, name)
+        value = getattr(args, name, None)
         return float(value if value is not None else defaults.get(name, fallback))
 
+    conns = getattr(args, "conns", 5000)
     return Options(
         procs=args.procs,
         duration_s=pick("duration", 10.0),
         drain_s=args.drain,
         rate=pick("rate", 0.0),
-        window=args.window,
-        senders=args.senders,
+        window=getattr(args, "window", 8),
+        senders=getattr(args, "senders", 20),
         viewers=int(pick("viewers", 1000)),
         rooms=int(pick("rooms", 200)),
-        conns=args.conns,
-        users=args.users or -(-args.conns // CONNS_PER_USER),
-        clients=args.clients,
-        gift=args.gift,
-        fractions=tuple(float(f) for f in args.fractions.split(",") if f.strip()),
+        conns=conns,
+        users=getattr(args, "users", None) or -(-conns // CONNS_PER_USER),
+        clients=getattr(args, "clients", 50),
+        gift=getattr(args, "gift", "rose"),
+        fractions=tuple(float(f) for f in getattr(args, "fractions", "").split(",") if f.strip()),
     )
 
 

@@ -26,6 +26,8 @@ KIB = 1024
 MIB = 1024 * 1024
 # Below this, the RSS a run adds is noise, not a per-connection figure.
 MEMORY_MIN_CONNS = 100
+# The summary's width when stdout is not a terminal: room for a sweep's columns.
+PIPED_WIDTH = 240
 
 
 class Display:
@@ -33,7 +35,8 @@ class Display:
 
     def __init__(self, quiet: bool) -> None:
         self.console = Console(stderr=True)
-        self.out = Console()
+        # Piped or redirected, rich would wrap the table at 80 columns: as wide as it needs.
+        self.out = Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
         self._live: Live | None = None
         self._quiet = quiet
 
@@ -193,6 +196,9 @@ def rows(report: Report) -> list[tuple[str, list[str]]]:
                 "Valkey CPU (µs /answer)",
                 [_num(u.store_cpu_us_per_gift) if u else "" for u in usage],
             ),
+        ]
+    if gifting:
+        table += [
             (
                 "Redis round trips /gift",
                 [_num(u.redis_round_trips_per_gift, 3) if u else "" for u in usage],
@@ -209,11 +215,15 @@ def rows(report: Report) -> list[tuple[str, list[str]]]:
             [str(r.coin_check.coins_missing) if r.coin_check else "" for r in runs],
         ),
     ]
-    return table
+    # A row no run has a figure for does not apply to these runs (e.g. memory per connection
+    # of a run too small to tell, frames of HTTP buyers).
+    return [(metric, cells) for metric, cells in table if any(cells)]
 
 
 def print_summary(display: Display, report: Report) -> None:
-    table = Table(title=f"giftstream loadtest · {report.started_at} · {report.target}")
+    # The heading on a line of its own: as a table title it wraps to the table's width.
+    display.out.print(f"giftstream loadtest · {report.started_at} · {report.target}")
+    table = Table()
     table.add_column("")
     for run in report.runs:
         table.add_column(run.label, justify="right")

@@ -264,6 +264,7 @@ def ws_result(
     window = tally.window_s
     acked = tally.counts["gifts_acked_in_window"]
     frames = tally.counts["frames_delivered"]
+    gifts = tally.counts["gift_frames_delivered"]
     errors = Counter(tally.errors)
     if tally.sent_at and server == "giftstream":
         missing = len(tally.sent_at.keys() - tally.credited_at.keys())
@@ -287,8 +288,9 @@ def ws_result(
         host_credit_latency=latency(tally.credit_latencies()),
         frames_delivered_per_s=round(tally.per_s("frames_delivered"), 1),
         frames_per_viewer_per_s=round(frames / window / members, 2) if window and members else 0.0,
-        # Rooms of the same size, each with its share of the gifts: a member sees its room's.
-        delivery_ratio=round(frames * rooms / (acked * members), 3) if acked and members else None,
+        # Rooms of the same size, each with its share of the gifts: a member sees its room's,
+        # at most one gift frame each (fewer when merged); a streak's closing frame is no gift.
+        delivery_ratio=round(gifts * rooms / (acked * members), 3) if acked and members else None,
         errors=dict(errors),
         usage=usage,
         generator_cpu_cores=round(tally.cpu_s / window, 3) if window else 0.0,

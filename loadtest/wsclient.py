@@ -22,6 +22,10 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_HANDSHAKE_BYTES = 16_384
 CLOSE_NORMAL = 1000
+# A msgpack `gift` frame holds `t: "gift"`; the live frame closing a streak also `end: true`
+# (a byte search, to count gifts without decoding every frame).
+GIFT_TYPE = b"\xa1t\xa4gift"
+STREAK_END = b"\xa3end\xc3"
 
 OnMessage = Callable[[bytes], None]
 
@@ -49,8 +53,9 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class WsClient(asyncio.Protocol):
-    """One connection. `frames` counts every data frame received; `on_message`, when set, gets
-    each payload."""
+    """One connection. `frames` counts every data frame received, `gift_frames` the msgpack
+    `gift` frames among them that are a gift (not a streak's closing frame); `on_message`,
+    when set, gets each payload."""
 
     def __init__(self, host: str, port: int, path: str, subprotocol: str | None) -> None:
         self._key = base64.b64encode(os.urandom(16))
@@ -69,6 +74,7 @@ class WsClient(asyncio.Protocol):
         self.closed: asyncio.Future[int] = loop.create_future()
         self.on_message: OnMessage | None = None
         self.frames = 0
+        self.gift_frames = 0
         self.bytes_in = 0
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -161,6 +167,8 @@ class WsClient(asyncio.Protocol):
             opcode = b1 & 0x0F
             if opcode == OP_BINARY or opcode == OP_TEXT:
                 self.frames += 1
+                if buf.find(GIFT_TYPE, start, end) >= 0 and buf.find(STREAK_END, start, end) < 0:
+                    self.gift_frames += 1
                 self.bytes_in += length
                 if self.on_message is not None:
                     self.on_message(bytes(buf[start:end]))

@@ -116,6 +116,11 @@ class Sender:
         """Frames received that answer none of this sender's gifts."""
         raise NotImplementedError
 
+    @property
+    def gift_frames(self) -> int:
+        """The room's `gift` frames received that are a gift (not a streak's closing frame)."""
+        raise NotImplementedError
+
     def submit(self, scheduled: float) -> None:
         """Open loop: send now if the connection has room in flight, else as soon as it does;
         the latency counts from `scheduled` either way."""
@@ -186,6 +191,10 @@ class ClientSender(Sender):
         return self.client.messages_received - self.set_up - self.answers
 
     @property
+    def gift_frames(self) -> int:
+        return self.client.gift_frames_received
+
+    @property
     def reconnected(self) -> bool:
         """Each (re)connection authenticates again, with a new `welcome`."""
         return self.client.welcome is not self.welcome
@@ -222,11 +231,16 @@ class WireSender(Sender):
         self.client = client
         self.frame: dict[str, Any] = {"t": "gift", "id": "", "room": conn.room, "gift": plan.gift}
         self.frames = 0
+        self.gifts_seen = 0
         client.on_message = self.on_message
 
     @property
     def room_frames(self) -> int:
         return self.frames
+
+    @property
+    def gift_frames(self) -> int:
+        return self.gifts_seen
 
     def send(self, rid: str) -> None:
         self.frame["id"] = rid
@@ -237,6 +251,9 @@ class WireSender(Sender):
         rid = frame.get("id")
         if rid not in self.pending:
             self.frames += 1
+            self.gifts_seen += frame.get("t") == "gift" and not (frame.get("streak") or {}).get(
+                "end"
+            )
             return
         error = str(frame.get("code")) if frame.get("t") == "error" else None
         self.answered(rid, error, frame.get("event"))
@@ -416,6 +433,7 @@ class WsLoad:
         self.link.ready()
         await self.link.wait_go()
         frames_before = self._frames()
+        gift_frames_before = self._gift_frames()
         cpu_before = time.process_time()
         started = time.perf_counter()
         self.run_state.ends = started + plan.duration_s
@@ -435,6 +453,7 @@ class WsLoad:
         self.tally.window_s = time.perf_counter() - started
         self.tally.cpu_s = time.process_time() - cpu_before
         self.tally.counts["frames_delivered"] = self._frames() - frames_before
+        self.tally.counts["gift_frames_delivered"] = self._gift_frames() - gift_frames_before
         await self._drain()
         # The parent compares the counters once all have drained: they must be complete.
         self._report(frames_before)
@@ -505,6 +524,14 @@ class WsLoad:
             host = HostWatch(self.tally)
             member.on_message = host.on_message
             self.hosts.append(host)
+
+    def _gift_frames(self) -> int:
+        """The room's gift frames received so far, one per gift per member unless merged."""
+        total = sum(s.gift_frames for s in self.senders)
+        for conn, client in self.clients:
+            if conn.role != "sender":
+                total += client.gift_frames
+        return total
 
     def _frames(self) -> int:
         """Room frames received so far: everything but the answers to a sender's own gifts."""

@@ -118,6 +118,9 @@ class ServerProcess:
     # The ledger's PostgreSQL. Unset: with a data directory, the embedded one there; without, the
     # store's own database on the session's PostgreSQL (chosen at the first start).
     database_url: str | None = None
+    # `serve`, or `demo` (dev mode with bot rooms, `args` e.g. ["--rooms", "1"]).
+    command: str = "serve"
+    args: list[str] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -128,9 +131,10 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     def start(self) -> "ServerProcess":
-        args = [sys.executable, "-m", "giftstream.cli", "serve", "--port", str(self.port)]
-        if self.dev:
+        args = [sys.executable, "-m", "giftstream.cli", self.command, "--port", str(self.port)]
+        if self.dev and self.command == "serve":
             args.append("--dev")
+        args += self.args
         args += ["--workers", str(self.workers), "--log-level", "warning"]
         if self.redis_url:
             args += ["--redis-url", self.redis_url]

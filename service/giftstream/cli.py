@@ -26,7 +26,9 @@ from giftstream.store.postgres import database_url
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", help="Redis/Valkey URL (default: embedded Valkey)")
-    p.add_argument("--data-dir", type=Path, help="embedded Valkey data directory")
+    p.add_argument(
+        "--data-dir", type=Path, help="embedded Valkey data directory (default .giftstream)"
+    )
 
 
 def _add_database_flag(p: argparse.ArgumentParser) -> None:
@@ -35,30 +37,56 @@ def _add_database_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+DESCRIPTION = (
+    "giftstream: real-time gifting for live streams. `giftstream demo` starts the service with"
+    " a demo page and live rooms of bots; `giftstream serve` runs it. Settings come from"
+    " GIFTSTREAM_* environment variables (see the README); flags override them."
+)
+
+
+def _add_serve_flags(
+    p: argparse.ArgumentParser, *, dev_flag: bool = True, log_level: str = "info"
+) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, help="worker processes (default 1)")
     _add_store_flags(p)
     _add_database_flag(p)
-    p.add_argument("--dev", action="store_true", default=None, help="enable /v1/dev/*")
-    p.add_argument("--log-level", default="info", help="uvicorn log level")
+    if dev_flag:
+        p.add_argument("--dev", action="store_true", default=None, help="enable /v1/dev/*")
+    p.add_argument(
+        "--log-level", default=log_level, help=f"uvicorn log level (default {log_level})"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="giftstream", description=__doc__)
+    parser = argparse.ArgumentParser(prog="giftstream", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve_flags(commands.add_parser("serve", help="run the service"))
-    demo = commands.add_parser("demo", help="serve --dev with simulated live rooms and bots")
-    _add_serve_flags(demo)
-    demo.add_argument("--rooms", type=int, default=3, help="simulated live rooms")
-    demo.add_argument("--bots", type=int, default=6, help="bot viewers per room")
+    demo = commands.add_parser(
+        "demo",
+        help="serve with /v1/dev/* and simulated live rooms of bots",
+        description="The service in dev mode (/v1/dev/* on), with live rooms of bot viewers"
+        " gifting; prints the demo page's links once the rooms are live.",
+    )
+    # The server's own lines would bury the demo's links: warnings and errors only.
+    _add_serve_flags(demo, dev_flag=False, log_level="warning")
+    demo.add_argument("--rooms", type=int, default=3, help="simulated live rooms (default 3)")
+    demo.add_argument("--bots", type=int, default=6, help="bot viewers per room (default 6)")
+    demo.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (default off)"
+    )
     audit = commands.add_parser("audit", help="check every money invariant from the ledger")
     _add_store_flags(audit)
     trial = commands.add_parser(
         "local-cluster", help="run a local Valkey Cluster (3 primaries, 3 replicas) for trials"
     )
-    trial.add_argument("--dir", type=Path, default=Path(".giftstream-cluster"), help="data")
+    trial.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".giftstream-cluster"),
+        help="where the nodes keep their data and logs (default .giftstream-cluster)",
+    )
     ledger_cmd = commands.add_parser("ledger", help="statements from the ledger of record")
     ledger_verbs = ledger_cmd.add_subparsers(dest="verb", required=True)
     export = ledger_verbs.add_parser("export", help="every ledger entry in a time range")
@@ -90,7 +118,9 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def serve(settings: Settings, log_level: str, on_ready: object = None) -> None:
+def serve(
+    settings: Settings, log_level: str, on_ready: object = None, access_log: bool = True
+) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; exiting through SystemExit instead of
     # dying of the signal lets the embedded Valkey below be stopped (and its AOF flushed).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -118,6 +148,7 @@ def serve(settings: Settings, log_level: str, on_ready: object = None) -> None:
             http="giftstream.http.guard:GuardedHttp",
             timeout_keep_alive=settings.http_keep_alive_s,
             log_level=log_level,
+            access_log=access_log,
             timeout_graceful_shutdown=10,
         )
 
@@ -211,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         from giftstream.demo import start_bots
 
         settings = _settings(args, dev=True)
-        serve(settings, args.log_level, on_ready=start_bots(args.rooms, args.bots))
+        bots = start_bots(args.rooms, args.bots)
+        serve(settings, args.log_level, on_ready=bots, access_log=args.access_log)
         return 0
     if args.command == "local-cluster":
         return local_cluster(args.dir)

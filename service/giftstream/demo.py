@@ -95,11 +95,27 @@ async def _gift_forever(client: Client, room: str) -> None:
             await asyncio.sleep(RETRY_S)
 
 
+# The links' frame: no wider than a terminal's usual 80 columns (a host token is longer).
+BOX_WIDTH = 78
+
+
+def links_box(base: str, rooms: list[tuple[str, str]], bots: int) -> str:
+    """The demo's links between two rules, so that they stand out from the server's log."""
+    lines = [f"giftstream demo: open {base}/", ""]
+    for room, token in rooms:
+        lines.append(f"room {room} ({bots} bots): watch {base}/?room={room}")
+        lines.append(f"  host studio {base}/?host=1&token={token}")
+    lines += ["", "Ctrl+C stops everything, Valkey included"]
+    rule = "═" * BOX_WIDTH
+    return "\n".join([rule, *lines, rule])
+
+
 async def _run(settings: Settings, rooms: int, bots: int) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
     ws_url = f"ws://{host}:{settings.port}/v1/ws"
     await _wait_ready(base)
+    opened: list[tuple[str, str]] = []
     tasks = []
     for r in range(rooms):
         owner = await asyncio.to_thread(
@@ -107,17 +123,14 @@ async def _run(settings: Settings, rooms: int, bots: int) -> None:
             base,
             "POST",
             "/v1/dev/users",
-            {"name": f"host{r + 1}", "region": "US", "role": "host"},
+            {"name": f"{BOT_NAMES[r % len(BOT_NAMES)]} Live", "region": "US", "role": "host"},
         )
         room = (await asyncio.to_thread(_http, base, "POST", "/v1/rooms", {}, owner["token"]))[
             "room"
         ]
-        print(
-            f"demo room {room} is live with {bots} bots: watch {base}/?room={room}"
-            f" · host studio {base}/?host=1&token={owner['token']}"
-        )
+        opened.append((room, owner["token"]))
         tasks += [asyncio.create_task(_bot(base, ws_url, room, r * bots + i)) for i in range(bots)]
-    print(f"\n  giftstream demo: open {base}/  (Ctrl+C stops)\n", flush=True)
+    print(f"\n{links_box(base, opened, bots)}\n", flush=True)
     await asyncio.gather(*tasks)
 
 
@@ -125,6 +138,8 @@ def start_bots(rooms: int, bots: int) -> Callable[[Settings], None]:
     """A hook for `serve`: once the settings are final, run the bots in a daemon thread."""
 
     def start(settings: Settings) -> None:
+        # The bots' clients reconnect when the server stops (Ctrl+C): one line each is noise.
+        logging.getLogger("giftstream.client").setLevel(logging.WARNING)
         thread = threading.Thread(
             target=asyncio.run, args=(_run(settings, rooms, bots),), name="demo-bots", daemon=True
         )

@@ -3,9 +3,11 @@
 Screenshots of the views go to $GIFTSTREAM_SCREENSHOTS (or a temporary folder).
 """
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
@@ -26,7 +28,7 @@ from browser_kit import (
 )
 from giftstream.client import Client
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, ServerProcess, User, running
+from support import Api, ServerProcess, User, bearer, running
 from support import Client as RawClient
 
 pytestmark = pytest.mark.browser
@@ -90,6 +92,13 @@ async def go_live(page: Page) -> str:
 
 async def page_user(page: Page, view: str = "viewer") -> User:
     return User("", await page_token(page, view))
+
+
+async def live_session(api: Api, room: str, session: int) -> dict[str, Any]:
+    r = await api.http.get(f"/v1/rooms/{room}/sessions/{session}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 # -- the viewer ------------------------------------------------------------------------------
@@ -164,7 +173,8 @@ async def test_insufficient_coins_opens_the_recharge_dialog_and_a_test_purchase_
     dialog = page.locator("#recharge")
     await expect(dialog).to_be_visible()
     await expect(dialog.locator("#recharge-reason")).to_have_text("Lion costs 29,999 coins.")
-    await expect(dialog.locator(".package")).to_have_count(len(prices))
+    # The price list, and the exact amount missing (no package pays for a Lion).
+    await expect(dialog.locator(".package")).to_have_count(len(prices) + 1)
     package = dialog.locator('.package[data-package="coins_70"]')
     await expect(package).to_contain_text(f"${smallest['price']}")
     await screenshot(page, "recharge.png", animations="disabled")
@@ -172,7 +182,10 @@ async def test_insufficient_coins_opens_the_recharge_dialog_and_a_test_purchase_
     await package.click()
     await dialog.locator("#test-receipt").select_option("test-decline")
     await dialog.locator("#buy").click()
-    await expect(page.locator(".toast.error").last).to_contain_text("Payment declined")
+    declined = page.locator(".toast.error").last
+    await expect(declined).to_have_text(
+        "Payment declined: the card was declined by its bank; nothing was charged"
+    )
     await expect(page.locator("#balance-value")).to_have_text(f"{VIEWER_COINS:,}")
 
     await dialog.locator("#test-receipt").select_option("")
@@ -236,6 +249,9 @@ async def test_the_top_gifters_board_ranks_the_rooms_gifters_by_coins(
         ranking = await board.evaluate_all("items => items.map(li => li.dataset.user)")
         assert ranking == ranked
         await expect(page.locator("#viewer-count")).to_have_text("5")
+        # The room's card in the list counts the same viewers as the stage.
+        card = page.locator(f'.room-card[data-room="{room}"] .room-viewers')
+        await expect(card).to_have_text("👁 5 watching")
         await settle(page)
         await screenshot(page, "viewer.png")
 
@@ -322,7 +338,7 @@ async def test_a_chest_dropped_from_the_page_is_shared_by_the_viewers_who_claim_
         chest_id = await chest.get_attribute("data-chest")
         claimed = await ws.request({"t": "claim", "room": room, "chest": chest_id}, "claimed")
         assert claimed["t"] == "claimed", claimed
-        await expect(chest.locator(".chest-when")).to_contain_text("1 shared 100 coins")
+        await expect(chest.locator(".chest-when")).to_have_text("1 viewer shared 100 coins")
         await expect(page.locator("#balance-value")).to_have_text(f"{VIEWER_COINS - 100:,}")
     finally:
         await ws.close()
@@ -366,7 +382,8 @@ async def test_the_host_studio_shows_every_credit_and_the_diamond_total(
         thanks = page.locator("#thank-list li")
         await expect(thanks).to_have_count(len(fans))
         await expect(thanks.first).to_contain_text("Jonas")  # 299 diamonds, the most
-        await expect(page.locator("#host-viewers")).to_have_text(str(len(fans) + 1))
+        # The fans watch; the host is not one of its own viewers.
+        await expect(page.locator("#host-viewers")).to_have_text(str(len(fans)))
         await screenshot(page, "host.png", animations="disabled")
 
 
@@ -394,8 +411,10 @@ async def test_ending_the_live_shows_a_session_summary_of_the_credits(
     await expect(summary).to_be_visible()
     await expect(summary.locator("#summary-diamonds")).to_have_text("313")
     await expect(summary.locator("#summary-gifts")).to_have_text("15")
+    # Mika and Jonas watched at once (the host does not count): the server's peak.
+    await expect(summary.locator("#summary-peak")).to_have_text("2")
     kinds = summary.locator("#summary-kinds")
-    await expect(kinds.locator('li[data-gift="rose"]')).to_contain_text(f"{TIMES}14")
+    await expect(kinds.locator('li[data-gift="rose"]')).to_contain_text(f"Rose{TIMES}14")
     await expect(kinds.locator('li[data-gift="corgi"]')).to_contain_text(f"{TIMES}1")
     top = await summary.locator("#summary-top li").evaluate_all(
         "items => items.map(li => li.dataset.user)"
@@ -432,6 +451,214 @@ async def test_a_dropped_connection_recovers_every_credit_exactly_once(
         await expect(page.locator("#diamond-total")).to_have_attribute("data-diamonds", "27")
     finally:
         await proxy.close()
+
+
+async def test_a_live_without_gifts_ends_on_a_summary_without_empty_headings(
+    context: BrowserContext, page_server: ServerProcess
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    await go_live(page)
+
+    await page.locator("#end-live").click()
+
+    summary = page.locator("#summary")
+    await expect(summary).to_be_visible()
+    await expect(summary.locator("#summary-nothing")).to_be_visible()
+    await expect(summary.locator("#summary-cols")).to_be_hidden()
+    await expect(summary.locator("#summary-peak")).to_have_text("0")
+
+
+async def test_going_live_again_from_the_summary_starts_the_new_live_from_zero(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    room = await go_live(page)
+    fan = await named_user(page_api.http, "Noah", coins=1000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        await client.send_gift(room, "confetti")
+        await expect(page.locator("#session-diamonds")).to_have_text("+100")
+        await page.locator("#end-live").click()
+        await expect(page.locator("#summary-diamonds")).to_have_text("100")
+
+        await page.locator("#summary-again").click()
+
+        await expect(page.locator("#studio")).to_be_visible()
+        await expect(page.locator("#session-diamonds")).to_have_text("+0")
+        await expect(page.locator("#thank-list li")).to_have_count(0)
+        await client.send_gift(room, "rose", 2)
+        await expect(page.locator("#session-diamonds")).to_have_text("+2")
+        await expect(page.locator("#diamond-total")).to_have_attribute("data-diamonds", "102")
+        await page.locator("#end-live").click()
+        # The second LIVE's own summary, not the first one's.
+        await expect(page.locator("#summary-diamonds")).to_have_text("2")
+
+
+async def test_the_studio_opened_during_a_live_counts_from_the_lives_start_not_the_page_load(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    host = await named_user(page_api.http, "Aiko", role="host")
+    opened = (await page_api.http.post("/v1/rooms", headers=bearer(host))).json()
+    room, session = opened["room"], opened["session"]
+    fan = await named_user(page_api.http, "Mika", coins=1000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        await client.send_gift(room, "corgi")
+        await client.send_gift(room, "rose", 5)
+        # The LIVE is some seconds old before the studio opens (a condition polled on the
+        # server, not a pause).
+        deadline = asyncio.get_running_loop().time() + 30
+        while (await live_session(page_api, room, session))["duration_ms"] < 3000:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+
+        page = await open_page(context, f"{page_server.base_url}/?host=1&token={host.token}")
+
+        await expect(page.locator("#studio")).to_be_visible()
+        await expect(page.locator("#session-diamonds")).to_have_text("+304")
+        await expect(page.locator("#session-gifts")).to_have_text("6")
+        timer = await page.locator("#live-timer").text_content()
+        assert timer is not None and timer >= "00:03", timer
+        # A gift after the page joined is added once to the server's figures.
+        await client.send_gift(room, "finger_heart")
+        await expect(page.locator("#session-diamonds")).to_have_text("+309")
+        await expect(page.locator("#thank-list li")).to_have_count(1)
+        await expect(page.locator("#thank-list li")).to_contain_text("309 coins given")
+
+
+async def test_hosts_are_shown_by_their_display_name_on_the_stage_and_in_the_room_list(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    host = await named_user(page_api.http, "Priya Sings", role="host")
+    room = await page_api.open_room(host)
+
+    page = await open_page(context, f"{page_server.base_url}/?room={room}")
+
+    await expect(page.locator("#host-name")).to_have_text("Priya Sings")
+    await expect(page.locator("#host-avatar .avatar")).to_have_text("P")
+    card = page.locator(f'.room-card[data-room="{room}"]')
+    await expect(card.locator(".room-host")).to_have_text("Priya Sings")
+
+
+async def test_the_host_cashes_out_from_the_studio_and_sees_the_payout_in_its_history(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    room = await go_live(page)
+    cash_out = page.locator("#cashout-btn")
+    await expect(cash_out).to_be_disabled()  # under the minimum of 10,000 diamonds
+    await expect(page.locator("#cashout-note")).to_have_text("Minimum 10,000 diamonds ($50.00)")
+    fan = await named_user(page_api.http, "Omar", coins=20_000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        await client.send_gift(room, "interstellar")
+        await client.send_gift(room, "rose", 200)
+    await expect(page.locator("#diamond-total")).to_have_attribute("data-diamonds", "10200")
+    await expect(cash_out).to_be_enabled()
+    await expect(cash_out).to_have_text("Cash out $51.00")
+
+    await cash_out.click()
+
+    await expect(page.locator(".toast.success").last).to_contain_text(
+        "Cashed out 10,200 diamonds: $51.00 is on its way."
+    )
+    await expect(page.locator("#diamond-total")).to_have_attribute("data-diamonds", "0")
+    payouts = page.locator("#payout-list li")
+    await expect(payouts).to_have_count(1)
+    await expect(payouts.first).to_contain_text("10,200")
+    await expect(page.locator("#payouts-empty")).to_be_hidden()
+    await expect(cash_out).to_be_disabled()
+    host = await page_user(page, "host")
+    listed = (await page_api.http.get("/v1/payouts", headers=bearer(host))).json()
+    assert [p["diamonds"] for p in listed] == [10_200]
+
+
+async def test_a_gift_too_dear_opens_the_recharge_dialog_on_the_smallest_package_that_pays_it(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    room = await live_room(page_api)
+    page = await open_page(context, f"{page_server.base_url}/?room={room}")
+    prices = (await page_api.http.get("/v1/packages?region=US&channel=web")).json()
+    dialog = page.locator("#recharge")
+    selected = dialog.locator(".package.selected")
+
+    # Lion (29,999 coins): 17,500 coins is the biggest package, and no package pays for it...
+    await page.locator('.gift-tile[data-gift="lion"]').click()
+    await expect(dialog).to_be_visible()
+    await expect(selected).to_have_attribute("data-package", "custom")
+    await expect(selected).to_contain_text(f"{29_999 - VIEWER_COINS:,}")
+    await dialog.locator("#recharge-close").click()
+
+    # ... a Swan (699 coins) after spending down to 600 is paid by the 350-coin package.
+    fan_coins = VIEWER_COINS
+    for gift, coins in (("fireworks", 1088), ("corgi", 299)):
+        await page.locator(f'.gift-tile[data-gift="{gift}"]').click()
+        fan_coins -= coins
+        await expect(page.locator("#balance-value")).to_have_text(f"{fan_coins:,}")
+    covering = min(
+        (p for p in prices if p["total_coins"] + fan_coins >= 699), key=lambda p: p["coins"]
+    )
+    await page.locator('.gift-tile[data-gift="swan"]').click()
+    await expect(dialog).to_be_visible()
+    await expect(selected).to_have_attribute("data-package", covering["id"])
+
+    await dialog.locator("#buy").click()
+    await expect(dialog).to_be_hidden()
+    await expect(page.locator("#balance-value")).to_have_text(
+        f"{fan_coins + covering['total_coins']:,}"
+    )
+
+
+async def test_gift_tiles_show_whole_names_and_the_combo_bubble_inside_the_panel(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    room = await live_room(page_api)
+    page = await open_page(context, f"{page_server.base_url}/?room={room}")
+    cut = await page.locator(".tile-name").evaluate_all(
+        "names => names"
+        ".filter(n => n.scrollWidth > n.clientWidth || n.scrollHeight > n.clientHeight)"
+        ".map(n => n.textContent)"
+    )
+    assert cut == []
+    tile = page.locator('.gift-tile[data-gift="rose"]')  # the first row of the panel
+
+    for _ in range(3):
+        await tile.click()
+
+    bubble = tile.locator(".tile-combo")
+    await expect(bubble).to_have_text(f"{TIMES}3")
+    await expect(bubble).to_have_class(re.compile(r"\bshow\b"))
+    # Measured at rest: its pop (a scale-down from 1.9) and its fade-in are over.
+    await bubble.evaluate("b => Promise.all(b.getAnimations().map(a => a.finished))")
+    grid = await page.locator("#gift-grid").bounding_box()
+    box = await bubble.bounding_box()
+    assert grid is not None and box is not None
+    assert grid["y"] <= box["y"] and box["y"] + box["height"] <= grid["y"] + grid["height"]
+    assert grid["x"] <= box["x"] and box["x"] + box["width"] <= grid["x"] + grid["width"]
+
+
+async def test_rows_arriving_in_a_busy_gifts_received_feed_never_slide_outside_it(
+    context: BrowserContext, page_server: ServerProcess, page_api: Api
+) -> None:
+    page = await open_page(context, f"{page_server.base_url}/?host=1")
+    room = await go_live(page)
+    fan = await named_user(page_api.http, "Lea", coins=1000)
+    async with Client(page_server.ws_url, fan.token, receive_events=False) as client:
+        await client.join(room)
+        for _ in range(3):
+            await client.send_gift(room, "confetti")
+    await expect(page.locator("#credit-feed li")).to_have_count(3)
+    # Every row's entrance stays in place (a slide from the side was clipped by the feed).
+    moving = await page.evaluate(
+        """() => [...document.querySelectorAll('#credit-feed li')].flatMap(li =>
+            li.getAnimations({ subtree: true }).flatMap(a => a.effect.getKeyframes())
+              .filter(k => k.transform && k.transform !== 'none'))
+              .length
+           + [...document.styleSheets].flatMap(s => [...s.cssRules])
+              .filter(r => r.name === 'credit-in')
+              .flatMap(r => [...r.cssRules]).filter(k => k.style.transform).length"""
+    )
+    assert moving == 0
 
 
 # -- the browser module (static/giftstream.js) -------------------------------------------------

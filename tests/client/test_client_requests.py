@@ -14,6 +14,7 @@ from giftstream.client import (
     NotFound,
     NotInRoom,
     Streak,
+    StreakEnded,
     Unauthenticated,
 )
 from giftstream.errors import ErrorCode
@@ -74,9 +75,18 @@ async def test_a_gift_is_acked_and_reaches_the_host_as_typed_gift_credit_and_str
             coins=10,
             ts=credit.ts,
         )
-        # The closing frame repeats the last tap's offset and still gets through.
-        assert isinstance(streak_end, GiftEvent) and streak_end.closes_streak
-        assert (streak_end.event, streak_end.offset) == (ack.event, gift.offset)
+        # The closing frame is not a second gift: it names the streak and its last tap.
+        assert streak_end == StreakEnded(
+            room=room,
+            streak=ack.event,
+            repeat=2,
+            event=ack.event,
+            offset=gift.offset,
+            sender=viewer.user,
+            gift="finger_heart",
+            sender_name="t-viewer",
+            gift_name="Finger Heart",
+        )
 
 
 async def test_refused_requests_raise_the_exception_of_their_protocol_error_code(

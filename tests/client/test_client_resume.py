@@ -2,6 +2,7 @@
 them: events resumed exactly once and in order, gifts charged once, epoch changes reported."""
 
 import asyncio
+from typing import Any
 
 import msgpack
 import pytest
@@ -14,6 +15,7 @@ from giftstream.client import (
     Event,
     GiftEvent,
     RoomState,
+    StreakEnded,
 )
 from giftstream.store import keys
 from giftstream.store.connection import Redis
@@ -32,6 +34,9 @@ from proxy import Proxy
 from support import Api, ServerProcess, bearer
 
 CUTS = 3
+# Taps of one streakable gift, then another gift, which ends the streak (no waiting for the
+# streak timeout): a storm of streaks.
+STREAK_PATTERN = ("rose", "rose", "rose", "finger_heart", "finger_heart", "confetti")
 
 
 async def test_a_host_cut_off_mid_stream_resumes_with_every_event_once_and_in_order(
@@ -181,3 +186,91 @@ async def test_a_room_that_ended_while_the_client_was_away_is_reported_after_the
 
     assert state == RoomState(room=room, live=False)
     assert proxy.accepted == 2
+
+
+async def accepted(proxy: Proxy, connections: int) -> None:
+    """Wait until the proxy has forwarded `connections` connections."""
+    await eventually(lambda: proxy.accepted >= connections)
+
+
+def assert_once_in_offset_order(
+    received: list[Event], history: list[dict[str, Any]], kinds: set[str]
+) -> None:
+    """Gift and credit events strictly in offset order, each one of the history's, no event id
+    twice per kind; every streak ended at most once, after an event at or past its last tap."""
+    taken = positions(received)
+    assert [offset for _, offset, _ in taken] == sorted({offset for _, offset, _ in taken})
+    assert set(taken) <= set(history_positions(history))
+    for kind in kinds:
+        ids = [event for t, _, event in taken if t == kind]
+        assert len(ids) == len(set(ids)), kind
+    ended: set[str] = set()
+    position = 0
+    for event in received:
+        if isinstance(event, GiftEvent | CreditEvent):
+            position = event.offset
+        elif isinstance(event, StreakEnded):
+            assert event.streak not in ended, event
+            assert event.offset <= position, event
+            ended.add(event.streak)
+
+
+async def test_a_storm_of_streaks_through_cuts_yields_every_gift_once_in_offset_order(
+    server: ServerProcess, api: Api, redis: Redis, proxy: Proxy
+) -> None:
+    host = await api.user(role="host")
+    viewers = [await api.user(coins=1_000_000) for _ in range(3)]
+    room = await api.open_room(host)
+    for_host: list[Event] = []
+    for_sender: list[Event] = []
+    acks: list[Ack] = []
+    stop = asyncio.Event()
+
+    async def collect(client: Client, into: list[Event]) -> None:
+        async for event in client.events():
+            into.append(event)
+
+    async def keep_gifting(client: Client) -> None:
+        n = 0
+        while not stop.is_set():
+            acks.append(await client.send_gift(room, STREAK_PATTERN[n % len(STREAK_PATTERN)]))
+            n += 1
+
+    async with (
+        Client(proxy.url, host.token, backoff=QUICK) as host_client,
+        # The first viewer watches its own gifts, through the same cuts.
+        Client(proxy.url, viewers[0].token, backoff=QUICK) as watching_sender,
+        Client(server.ws_url, viewers[1].token, receive_events=False) as second,
+        Client(server.ws_url, viewers[2].token, receive_events=False) as third,
+    ):
+        gifters = [watching_sender, second, third]
+        await host_client.join(room)
+        for gifter in gifters:
+            await gifter.join(room)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(collect(host_client, for_host))
+            tasks.create_task(collect(watching_sender, for_sender))
+            senders = [tasks.create_task(keep_gifting(g)) for g in gifters]
+            for cut in range(CUTS):
+                # Both readers are back (from the cut before) and the storm goes on.
+                await accepted(proxy, 2 * (cut + 1))
+                await grown(acks, by=30)
+                async with proxy.offline():
+                    await grown(acks, by=15)
+            await accepted(proxy, 2 * (CUTS + 1))
+            await grown(acks, by=30)
+            stop.set()
+            await asyncio.gather(*senders)
+            await eventually(lambda: sum(isinstance(e, CreditEvent) for e in for_host) == len(acks))
+            await eventually(lambda: any(isinstance(e, StreakEnded) for e in for_sender))
+            await host_client.close()
+            await watching_sender.close()
+
+    assert proxy.accepted >= 2 * (CUTS + 1)
+    history = await room_history(redis, room)
+    assert_once_in_offset_order(for_host, history, {"gift", "credit"})
+    assert_once_in_offset_order(for_sender, history, {"gift"})
+    # Credits are lossless: the host has every one, in the history's order.
+    credits = [p for p in history_positions(history) if p[0] == "credit"]
+    assert [p for p in positions(for_host) if p[0] == "credit"] == credits
+    assert any(isinstance(e, StreakEnded) for e in for_host)

@@ -1,10 +1,12 @@
 """`giftstream audit`: clean after real traffic, and naming what is wrong when money is not."""
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
@@ -13,9 +15,10 @@ import pytest
 from giftstream.client import IdempotencyConflict, InsufficientCoins
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
+from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import Api, ServerProcess, User, connected, serving, store
+from support import SHARED_ENV, Api, ServerProcess, User, connected, serving, store
 
 GRANTED = 10_000 + 3
 SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
@@ -213,3 +216,91 @@ async def test_audit_data_dir_reads_a_stopped_embedded_store_clean_then_corrupte
         assert not is_running(data)
     finally:
         await shut_down_leftover_valkey(data)
+
+
+STORM_VIEWERS = 6
+STORM_AUDITS = 6
+
+
+@dataclass
+class Storm:
+    viewers: list[User]
+    acked: list[int]
+    senders: list["asyncio.Task[None]"] = field(default_factory=list)
+
+    async def more(self, gifts: int) -> None:
+        """Wait until `gifts` more gifts are acked (the storm is making progress)."""
+        target = sum(self.acked) + gifts
+        async with asyncio.timeout(30):
+            while sum(self.acked) < target:
+                failed = [t.exception() for t in self.senders if t.done()]
+                assert not failed, failed
+                await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def storm(server: ServerProcess, api: Api) -> AsyncIterator[Storm]:
+    """Viewers gifting without pause into three rooms (streaks, single gifts, counts) until the
+    block ends: every gift's debit and credit run while the block's audits read the ledgers."""
+    rooms = [await api.open_room(await api.user(role="host")) for _ in range(3)]
+    viewers = [await api.user(coins=10_000_000) for _ in range(STORM_VIEWERS)]
+    stop = asyncio.Event()
+    going = Storm(viewers, [0] * len(viewers))
+
+    async def gift_until_stopped(n: int, viewer: User) -> None:
+        async with connected(server, viewer, receive_events=False) as ws:
+            for room in rooms:
+                await ws.join(room)
+            while not stop.is_set():
+                sent = going.acked[n]
+                gift = ("rose", "finger_heart", "confetti")[(sent // 7) % 3]
+                await ws.send_gift(rooms[sent % len(rooms)], gift, count=1 + sent % 3)
+                going.acked[n] += 1
+
+    going.senders = [asyncio.create_task(gift_until_stopped(n, v)) for n, v in enumerate(viewers)]
+    try:
+        await going.more(5 * len(viewers))
+        yield going
+    finally:
+        stop.set()
+        await asyncio.gather(*going.senders)
+
+
+async def test_audit_is_clean_every_time_while_a_storm_of_gifts_runs(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with (
+        serving(ServerProcess(fresh_valkey.url, env=SHARED_ENV)) as (server, api),
+        store(fresh_valkey.url) as redis,
+        storm(server, api) as gifting,
+    ):
+        for _ in range(STORM_AUDITS):
+            report = await run_audit(redis, page=50)
+            assert report.clean, report.summary()
+            await gifting.more(50)
+        code, out = await audit("--redis-url", fresh_valkey.url)
+        assert code == 0, out
+        assert "audit clean" in out, out
+
+
+async def test_audit_under_a_storm_still_names_the_one_balance_changed_outside_the_ledger(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with (
+        serving(ServerProcess(fresh_valkey.url, env=SHARED_ENV)) as (server, api),
+        store(fresh_valkey.url) as redis,
+        storm(server, api) as gifting,
+    ):
+        victim = gifting.viewers[2].user
+        await redis.hincrby(keys.account(victim), "coins", 5)
+        report = await run_audit(redis, page=50)
+
+    # Named: the victim's balance, off by the 5 coins, and (if the victim gifted after the
+    # change) the first entry whose recorded balance carries them; nobody else.
+    conservation, wrong, *later = report.problems
+    assert conservation.startswith("coins not conserved"), report.summary()
+    assert wrong.startswith(f"user {victim}: balance "), report.summary()
+    balance, replayed = (int(word) for word in wrong.split() if word.isdigit())
+    assert balance == replayed + 5, report.summary()
+    assert all(p.startswith(f"user {victim}: ledger entry ") for p in later), report.summary()
+    assert len(later) <= 1, report.summary()

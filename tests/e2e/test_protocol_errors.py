@@ -657,6 +657,7 @@ async def _conversation(server: ServerProcess, api: Api, json_mode: bool) -> Non
                 "offset": 0,
                 "viewers": 1,
                 "session": 1,
+                "host_name": "t-host",
             },
         )
         await viewer_ws.send(

@@ -92,6 +92,12 @@ def test_each_scenario_runs_without_errors_and_the_books_balance(
         assert set(run["ack_latency"]) == {"count", "p50_ms", "p90_ms", "p99_ms", "max_ms"}
         assert run["host_credit_latency"]["count"] == run["gifts_acked"]
         assert run["frames_delivered_per_s"] > 0 and run["frames_per_viewer_per_s"] > 0
+        # At most one gift frame per gift per member (merging within a tick takes from it).
+        assert 0 < run["delivery_ratio"] <= 1, run
+    if scenario == "recharge":
+        # HTTP buyers: no row of frames, gifts or per-connection memory in the table.
+        for row in ("frames", "delivered / expected", "/gift", "rate asked", "RSS /connection"):
+            assert row not in output, output
     if scenario in ("storm", "rooms", "recharge"):
         assert run["coin_check"]["users"] > 0 and run["coin_check"]["coins_missing"] == 0
 
@@ -102,6 +108,9 @@ def test_bench_starts_the_service_and_the_bare_servers_and_gives_ratios(tmp_path
     )
     assert code == 0, output
     assert report["ok"] and report["audit_clean"], output
+    # Piped, the five runs' table is not wrapped at 80 columns: one line per row.
+    (ack,) = [line for line in output.splitlines() if "ack p50 (ms)" in line]
+    assert ack.count("│") == 7 and len(ack) > 80, output
     servers = [run["server"] for run in report["runs"]]
     assert servers == ["bare echo", "bare broadcast"] + ["giftstream"] * 3
     assert all(run["errors"] == {} for run in report["runs"]), report["runs"]
@@ -164,3 +173,21 @@ async def test_a_coin_missing_from_the_store_fails_the_run(tmp_path: Path) -> No
     assert code == 1, output
     assert report["audit_clean"] is False and report["ok"] is False
     assert "audit FAILED" in report["audit_output"]
+
+
+def test_each_scenario_help_lists_the_flags_it_uses_and_no_other() -> None:
+    def help_of(scenario: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtest", scenario, "--help"],
+            cwd=REPO,
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout.decode()
+
+    idle, recharge, sweep = help_of("idle"), help_of("recharge"), help_of("sweep")
+    assert "--conns" in idle and "--senders" not in idle and "--clients" not in idle
+    assert "--clients" in recharge and "--window" not in recharge and "--viewers" not in recharge
+    assert "--fractions" in sweep and "--plot" in sweep and "--rate" not in sweep
+    assert "--url" in idle and "--url" in recharge and "--json" in sweep

@@ -43,6 +43,7 @@ from giftstream.client.events import (
     Joined,
     RoomState,
     Streak,
+    StreakEnded,
     Welcome,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "ServerError",
     "SpendingLimit",
     "Streak",
+    "StreakEnded",
     "Unauthenticated",
     "Unavailable",
     "Welcome",

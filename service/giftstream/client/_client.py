@@ -1,6 +1,7 @@
 """The asyncio client: one user, one WebSocket at a time, reconnecting and resuming as needed."""
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import random
@@ -36,6 +37,8 @@ from giftstream.client.events import (
     GiftEvent,
     Joined,
     RoomState,
+    Streak,
+    StreakEnded,
     Welcome,
 )
 from giftstream.errors import ErrorCode
@@ -51,6 +54,9 @@ _RETRYABLE = (OSError, TimeoutError, WebSocketException, Dropped, InternalError,
 # Frames that answer a request, matched to it by `id`.
 _ANSWERS = frozenset({"welcome", "joined", "left", "ack", "error"})
 CLOSE_PROTOCOL_ERROR = 1002
+# Streaks whose end a room remembers, so that an end heard again (from another worker after a
+# reconnect) is not yielded twice.
+ENDED_STREAKS_KEPT = 1024
 
 
 @dataclass(eq=False)
@@ -68,6 +74,8 @@ class _Room:
     # The inbox was full: events are dropped until a `join` with `since` fetches them again.
     lagging: bool = False
     refetching: bool = False
+    # Ids of the streaks whose end was yielded, oldest first (at most ENDED_STREAKS_KEPT).
+    ended: dict[str, None] = dataclasses.field(default_factory=dict)
 
 
 class Client:
@@ -86,9 +94,10 @@ class Client:
     - `send_gift` charges a gift at most once: it keeps one idempotency id and re-sends it after
       a reconnect until it gets the ack or an error.
     - `events()` yields each `gift` and `credit` event of a joined room at most once and in
-      offset order; after a reconnect each room is joined again with `since` = the last offset
-      seen, so none is missed (live `gift` frames the server shed under load excepted: they
-      are lossy by protocol). A reset history is reported as `EpochChanged`.
+      offset order (the end of a streak is a `StreakEnded`, not a gift); after a reconnect
+      each room is joined again with `since` = the last offset seen, so none is missed (live
+      `gift` frames the server shed under load excepted: they are lossy by protocol). A reset
+      history is reported as `EpochChanged`.
 
     `url` is the server's WebSocket URL (`ws://host:port/v1/ws`), `token` the user's token.
     `json=True` speaks the JSON subprotocol instead of msgpack. `backoff` bounds reconnecting:
@@ -120,6 +129,7 @@ class Client:
         self._inbox = Inbox(max_buffered_events)
         self._overflowed = 0
         self._messages = 0
+        self._gift_frames = 0
         self._rooms: dict[str, _Room] = {}
         self._link: Link | None = None
         # Set while `_link` is usable, or once the client is closed or failed.
@@ -199,6 +209,13 @@ class Client:
         answers and room frames alike, a `batch` counting as one. A measure of what the server
         sent, for load tools and tests."""
         return self._messages
+
+    @property
+    def gift_frames_received(self) -> int:
+        """How many `gift` frames of its rooms the client has received that are a gift (not a
+        streak's closing frame), over every connection: what the room delivered to it, for
+        load tools and tests."""
+        return self._gift_frames
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -290,7 +307,7 @@ class Client:
 
     def events(self) -> AsyncIterator[Event]:
         """The events of the joined rooms, in order: `GiftEvent`, `CreditEvent` (to the
-        room's host), `RoomState`, `EpochChanged`. One reader at a time.
+        room's host), `StreakEnded`, `RoomState`, `EpochChanged`. One reader at a time.
 
         The iteration ends when the client is closed, and raises `ConnectionFailed` (after
         the events already received) when the client gives up reconnecting.
@@ -452,6 +469,8 @@ class Client:
                 self._dispatch(link, inner)
             return
         if kind == "gift" or kind == "credit":
+            if kind == "gift" and not (frame.get("streak") or {}).get("end"):
+                self._gift_frames += 1
             if not self._receive_events:
                 # Only the offset matters (for resuming): no event to build.
                 self._on_offset(frame["room"], frame["offset"])
@@ -493,11 +512,8 @@ class Client:
         state = self._rooms.get(event.room)
         if state is None:
             return
-        if isinstance(event, GiftEvent) and event.closes_streak:
-            # Live-only, and lossy like every live animation: no offset to advance, nothing
-            # to fetch again; behind re-fetched taps it would be out of order.
-            if self._receive_events and not state.lagging:
-                self._inbox.offer(event)
+        if isinstance(event, GiftEvent) and event.streak is not None and event.streak.end:
+            self._on_streak_end(state, event)
             return
         if event.offset <= state.offset:
             return  # replayed and live events overlap at the seam of a resume
@@ -506,6 +522,26 @@ class Client:
             self._overflowed += 1
             return
         state.offset = event.offset
+
+    def _on_streak_end(self, state: _Room, closing: GiftEvent) -> None:
+        """The live-only frame closing a streak: a copy of its last tap, marked `end`. Yielded
+        as a `StreakEnded` behind the events already taken (it is not a gift, and its offset
+        is its tap's); lossy like every live animation, so dropped while the room lags."""
+        assert closing.streak is not None
+        if state.lagging or closing.streak.id in state.ended:
+            return
+        if closing.offset > state.offset:
+            # Its tap's own frame was merged into it (both in one tick): the tap comes first.
+            tap = dataclasses.replace(
+                closing, streak=Streak(closing.streak.id, closing.streak.repeat, False)
+            )
+            self._on_event(tap)
+            if state.lagging:
+                return
+        state.ended[closing.streak.id] = None
+        if len(state.ended) > ENDED_STREAKS_KEPT:
+            del state.ended[next(iter(state.ended))]
+        self._inbox.offer(StreakEnded.from_gift(closing))
 
     def _on_offset(self, room: str, offset: int) -> None:
         """A room event for a client that keeps none: advance the room's offset."""

@@ -67,7 +67,8 @@ class Ack:
 @dataclass(frozen=True, slots=True)
 class Streak:
     """`id` is the event id of the streak's first tap; `repeat` the running total of gifts;
-    `end` is True on the live-only frame that closes the streak."""
+    `end` is True on the wire's live-only frame that closes the streak, which the client yields
+    as a `StreakEnded` (so `end` is False on every `GiftEvent` it yields)."""
 
     id: str
     repeat: int
@@ -92,11 +93,6 @@ class GiftEvent:
     diamonds: int | None = None
     ts: int | None = None
 
-    @property
-    def closes_streak(self) -> bool:
-        """The frame closing a streak repeats its last tap's offset; it is not in the history."""
-        return self.streak is not None and self.streak.end
-
     @classmethod
     def from_frame(cls, f: Frame) -> "GiftEvent":
         s = f.get("streak")
@@ -114,6 +110,39 @@ class GiftEvent:
             gift_name=f.get("name"),
             diamonds=f.get("diamonds"),
             ts=f.get("ts"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreakEnded:
+    """A streak of taps ended: `streak` is its id (the event id of its first tap), `repeat` its
+    final total, `event` and `offset` those of its last tap, whose `GiftEvent` came before (or,
+    if its live frame was merged away, one at a later offset did). Not a gift: the server's
+    live-only, lossy frame closing a streak, yielded at most once per streak."""
+
+    room: str
+    streak: str
+    repeat: int
+    event: str
+    offset: int
+    sender: str
+    gift: str
+    sender_name: str | None = None
+    gift_name: str | None = None
+
+    @classmethod
+    def from_gift(cls, g: GiftEvent) -> "StreakEnded":
+        assert g.streak is not None
+        return cls(
+            room=g.room,
+            streak=g.streak.id,
+            repeat=g.streak.repeat,
+            event=g.event,
+            offset=g.offset,
+            sender=g.sender,
+            gift=g.gift,
+            sender_name=g.sender_name,
+            gift_name=g.gift_name,
         )
 
 
@@ -175,4 +204,4 @@ class EpochChanged:
     new_epoch: str
 
 
-Event = GiftEvent | CreditEvent | RoomState | EpochChanged
+Event = GiftEvent | CreditEvent | StreakEnded | RoomState | EpochChanged

@@ -66,7 +66,9 @@ async def open_room(request: Request) -> Response:
     account = await current_account(request)
     receives = account.age >= runtime.economy.minimum_age
     try:
-        opened = await rooms.open_room(runtime.redis, account.id, receives, account.region)
+        opened = await rooms.open_room(
+            runtime.redis, account.id, receives, account.region, account.name
+        )
     except rooms.NoSuchRoom as e:
         raise Unauthenticated("the token names a user that does not exist") from e
     except rooms.RoomForbidden as e:
@@ -110,7 +112,17 @@ async def list_rooms(request: Request) -> Response:
     runtime = runtime_of(request)
     found = await rooms.live_rooms(runtime.redis, LIVE_ROOMS_LISTED)
     return JSONResponse(
-        [{"room": s.id, "host": s.host, "live": s.live, "viewers": s.viewers} for s in found]
+        [
+            {
+                "room": s.id,
+                "host": s.host,
+                "live": s.live,
+                "viewers": s.viewers,
+                "host_name": s.host_name or s.host,
+                "session": s.session,
+            }
+            for s in found
+        ]
     )
 
 

@@ -166,7 +166,11 @@ async def create_video(request: Request) -> Response:
     account = await current_account(request)
     if account.room is None:
         opened = await rooms.open_room(
-            runtime.redis, account.id, account.age >= runtime.economy.minimum_age, account.region
+            runtime.redis,
+            account.id,
+            account.age >= runtime.economy.minimum_age,
+            account.region,
+            account.name,
         )
         await rooms.end_room(runtime.redis, opened.room, account.id)
         room = opened.room

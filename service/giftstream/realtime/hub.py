@@ -275,8 +275,10 @@ class Hub:
         channel.presence_refresh_at = time.monotonic() + ttl_s / 3
         expires = int(time.time() * 1000) + ttl_s * 1000
         try:
+            # The host is not one of its own viewers.
+            watching = sum(1 for m in channel.members if not m.is_host)
             channel.viewers = await rooms.update_presence(
-                self._redis, channel.room, self.worker_id, len(channel.members), expires
+                self._redis, channel.room, self.worker_id, watching, expires
             )
         except Exception as e:  # a count is approximate: try again on the next tick
             log.warning("presence update of room %s failed (%s)", channel.room, e)

@@ -321,6 +321,7 @@ class Session:
                     "offset": state.offset,
                     "viewers": viewers,
                     "session": state.session,
+                    "host_name": state.host_name or state.host,
                 },
                 request.id,
             )

@@ -112,7 +112,7 @@ async function main() {
     $("#balance").addEventListener("click", () => recharge.open());
     viewer = new ViewerView({ client, catalog, wallet, recharge, stage, effects, account: me });
   } else {
-    host = new HostView({ client, account: me, stage, effects });
+    host = new HostView({ client, account: me, stage, effects, catalog });
   }
   client.addEventListener("welcome", (e) => wallet.set(e.coins));
   client.addEventListener("epoch", () => toast("The room's history was reset: replaying it.", "info"));

@@ -101,7 +101,7 @@ export class Chests {
     let text;
     if (e.returned) text = `nobody claimed it: ${fmt(e.coins)} coins went back`;
     else if (mine) text = `you got ${fmt(mine.coins)} coins!`;
-    else text = `${fmt(e.claimants)} shared ${fmt(e.coins)} coins`;
+    else text = `${fmt(e.claimants)} ${e.claimants === 1 ? "viewer" : "viewers"} shared ${fmt(e.coins)} coins`;
     entry.el.dataset.state = "done";
     $(".chest-when", entry.el).textContent = text;
     $(".chest-claim", entry.el)?.remove();

@@ -102,6 +102,9 @@ export class JoinedEvent extends Event {
     super("joined");
     this.room = f.room;
     this.host = f.host;
+    // The host's display name (an extension; the id when the server does not send it).
+    this.hostName = f.host_name ?? f.host;
+    this.session = f.session ?? null;
     this.live = f.live;
     this.epoch = f.epoch;
     this.offset = f.offset;

@@ -3,6 +3,7 @@
 import { api } from "./api.js";
 import { Chests } from "./chests.js";
 import { art } from "./gifts.js";
+import { randomId } from "./giftstream.js";
 import { $, avatar, duration, flash, fmt, h, money, toast } from "./ui.js";
 
 const DIAMOND_VALUE_USD = 0.005; // until GET /v1/earnings says otherwise
@@ -10,52 +11,66 @@ const FEED_SIZE = 60;
 const VIEWERS_REFRESH_MS = 5000;
 const COUNT_UP_MS = 700;
 
-/** What one LIVE brought in, from its credits. */
+/** What one LIVE brought in: the server's figures when the page joined (`fromServer`), plus
+ * every credit after the room offset they count up to. Credits that land before those figures
+ * arrive wait, so that none is counted twice. */
 class LiveSession {
   constructor() {
     this.startedAt = Date.now();
-    this.endedAt = null;
     this.diamonds = 0;
     this.gifts = 0;
-    this.byGift = new Map();
     this.byFrom = new Map();
+    // The room offset the server's figures count up to; null until they came.
+    this.countedUpTo = null;
+    this.waiting = [];
   }
 
+  fromServer(summary) {
+    // The server's clock and the browser's may differ: only the elapsed time is taken.
+    this.startedAt = Date.now() - summary.duration_ms;
+    this.diamonds = summary.diamonds;
+    this.gifts = summary.gifts;
+    for (const g of summary.top_gifters) {
+      this.byFrom.set(g.user, { user: g.user, name: g.name, coins: g.coins });
+    }
+    this.countedUpTo = summary.offset;
+    for (const c of this.waiting.splice(0)) this.add(c);
+  }
+
+  /** Count a credit; returns its gifter's entry (null while the server's figures are awaited). */
   add(c) {
+    if (this.countedUpTo === null) {
+      this.waiting.push(c);
+      return null;
+    }
+    if (c.offset <= this.countedUpTo) return null;
     this.diamonds += c.diamonds;
     this.gifts += c.count;
-    const kind = this.byGift.get(c.gift) ?? { gift: c.gift, name: c.giftName, count: 0, diamonds: 0 };
-    kind.count += c.count;
-    kind.diamonds += c.diamonds;
-    this.byGift.set(c.gift, kind);
-    const fan = this.byFrom.get(c.from) ?? { user: c.from, name: c.fromName, gifts: 0, diamonds: 0 };
-    fan.gifts += c.count;
-    fan.diamonds += c.diamonds;
+    const fan = this.byFrom.get(c.from) ?? { user: c.from, name: c.fromName, coins: 0 };
+    fan.coins += c.coins ?? c.diamonds;
     this.byFrom.set(c.from, fan);
     return fan;
   }
 
-  topGifters(n = Infinity) {
-    return [...this.byFrom.values()].sort((a, b) => b.diamonds - a.diamonds).slice(0, n);
-  }
-
-  kinds() {
-    return [...this.byGift.values()].sort((a, b) => b.diamonds - a.diamonds);
+  topGifters() {
+    return [...this.byFrom.values()].sort((a, b) => b.coins - a.coins);
   }
 }
 
 export class HostView {
-  constructor({ client, account, stage, effects }) {
-    Object.assign(this, { client, account, stage, effects });
+  constructor({ client, account, stage, effects, catalog }) {
+    Object.assign(this, { client, account, stage, effects, catalog });
     this.room = null;
     this.live = false;
     this.session = null;
+    this.sessionId = null;
+    this.summaryShown = null;
     this.total = 0;
     this.shownTotal = 0;
     this.thanked = new Set();
     this.diamondValue = DIAMOND_VALUE_USD;
     this.currency = "USD";
-    this.peakViewers = null;
+    this.minimumPayout = null;
     client.addEventListener("credit", (e) => e.room === this.room && this.#onCredit(e));
     client.addEventListener("gift", (e) => e.room === this.room && this.effects.play(e));
     client.addEventListener("room", (e) => e.room === this.room && this.#onLive(e.live));
@@ -63,8 +78,10 @@ export class HostView {
     client.addEventListener("frame", (e) => {
       const f = e.frame;
       if (f.t === "viewers" && f.room === this.room && Number.isInteger(f.viewers)) this.#setViewers(f.viewers);
+      if (f.t === "session_summary" && f.room === this.room) this.#showSummary(f);
     });
     this.chests = new Chests($("#chests"), client, { canClaim: false });
+    $("#cashout-btn").addEventListener("click", () => this.cashOut());
     $("#golive-btn").addEventListener("click", () => this.goLive());
     $("#end-live").addEventListener("click", () => this.endLive());
     $("#summary-again").addEventListener("click", () => {
@@ -79,11 +96,11 @@ export class HostView {
     this.#setTotal(welcome.diamonds, false);
     this.#loadEarnings();
     $("#stream-title").textContent = "Your LIVE";
-    $("#host-name").textContent = `@${welcome.name ?? welcome.user}`;
+    $("#host-name").textContent = welcome.name ?? welcome.user;
     $("#host-avatar").replaceChildren(avatar(welcome.name ?? welcome.user, welcome.user, "md"));
     if (welcome.room) {
       await this.#enter(welcome.room);
-      if (this.live) this.#beginSession();
+      if (this.live) await this.#beginSession();
     }
     this.#render();
   }
@@ -93,7 +110,8 @@ export class HostView {
       const { body } = await api("/v1/rooms", { method: "POST", token: this.account.token });
       await this.#enter(body.room);
       this.live = true;
-      this.#beginSession();
+      this.sessionId = body.session;
+      await this.#beginSession();
       this.#render();
       toast("You are LIVE! Share your viewer link.", "success");
     } catch (e) {
@@ -109,9 +127,8 @@ export class HostView {
         method: "POST",
         token: this.account.token,
       });
-      // The server's summary adds what the page cannot count: the viewers.
-      this.peakViewers = body.summary?.peak_viewers ?? null;
       this.#onLive(false);
+      if (body.summary) this.#showSummary(body.summary);
     } catch (e) {
       toast(`Could not end the LIVE: ${e.message}`, "error");
     } finally {
@@ -129,26 +146,39 @@ export class HostView {
     $("#host-room").textContent = room;
     const joined = await this.client.join(room);
     this.live = joined.live;
+    this.sessionId = joined.session;
     this.#setViewers(joined.viewers);
   }
 
-  #beginSession() {
-    this.session = new LiveSession();
-    this.peakViewers = null;
+  /** A LIVE under way: its figures so far come from the server (the page may join late). */
+  async #beginSession() {
+    const session = new LiveSession();
+    this.session = session;
+    this.summaryShown = null;
     this.thanked.clear();
     $("#credit-feed").replaceChildren();
+    $("#credits-empty").hidden = false;
     this.effects.clear();
     this.#renderThanks();
     this.#renderSession();
+    try {
+      const path = `/v1/rooms/${encodeURIComponent(this.room)}/sessions/${this.sessionId}`;
+      const { body } = await api(path);
+      if (this.session !== session) return;
+      session.fromServer(body);
+    } catch {
+      // Counted from here on, then.
+      session.fromServer({ duration_ms: 0, diamonds: 0, gifts: 0, top_gifters: [], offset: 0 });
+    }
+    this.#renderSession();
+    this.#renderThanks();
+    this.#tick();
   }
 
   #onLive(live) {
     const wasLive = this.live;
     this.live = live;
-    if (wasLive && !live && this.session) {
-      this.session.endedAt = Date.now();
-      this.#showSummary();
-    }
+    if (wasLive && !live) this.#fetchSummary();
     this.#render();
   }
 
@@ -185,7 +215,7 @@ export class HostView {
     $("#credits-empty").hidden = true;
     if (fan) {
       this.#renderSession();
-      this.#renderThanks(fan.gifts === c.count ? fan.user : null);
+      this.#renderThanks(fan.coins === (c.coins ?? c.diamonds) ? fan.user : null);
     }
   }
 
@@ -194,6 +224,7 @@ export class HostView {
     const el = $("#diamond-total");
     el.dataset.diamonds = total;
     $("#money").textContent = money(total * this.diamondValue, this.currency);
+    this.#renderCashOut();
     if (!animate) {
       this.shownTotal = total;
       el.textContent = fmt(total);
@@ -217,15 +248,79 @@ export class HostView {
       const { body } = await api("/v1/earnings", { token: this.account.token });
       this.diamondValue = Number(body.diamond_value) || DIAMOND_VALUE_USD;
       this.currency = body.currency ?? "USD";
+      this.minimumPayout = body.minimum_payout;
       $("#money").textContent = money(this.total * this.diamondValue, this.currency);
       $("#diamond-rate").textContent = `${money(this.diamondValue, this.currency, 4)} per diamond`;
+      this.#renderPayouts(body.payouts);
     } catch {
       // the default rate stands
     }
   }
 
+  // -- cash-out --------------------------------------------------------------------------------
+
+  /** Cash out every diamond (POST /v1/payouts, one id per click: a retry cannot pay twice). */
+  async cashOut() {
+    const button = $("#cashout-btn");
+    button.disabled = true;
+    try {
+      const { body } = await api("/v1/payouts", {
+        method: "POST",
+        token: this.account.token,
+        body: { id: `cashout-${randomId()}`, diamonds: this.total },
+      });
+      this.#setTotal(body.diamonds, false);
+      toast(`Cashed out ${fmt(body.payout.diamonds)} diamonds: ${money(Number(body.payout.amount), body.payout.currency)} is on its way.`, "success");
+      await this.#loadPayouts();
+    } catch (e) {
+      toast(e.message, "error");
+    } finally {
+      this.#renderCashOut();
+    }
+  }
+
+  async #loadPayouts() {
+    if (this.minimumPayout === null) return;
+    try {
+      const { body } = await api("/v1/payouts", { token: this.account.token });
+      this.#renderPayouts(Array.isArray(body) ? body : body.payouts);
+    } catch {
+      // the next credit or cash-out reads them again
+    }
+  }
+
+  #renderPayouts(payouts = []) {
+    const list = $("#payout-list");
+    list.replaceChildren(
+      ...[...payouts]
+        .sort((a, b) => b.ts - a.ts)
+        .map((p) =>
+          h(
+            "li",
+            { class: "payout", "data-payout": p.id },
+            h("span", { class: "payout-amount" }, money(Number(p.amount), p.currency)),
+            h("span", { class: "payout-diamonds" }, fmt(p.diamonds), h("i", { class: "gem" })),
+            h("small", {}, new Date(p.ts).toLocaleString([], { hourCycle: "h23" })),
+          ),
+        ),
+    );
+    $("#payouts-empty").hidden = payouts.length > 0;
+    this.#renderCashOut();
+  }
+
+  #renderCashOut() {
+    const button = $("#cashout-btn");
+    const minimum = this.minimumPayout;
+    button.disabled = !minimum || this.total < minimum.diamonds;
+    button.textContent = `Cash out ${money(this.total * this.diamondValue, this.currency)}`;
+    $("#cashout-note").textContent = minimum
+      ? `Minimum ${fmt(minimum.diamonds)} diamonds (${money(Number(minimum.value), this.currency)})`
+      : "";
+  }
+
   #renderSession() {
     const s = this.session;
+    if (!s) return;
     $("#session-diamonds").textContent = `+${fmt(s.diamonds)}`;
     $("#session-money").textContent = money(s.diamonds * this.diamondValue, this.currency);
     $("#session-gifts").textContent = fmt(s.gifts);
@@ -241,7 +336,7 @@ export class HostView {
           "li",
           { class: `thank${done ? " done" : ""}${f.user === fresh ? " fresh" : ""}`, "data-user": f.user },
           avatar(f.name, f.user, "sm"),
-          h("span", { class: "thank-who" }, h("b", {}, f.name), h("small", {}, `${fmt(f.gifts)} gifts · ${fmt(f.diamonds)} 💎`)),
+          h("span", { class: "thank-who" }, h("b", {}, f.name), h("small", {}, `${fmt(f.coins)} coins given`)),
           h(
             "button",
             {
@@ -288,41 +383,56 @@ export class HostView {
 
   // -- the end ---------------------------------------------------------------------------------
 
-  #showSummary() {
-    const s = this.session;
+  /** The ended session's summary from the server (the `room` frame may come before it). */
+  async #fetchSummary() {
+    const room = this.room;
+    const session = this.sessionId;
+    try {
+      const { body } = await api(`/v1/rooms/${encodeURIComponent(room)}/sessions/${session}`);
+      if (!body.live && room === this.room) this.#showSummary(body);
+    } catch {
+      // The /end answer or the session_summary frame brings it too.
+    }
+  }
+
+  /** The server's summary of an ended session: figures, gifts by kind, top gifters, peak. */
+  #showSummary(summary) {
+    if (summary.live || this.summaryShown === summary.session) return;
+    this.summaryShown = summary.session;
     const dialog = $("#summary");
-    $("#summary-duration").textContent = duration(s.endedAt - s.startedAt);
-    $("#summary-diamonds").textContent = fmt(s.diamonds);
-    $("#summary-money").textContent = money(s.diamonds * this.diamondValue, this.currency);
-    $("#summary-gifts").textContent = fmt(s.gifts);
-    $("#summary-peak").textContent = this.peakViewers === null ? "—" : fmt(this.peakViewers);
-    const kinds = s.kinds();
+    $("#summary-duration").textContent = duration(summary.duration_ms);
+    $("#summary-diamonds").textContent = fmt(summary.diamonds);
+    $("#summary-money").textContent = money(summary.diamonds * this.diamondValue, this.currency);
+    $("#summary-gifts").textContent = fmt(summary.gifts);
+    $("#summary-peak").textContent = fmt(summary.peak_viewers ?? 0);
+    const kinds = [...summary.gifts_by_kind].sort((a, b) => b.count - a.count);
     $("#summary-kinds").replaceChildren(
       ...kinds.map((k) =>
         h(
           "li",
           { "data-gift": k.gift },
           h("span", { class: "kind-art" }, art(k.gift)),
-          h("span", { class: "kind-name" }, k.name),
+          h("span", { class: "kind-name" }, this.catalog.get(k.gift)?.name ?? k.gift),
           h("span", { class: "kind-count" }, `×${fmt(k.count)}`),
-          h("span", { class: "kind-diamonds" }, fmt(k.diamonds), h("i", { class: "gem" })),
         ),
       ),
     );
     const medals = ["🥇", "🥈", "🥉"];
     $("#summary-top").replaceChildren(
-      ...s.topGifters(5).map((f, i) =>
+      ...summary.top_gifters.slice(0, 5).map((f, i) =>
         h(
           "li",
           { "data-user": f.user },
           h("span", { class: "rank" }, medals[i] ?? String(i + 1)),
           avatar(f.name, f.user, "sm"),
           h("span", { class: "gifter-name" }, f.name),
-          h("span", { class: "gifter-coins" }, fmt(f.diamonds), h("i", { class: "gem" })),
+          h("span", { class: "gifter-coins" }, h("i", { class: "coin" }), fmt(f.coins)),
         ),
       ),
     );
+    // No gifts: a line says so, and no empty headings.
     $("#summary-nothing").hidden = kinds.length > 0;
+    $("#summary-cols").hidden = kinds.length === 0;
     if (!dialog.open) dialog.showModal();
   }
 }

@@ -14,13 +14,16 @@ export class RechargeDialog {
     this.account = account;
     this.wallet = wallet;
     this.selected = null;
+    this.needed = 0;
     this.busy = false;
     $("#buy", dialog).addEventListener("click", () => this.#buy());
     $("#recharge-close", dialog).addEventListener("click", () => dialog.close());
   }
 
-  /** Open with the packages; `reason` says why (e.g. the gift that could not be paid). */
-  async open(reason = "") {
+  /** Open with the packages; `reason` says why (e.g. the gift that could not be paid), and
+   * `needed` the coins it costs: the smallest package that covers it is selected. */
+  async open(reason = "", needed = 0) {
+    this.needed = needed;
     $("#recharge-reason", this.dialog).textContent = reason;
     $("#recharge-region", this.dialog).textContent = this.account.region;
     $("#recharge-balance", this.dialog).textContent = fmt(this.wallet.coins ?? 0);
@@ -31,6 +34,13 @@ export class RechargeDialog {
     try {
       const query = new URLSearchParams({ region: this.account.region, channel: CHANNEL });
       const { body } = await api(`/v1/packages?${query}`);
+      const short = this.needed - (this.wallet.coins ?? 0);
+      if (short > 0 && !body.some((p) => p.total_coins >= short)) {
+        // No package pays for it: the exact amount missing, priced by the server.
+        const custom = new URLSearchParams({ region: this.account.region, channel: CHANNEL, coins: short });
+        const quoted = (await api(`/v1/packages/quote?${custom}`)).body;
+        body.push({ ...quoted, id: "custom", custom: true });
+      }
       this.#render(body);
     } catch (e) {
       const why =
@@ -58,12 +68,16 @@ export class RechargeDialog {
           p.bonus ? h("span", { class: "package-bonus" }, `+${fmt(p.bonus)} bonus`) : null,
           h("span", { class: "package-price" }, money(Number(p.price), p.currency)),
           h("small", { class: "package-rate" }, `${money(Number(p.price_per_coin) * 100, p.currency)} per 100`),
-          i === packages.length - 1 && i > 0 ? h("span", { class: "package-tag" }, "best value") : null,
+          p.custom ? h("span", { class: "package-tag" }, "what you need") : null,
+          !p.custom && i === packages.length - 1 && i > 0 ? h("span", { class: "package-tag" }, "best value") : null,
         ),
       ),
     );
-    const first = list.querySelector(".package");
-    this.#select(packages[0] ?? null, first);
+    // The smallest package that, with the balance, pays for what was wanted (else the largest).
+    const short = this.needed - (this.wallet.coins ?? 0);
+    const covering = [...packages].sort((a, b) => a.total_coins - b.total_coins);
+    const pick = covering.find((p) => p.total_coins >= short) ?? covering.at(-1) ?? null;
+    this.#select(pick, pick ? list.querySelector(`[data-package="${pick.id}"]`) : null);
   }
 
   #select(pack, button = null) {
@@ -94,7 +108,12 @@ export class RechargeDialog {
       let { body } = await api("/v1/recharge", {
         method: "POST",
         token: this.account.token,
-        body: { package: this.selected.id, region: this.account.region, channel: CHANNEL, receipt },
+        body: {
+          ...(this.selected.custom ? { coins: this.selected.coins } : { package: this.selected.id }),
+          region: this.account.region,
+          channel: CHANNEL,
+          receipt,
+        },
       });
       for (let i = 0; body.status === "pending" && i < LATE_POLLS; i += 1) {
         this.#status("The store is slow to confirm: waiting for the payment…");
@@ -106,8 +125,10 @@ export class RechargeDialog {
       toast(`+${fmt(body.credited)} coins — thank you!`, "success");
       this.dialog.close();
     } catch (e) {
-      this.#status(e.message, "error");
-      toast(e.code === "payment_declined" ? `Payment declined: ${e.message}` : e.message, "error");
+      // The server's message names the refusal ("payment declined: ..."): said once.
+      const said = e.message.charAt(0).toUpperCase() + e.message.slice(1);
+      this.#status(said, "error");
+      toast(said, "error");
     } finally {
       this.busy = false;
       $("#buy", this.dialog).disabled = !this.selected;

@@ -131,8 +131,8 @@ export class ViewerView {
     try {
       const joined = await this.client.join(room, { recent: RECENT_EVENTS });
       if (this.room !== room) return;
-      $("#host-name").textContent = `@${joined.host}`;
-      $("#host-avatar").replaceChildren(avatar(joined.host, joined.host, "md"));
+      $("#host-name").textContent = joined.hostName;
+      $("#host-avatar").replaceChildren(avatar(joined.hostName, joined.host, "md"));
       this.#setViewers(joined.viewers);
       this.#setLive(joined.live);
     } catch (e) {
@@ -171,7 +171,7 @@ export class ViewerView {
               "span",
               { class: "room-info" },
               h("b", {}, streamTitle(r.room)),
-              h("small", {}, `@${r.host}`),
+              h("small", { class: "room-host" }, r.host_name ?? r.host),
               h("small", { class: "room-viewers" }, `👁 ${fmt(r.viewers)} watching`),
             ),
           ),
@@ -194,6 +194,9 @@ export class ViewerView {
     const el = $("#viewer-count");
     el.textContent = fmt(n);
     el.dataset.viewers = n;
+    // The room's card in the list says the same as the stage.
+    const card = document.querySelector(`.room-card[data-room="${this.room}"] .room-viewers`);
+    if (card) card.textContent = `👁 ${fmt(n)} watching`;
   }
 
   #setLive(live) {
@@ -241,7 +244,7 @@ export class ViewerView {
     } catch (e) {
       if (e.code === "insufficient_coins") {
         toast(`Not enough coins for ${gift.name} (${fmt(gift.coins)} coins).`, "error");
-        this.recharge.open(`${gift.name} costs ${fmt(gift.coins)} coins.`);
+        this.recharge.open(`${gift.name} costs ${fmt(gift.coins)} coins.`, gift.coins);
       } else {
         toast(ERRORS[e.code] ?? e.message, "error");
       }
@@ -262,7 +265,7 @@ export class ViewerView {
     } catch (e) {
       if (e.code === "insufficient_coins") {
         toast(`Not enough coins for a chest of ${fmt(coins)}.`, "error");
-        this.recharge.open(`A chest of ${fmt(coins)} coins needs more coins.`);
+        this.recharge.open(`A chest of ${fmt(coins)} coins needs more coins.`, coins);
       } else {
         toast(ERRORS[e.code] ?? e.message, "error");
       }

@@ -13,16 +13,28 @@ The audit checks, naming the first broken entry of each ledger:
      dev grants) = coins held + coins spent + coins clawed back by refunds + coins in chests not
      yet paid out (escrow); diamonds issued =
      diamonds held + diamonds paid out; points issued = points held + points redeemed.
+
+It reads a live store as consistently as a single pass can: each account is read together with
+its ledger's last id and its outbox (one transaction on its slot), and its ledger only up to that
+id, in pages; every user before any room, so a gift whose debit an account's picture holds is,
+by the time its room is read, either credited or still in that outbox (the credit comes before
+the outbox entry is removed). A credit whose debit came after its viewer's picture is looked up
+again past it before being called a problem.
 """
 
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from giftstream.store import keys
-from giftstream.store.connection import HashReply, Redis, read_hash, read_stream, text
+from giftstream.store.connection import HashReply, Redis, StreamEntries, read_stream, text
 
 # Platform accounts into which an asset flows and stays (the rest of the platform's accounts
 # are sources, whose balances are negative: what they issued).
+# Ledger entries read per XRANGE: a read of a whole ledger held the server up (131 ms for one
+# call) and the audit's memory grew with the ledgers (229 MB for 220k gifts).
+LEDGER_PAGE = 1000
 SINKS = {
     "coins": ("platform:spent", "platform:refunds", "platform:chests"),
     "diamonds": ("platform:payouts",),
@@ -49,6 +61,8 @@ class AuditReport:
     gifts_debited: int = 0
     gifts_credited: int = 0
     gifts_in_flight: int = 0
+    # Debited after their viewer's account was read, and credited before their room was.
+    gifts_during_audit: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -66,7 +80,12 @@ class AuditReport:
             f" + spent {self.coins_spent} + refunded {self.coins_refunded}"
             f" + in chests {self.coins_in_chests}",
             f"gifts debited {self.gifts_debited}: credited {self.gifts_credited},"
-            f" in flight {self.gifts_in_flight}",
+            f" in flight {self.gifts_in_flight}"
+            + (
+                f"; {self.gifts_during_audit} more debited and credited while the audit ran"
+                if self.gifts_during_audit
+                else ""
+            ),
             f"diamonds credited {self.diamonds_issued} = held {self.diamonds_held}"
             f" + paid out {self.diamonds_paid_out}",
             f"points issued {self.points_issued} = held {self.points_held}"
@@ -85,6 +104,22 @@ class _Debit:
     user: str
     room: str
     coins: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Credit:
+    room: str
+    coins: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Picture:
+    """One account (or room) as it stood at one moment, with its ledger's last id then."""
+
+    state: HashReply
+    last_id: bytes | None
+    outbox: frozenset[str] = frozenset()
 
 
 Postings = list[tuple[str, str, int]]
@@ -110,6 +145,13 @@ def _balanced(postings: Postings) -> bool:
     return all(v == 0 for v in sums.values())
 
 
+def _debit(user: str, gift: HashReply) -> _Debit:
+    """A `gift` entry of the user's ledger: what it took from the user, for which room."""
+    wallet = f"user:{user}"
+    cost = -sum(a for acc, asset, a in _postings(gift) if acc == wallet and asset == "coins")
+    return _Debit(user, text(gift[b"room"]), cost)
+
+
 class _Books:
     """Every posting of every ledger, summed per (account, asset)."""
 
@@ -128,10 +170,48 @@ class _Books:
         }
 
 
+async def _picture(r: Redis, state: str, ledger: str, outbox: str | None = None) -> _Picture:
+    """The hash `state`, the last id of `ledger` and the events in `outbox`, at one moment."""
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.hgetall(state)
+        pipe.xrevrange(ledger, count=1)
+        if outbox is not None:
+            pipe.hkeys(outbox)
+        replies = await pipe.execute()
+    last = cast(StreamEntries, replies[1])
+    return _Picture(
+        cast(HashReply, replies[0]),
+        last[0][0] if last else None,
+        frozenset(text(e) for e in replies[2]) if outbox is not None else frozenset(),
+    )
+
+
+async def _entries(
+    r: Redis, key: str, after: bytes | None, upto: bytes | None, page: int
+) -> AsyncIterator[tuple[bytes, HashReply]]:
+    """The entries of the stream `key` after `after` (None: from the first) up to `upto` (None:
+    the end), `page` at a time, so that no read holds the server up for long."""
+    start = "-" if after is None else f"({text(after)}"
+    end = "+" if upto is None else text(upto)
+    while True:
+        batch = await read_stream(r, key, start, count=page, end=end)
+        for entry in batch:
+            yield entry
+        if len(batch) < page:
+            return
+        start = f"({text(batch[-1][0])}"
+
+
 async def _audit_user(
-    r: Redis, user: str, report: AuditReport, books: _Books, debits: dict[str, _Debit]
-) -> None:
-    acct = await read_hash(r, keys.account(user))
+    r: Redis,
+    user: str,
+    report: AuditReport,
+    books: _Books,
+    debits: dict[str, _Debit],
+    page: int,
+) -> _Picture:
+    picture = await _picture(r, keys.account(user), keys.user_ledger(user), keys.outbox(user))
+    acct = picture.state
     coins, points = _int(acct, b"coins"), _int(acct, b"points")
     report.users += 1
     report.coins_held += coins
@@ -141,7 +221,7 @@ async def _audit_user(
     wallet = f"user:{user}"
     running = {"coins": 0, "points": 0}
     first_broken: str | None = None
-    for entry_id, e in await read_stream(r, keys.user_ledger(user)):
+    async for entry_id, e in _entries(r, keys.user_ledger(user), None, picture.last_id, page):
         report.entries += 1
         postings = _postings(e)
         books.add(postings)
@@ -155,8 +235,7 @@ async def _audit_user(
             event = text(e[b"ref"])
             if event in debits:
                 report.problems.append(f"user {user}: event {event} debited twice")
-            cost = -sum(a for acc, asset, a in postings if acc == wallet and asset == "coins")
-            debits[event] = _Debit(user, text(e[b"room"]), cost)
+            debits[event] = _debit(user, e)
     if first_broken is not None:
         report.problems.append(f"user {user}: ledger entry {first_broken} does not balance")
     if running["coins"] != coins:
@@ -167,12 +246,14 @@ async def _audit_user(
         report.problems.append(
             f"user {user}: {points} points but the ledger replays to {running['points']}"
         )
+    return picture
 
 
 async def _audit_room(
-    r: Redis, room: str, report: AuditReport, books: _Books, credits: dict[str, tuple[str, int]]
+    r: Redis, room: str, report: AuditReport, books: _Books, credits: dict[str, _Credit], page: int
 ) -> None:
-    state = await read_hash(r, keys.room(room))
+    picture = await _picture(r, keys.room(room), keys.room_ledger(room))
+    state = picture.state
     diamonds = _int(state, b"diamonds")
     host = f"host:{text(state.get(b'host', b''))}"
     report.rooms += 1
@@ -181,7 +262,7 @@ async def _audit_room(
         report.problems.append(f"room {room}: negative diamonds {diamonds}")
     running = carry = 0
     first_broken: str | None = None
-    for entry_id, e in await read_stream(r, keys.room_ledger(room)):
+    async for entry_id, e in _entries(r, keys.room_ledger(room), None, picture.last_id, page):
         report.entries += 1
         postings = _postings(e)
         books.add(postings)
@@ -196,7 +277,7 @@ async def _audit_room(
             carry = new_carry
             if event in credits:
                 report.problems.append(f"event {event} credited more than once")
-            credits[event] = (room, coins)
+            credits[event] = _Credit(room, coins, text(e.get(b"from", b"")))
         if broken and first_broken is None:
             first_broken = text(entry_id)
     if first_broken is not None:
@@ -233,18 +314,52 @@ def _conservation(report: AuditReport, books: _Books) -> None:
             )
 
 
-async def run_audit(r: Redis) -> AuditReport:
+async def _debited_since(
+    r: Redis, credits: dict[str, _Credit], pictures: dict[str, _Picture], page: int
+) -> dict[str, _Debit]:
+    """The debits of these credits that came after their viewer's picture (or in an account
+    created after the scan passed), read from the ledgers again: gifts sent during the audit."""
+    late: dict[str, _Debit] = {}
+    senders = {credit.sender for credit in credits.values()}
+    for user in sorted(senders):
+        picture = pictures.get(user)
+        after = picture.last_id if picture is not None else None
+        async for _, e in _entries(r, keys.user_ledger(user), after, None, page):
+            event = text(e.get(b"ref", b""))
+            if e.get(b"kind") == b"gift" and event in credits:
+                late[event] = _debit(user, e)
+    return late
+
+
+def _match(debit: _Debit, event: str, credit: _Credit, report: AuditReport) -> None:
+    if credit.room != debit.room or credit.coins != debit.coins:
+        report.problems.append(
+            f"event {event}: debited {debit.coins} for room {debit.room},"
+            f" credited {credit.coins} in room {credit.room}"
+        )
+
+
+async def run_audit(r: Redis, page: int = LEDGER_PAGE) -> AuditReport:
+    """Audit the store behind `r`, reading its ledgers `page` entries at a time."""
     report = AuditReport()
     books = _Books()
     debits: dict[str, _Debit] = {}
-    credits: dict[str, tuple[str, int]] = {}
+    credits: dict[str, _Credit] = {}
+    pictures: dict[str, _Picture] = {}
     in_flight: set[str] = set()
+    # SCAN may return a key more than once while the keyspace grows: each is audited once.
     async for key in r.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000, _type="hash"):
         user = keys.user_from_account(text(key))
-        await _audit_user(r, user, report, books, debits)
-        in_flight.update(text(e) for e in await r.hkeys(keys.outbox(user)))
+        if user not in pictures:
+            pictures[user] = await _audit_user(r, user, report, books, debits, page)
+            in_flight.update(pictures[user].outbox)
+    # Rooms strictly after users (see the module's docstring).
+    rooms: set[str] = set()
     async for key in r.scan_iter(match=keys.ROOM_PATTERN, count=1000, _type="hash"):
-        await _audit_room(r, keys.room_from_key(text(key)), report, books, credits)
+        room = keys.room_from_key(text(key))
+        if room not in rooms:
+            rooms.add(room)
+            await _audit_room(r, room, report, books, credits, page)
 
     report.gifts_debited = len(debits)
     for event, debit in debits.items():
@@ -258,14 +373,15 @@ async def run_audit(r: Redis) -> AuditReport:
                 )
             continue
         report.gifts_credited += 1
-        room, coins = credited
-        if room != debit.room or coins != debit.coins:
-            report.problems.append(
-                f"event {event}: debited {debit.coins} for room {debit.room},"
-                f" credited {coins} in room {room}"
-            )
-    for event in credits.keys() - debits.keys():
-        report.problems.append(f"event {event} credited but never debited")
+        _match(debit, event, credited, report)
+    unmatched = {event: credits[event] for event in credits.keys() - debits.keys()}
+    late = await _debited_since(r, unmatched, pictures, page)
+    for event, credit in unmatched.items():
+        if event in late:
+            report.gifts_during_audit += 1
+            _match(late[event], event, credit, report)
+        else:
+            report.problems.append(f"event {event} credited but never debited")
     _conservation(report, books)
     report.problems.sort()
     return report

@@ -188,9 +188,9 @@ async def read_hash(r: Redis, key: str) -> HashReply:
 
 
 async def read_stream(
-    r: Redis, key: str, start: str = "-", count: int | None = None
+    r: Redis, key: str, start: str = "-", count: int | None = None, end: str = "+"
 ) -> StreamEntries:
-    return cast(StreamEntries, await r.xrange(key, min=start, max="+", count=count))
+    return cast(StreamEntries, await r.xrange(key, min=start, max=end, count=count))
 
 
 async def shared_secret(r: Redis, configured: str | None) -> bytes:

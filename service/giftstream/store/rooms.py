@@ -25,6 +25,9 @@ class RoomState:
     receives: bool = True
     region: str = ""
     session: int = 0
+    # The host's display name when the room was last opened ("" for a room opened before
+    # rooms kept it).
+    host_name: str = ""
 
 
 class RoomForbidden(Exception):
@@ -60,7 +63,9 @@ class Opened:
     session: int
 
 
-async def open_room(r: Redis, host: str, receives: bool, region: str) -> Opened:
+async def open_room(
+    r: Redis, host: str, receives: bool, region: str, host_name: str = ""
+) -> Opened:
     """Open (or reopen) the host's room and set it live, starting a session if it was not."""
     reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
@@ -70,7 +75,7 @@ async def open_room(r: Redis, host: str, receives: bool, region: str) -> Opened:
         r,
         "room_open",
         _session_keys(room),
-        [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region],
+        [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region, host_name],
     )
     if reply[0] == b"forbidden":
         raise RoomForbidden(room)
@@ -103,10 +108,17 @@ async def session_summary(r: Redis, room: str, session: int) -> dict[str, Any] |
     if packed is not None:
         summary: dict[str, Any] = msgpack.unpackb(packed, raw=False)
         return summary
-    state = await read_hash(r, keys.room_session(room))
+    # The session's figures and the room's offset at one moment: the live figures count every
+    # credit up to `offset` and none after it (a page adds the credits it gets after that).
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.hgetall(keys.room_session(room))
+        pipe.hget(keys.room(room), "offset")
+        replies = await pipe.execute()
+    state = cast(dict[bytes, bytes], replies[0])
     # No session hash at all (a room never opened): session 0 is not "the current one".
     if b"started" not in state or int(state.get(b"id", b"0")) != session:
         return None
+    offset = int(replies[1] or b"0")
     now = int(time.time() * 1000)
     started = int(state[b"started"])
     board = cast(
@@ -133,6 +145,7 @@ async def session_summary(r: Redis, room: str, session: int) -> dict[str, Any] |
             for (u, c), n in zip(board, names, strict=True)
         ],
         "peak_viewers": int(state.get(b"peak", b"0")),
+        "offset": offset,
     }
 
 
@@ -173,6 +186,7 @@ def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
         receives=h.get(b"receives", b"1") == b"1",
         region=h.get(b"region", b"").decode(),
         session=int(h.get(b"session", b"0")),
+        host_name=h.get(b"host_name", b"").decode(),
     )
 
 

@@ -9,7 +9,8 @@ room_claim  (host's slot {u:<host>})
 
 room_open
   KEYS: room, session, session gifts, session top, sessions
-  ARGV: host id, new epoch, channel, host may receive gifts '1'|'0', host region
+  ARGV: host id, new epoch, channel, host may receive gifts '1'|'0', host region,
+        host display name ('' keeps the one stored)
   -> {'ok', epoch, session id} | {'forbidden'} (the room belongs to another host)
   Creates the room if needed; if it is not live, starts a new session. Publishes a `room` frame.
 
@@ -52,6 +53,7 @@ local function room_open(keys, args)
       'carry', 0, 'viewers', 0, 'sessions', 0, 'created', now)
   end
   redis.call('HSET', room, 'receives', args[4], 'region', args[5])
+  if args[6] and args[6] ~= '' then redis.call('HSET', room, 'host_name', args[6]) end
   if redis.call('HGET', room, 'live') ~= '1' then
     local id = redis.call('HINCRBY', room, 'sessions', 1)
     redis.call('DEL', session, gifts, top)
