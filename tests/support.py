@@ -30,6 +30,8 @@ from giftstream.store.connection import connect as connect_store
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
 READY_TIMEOUT_S = 30.0
+# The token secret of the shared test servers, so that tests can sign tokens as they do.
+TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH"
 # The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
 # can (the default gift rate limit has tests of its own).
 SHARED_ENV = {
@@ -38,6 +40,7 @@ SHARED_ENV = {
     "GIFTSTREAM_GIFT_BURST": "1000000",
     # Tests read their connections when they are ready to; slow consumers have tests of their own.
     "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
+    "GIFTSTREAM_SECRET": TEST_SECRET,
 }
 RECV_TIMEOUT_S = 5.0
 

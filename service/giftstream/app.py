@@ -19,6 +19,7 @@ from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
 from giftstream.http import admin, core, money
 from giftstream.http.common import Handler, handles_errors
+from giftstream.keyring import load_keyring
 from giftstream.payments import no_provider_verdict, simulated_verdict
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits, origin_allowed
@@ -31,7 +32,7 @@ from giftstream.realtime.session import (
 )
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
-from giftstream.store.connection import connect, load_functions, shared_secret
+from giftstream.store.connection import connect, forget_legacy_secret, load_functions
 from giftstream.store.relay import relay_if_leader
 from giftstream.wallet import Wallet
 from giftstream.wire.codec import negotiate
@@ -162,9 +163,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        secret = load_keyring(settings)
         redis = connect(redis_url)
         await load_functions(redis)
-        secret = await shared_secret(redis, settings.secret)
+        await forget_legacy_secret(redis)
         catalog = load_catalog(settings.catalog_path)
         economy = load_economy(settings.economy_path)
         hub = Hub(redis, redis_url, settings)

@@ -10,6 +10,7 @@ from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits
 from giftstream.settings import Settings
 from giftstream.store.connection import Redis
+from giftstream.tokens import Keyring
 from giftstream.wallet import Wallet
 
 
@@ -19,7 +20,7 @@ class Runtime:
     redis: Redis
     catalog: Catalog
     economy: Economy
-    secret: bytes
+    secret: Keyring
     hub: Hub
     gifting: Gifting
     wallet: Wallet

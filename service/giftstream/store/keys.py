@@ -2,7 +2,8 @@
 of a room {r:<id>}, so each Function touches exactly one slot (Redis Cluster-ready)."""
 
 PREFIX = "gs"
-SECRET = f"{PREFIX}:secret"
+# Where earlier versions kept the token secret; deleted at start-up (giftstream.keyring).
+LEGACY_SECRET = f"{PREFIX}:secret"
 RELAY_LOCK = f"{PREFIX}:relay:lock"
 # Sorted set: live room id -> time it went live (ms). An index for listing, outside any room's
 # slot, so it is kept beside the Functions rather than by them.
