@@ -116,7 +116,8 @@ def stop_orphan(data_dir: Path) -> None:
     log.warning("stopping the embedded Valkey (pid %d) left running by a server that died", pid)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _alive(pid) and is_running(data_dir):
+    # It removes its pid file last, once its AOF is flushed (and a zombie still "exists").
+    while _alive(pid) and (data_dir / PID_NAME).exists():
         if time.monotonic() > deadline:
             raise EmbeddedStoreError(f"the orphaned Valkey (pid {pid}) did not stop")
         time.sleep(0.05)
@@ -209,14 +210,15 @@ class EmbeddedValkey:
 
     def stop(self) -> None:
         """Stop gracefully: Valkey flushes the AOF on SIGTERM."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         if self.process.stderr:
             self.process.stderr.close()
         self._disown()
