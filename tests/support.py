@@ -30,7 +30,8 @@ from giftstream.store.connection import connect as connect_store
 from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_json, encode_json
 
 READY_TIMEOUT_S = 30.0
-# The token secret of the shared test servers, so that tests can sign tokens as they do.
+# The token secret of test servers (unless a test says otherwise): servers on one store accept
+# each other's tokens, and tests can sign tokens as the servers do.
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH"
 # The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
 # can (the default gift rate limit has tests of its own).
@@ -40,7 +41,6 @@ SHARED_ENV = {
     "GIFTSTREAM_GIFT_BURST": "1000000",
     # Tests read their connections when they are ready to; slow consumers have tests of their own.
     "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
-    "GIFTSTREAM_SECRET": TEST_SECRET,
 }
 RECV_TIMEOUT_S = 5.0
 
@@ -67,6 +67,8 @@ class ServerProcess:
     log_path: Path | None = None
     # `--dev` (enables /v1/dev/*); False runs the server as in production.
     dev: bool = True
+    # GIFTSTREAM_SECRET; None: the server reads or generates `<data dir>/secret` (`env` wins).
+    secret: str | None = TEST_SECRET
 
     @property
     def base_url(self) -> str:
@@ -86,6 +88,8 @@ class ServerProcess:
         if self.data_dir:
             args += ["--data-dir", str(self.data_dir)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+        if self.secret is not None:
+            env["GIFTSTREAM_SECRET"] = self.secret
         env.update(self.env)
         log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))
         self.log_path = log_dir / f"giftstream-test-{self.port}.log"

@@ -32,6 +32,8 @@ from giftstream.realtime.session import (
 )
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
+from giftstream.shutdown import finish, stop_task
+from giftstream.store import keys
 from giftstream.store.connection import connect, forget_legacy_secret, load_functions
 from giftstream.store.relay import relay_if_leader
 from giftstream.wallet import Wallet
@@ -95,14 +97,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def _relay_forever(runtime: Runtime) -> None:
+async def _relay_forever(runtime: Runtime, stop: asyncio.Event) -> None:
     s = runtime.settings
     lease_ms = int(s.relay_interval_s * 1000 * 5) + 1000
-    while True:
-        await asyncio.sleep(s.relay_interval_s)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(s.relay_interval_s):
+                await stop.wait()
+        if stop.is_set():
+            return
         try:
             applied = await relay_if_leader(
-                runtime.redis, runtime.gifting.rules, s.relay_grace_ms, lease_ms
+                runtime.redis, runtime.gifting.rules, s.relay_grace_ms, lease_ms, stop
             )
         except Exception:
             log.exception("relay pass failed")
@@ -185,15 +191,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
         app.state.runtime = runtime
         tune_gc()
-        relay = asyncio.create_task(_relay_forever(runtime), name="relay")
+        keys.pending_index(0)  # builds the slot tags now rather than on the first gift
+        stop = asyncio.Event()
+        relay = asyncio.create_task(_relay_forever(runtime, stop), name="relay")
         try:
             yield
         finally:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-            await hub.stop()
-            await runtime.gifting.aclose()
-            await redis.aclose()
+            # Every step is bounded: a worker told to stop always stops (docs/reliability.md).
+            stop.set()
+            deadline = settings.shutdown_timeout_s
+            await stop_task(relay, deadline, "the relay")
+            await finish(hub.stop(), deadline, "stopping the hub")
+            await finish(runtime.gifting.aclose(), deadline, "flushing the gift pipelines")
+            await finish(redis.aclose(), deadline, "closing the store client")
 
     return Starlette(routes=routes(), lifespan=lifespan, middleware=[Middleware(KeepTransport)])

@@ -77,9 +77,15 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).
     room_history_max: int = 100_000
+    # An ended room's history (its event stream) is deleted this long after the end, unless the
+    # room goes live again; members may replay it with `since` meanwhile. 0 keeps it for ever.
+    room_history_ttl_s: int = 24 * 3600
     # The relay re-applies credits whose debit is older than `relay_grace_ms`.
     relay_interval_s: float = 1.0
     relay_grace_ms: int = 2000
+    # At shutdown each background part of a worker (relay, hub, store clients) gets this long
+    # to stop; then it is cancelled again and finally abandoned with a log line.
+    shutdown_timeout_s: float = 5.0
     # The gift path's commands are pipelined: at most this many pipelines in flight per worker
     # (more commands wait and go together in the next), of at most this many commands each.
     pipeline_max_in_flight: int = 4

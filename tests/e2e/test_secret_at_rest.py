@@ -57,7 +57,10 @@ async def test_the_data_directory_is_private_and_the_secret_is_neither_in_the_st
         path.chmod(0o755 if path.is_dir() else 0o644)
     data.chmod(0o755)
 
-    async with serving(ServerProcess(redis_url=None, data_dir=data, dev=False)) as (_, api):
+    async with serving(ServerProcess(redis_url=None, data_dir=data, dev=False, secret=None)) as (
+        _,
+        api,
+    ):
         token = admin_token({}, "--data-dir", str(data))
         assert await admin_status(api, token) == 404, "admin-token signs with the servers' key"
         client = connect(f"unix://{data.resolve() / 'valkey.sock'}")
@@ -125,7 +128,10 @@ async def test_a_key_rotation_accepts_both_keys_then_only_the_new_one(
 
 async def test_every_worker_of_one_serve_accepts_the_tokens_of_the_others(short_tmp: Path) -> None:
     data = short_tmp / "data"
-    async with serving(ServerProcess(redis_url=None, data_dir=data, workers=2)) as (_, api):
+    async with serving(ServerProcess(redis_url=None, data_dir=data, workers=2, secret=None)) as (
+        _,
+        api,
+    ):
         users = [await api.user(coins=1) for _ in range(12)]
         # New connections land on either worker (SO_REUSEPORT): each accepts every token.
         for user in users:

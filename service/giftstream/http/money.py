@@ -165,7 +165,9 @@ async def create_video(request: Request) -> Response:
         opened = await rooms.open_room(
             runtime.redis, account.id, account.age >= runtime.economy.minimum_age, account.region
         )
-        await rooms.end_room(runtime.redis, opened.room, account.id)
+        await rooms.end_room(
+            runtime.redis, opened.room, account.id, runtime.settings.room_history_ttl_s
+        )
         room = opened.room
     else:
         room = account.room

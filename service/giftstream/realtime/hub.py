@@ -30,6 +30,7 @@ from giftstream.domain.streaks import StreakBook, StreakTap
 from giftstream.realtime.frames import Encoded, batch, single
 from giftstream.realtime.member import Member
 from giftstream.settings import Settings
+from giftstream.shutdown import stop_task
 from giftstream.store import keys, rooms
 from giftstream.store.connection import (
     SOCKET_TIMEOUT_S,
@@ -128,10 +129,7 @@ class Hub:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task, self._settings.shutdown_timeout_s, f"the hub's {task.get_name()}")
         for channel in list(self._rooms.values()):
             with contextlib.suppress(Exception):
                 await rooms.update_presence(self._redis, channel.room, self.worker_id, 0, 0)
