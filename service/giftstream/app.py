@@ -32,7 +32,7 @@ from giftstream.realtime.session import (
 )
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
-from giftstream.shutdown import finish, stop_task
+from giftstream.shutdown import exit_if_abandoned, finish, stop_task
 from giftstream.store import keys
 from giftstream.store.connection import connect, forget_legacy_secret, load_functions
 from giftstream.store.relay import relay_if_leader
@@ -204,5 +204,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await finish(hub.stop(), deadline, "stopping the hub")
             await finish(runtime.gifting.aclose(), deadline, "flushing the gift pipelines")
             await finish(redis.aclose(), deadline, "closing the store client")
+            exit_if_abandoned(deadline)
 
     return Starlette(routes=routes(), lifespan=lifespan, middleware=[Middleware(KeepTransport)])

@@ -17,6 +17,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CANCEL_ATTEMPTS = 3
+# What this process abandoned (for exit_if_abandoned).
+_abandoned: list[str] = []
 # Exit status of a process that had to abandon a task and was still alive this long after.
 ABANDONED_EXIT_STATUS = 70
 
@@ -35,7 +37,7 @@ async def stop_task(task: asyncio.Task[Any], deadline_s: float, what: str) -> bo
             deadline_s,
             CANCEL_ATTEMPTS,
         )
-        exit_unless_gone(deadline_s)
+        _abandoned.append(what)
         return False
     if not task.cancelled() and task.exception() is not None:
         log.error("%s failed while stopping", what, exc_info=task.exception())
@@ -56,9 +58,11 @@ async def finish(work: Awaitable[Any], deadline_s: float, what: str) -> bool:
     return False
 
 
-def exit_unless_gone(after_s: float) -> None:
-    """Exit the process `after_s` from now unless it has exited by then: an abandoned task can
-    make the event loop's teardown (which cancels and awaits every task) wait forever."""
+def exit_if_abandoned(after_s: float) -> None:
+    """If a task was abandoned, exit the process `after_s` from now unless it has exited by then:
+    the event loop's teardown cancels and awaits every task left, and would wait for ever."""
+    if not _abandoned:
+        return
 
     def hard_exit() -> None:
         log.error("still running %.1f s after abandoning a task: exiting now", after_s)
