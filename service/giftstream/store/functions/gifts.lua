@@ -51,10 +51,9 @@ outbox_settle  (a user's slot {u:<user>})
   Removes credited entries from the outbox; the user leaves the index once the outbox is empty.
 
 outbox_pending  (read-only; the index keys of many slots of one node: the one cross-slot call)
-  KEYS: none    ARGV: 1 oldest time (ms) to report, 2 most users per index, 3 '1' to check
-        the keys with one EXISTS (a single server only: a cluster refuses one command across
-        slots, and in Valkey 9 that refusal inside a script breaks the scripts run after it),
-        4.. index keys
+  KEYS: none    ARGV: 1 oldest time (ms) to report, 2 most users per index, 3.. index keys
+  Each key is checked by its own command: a cluster refuses one command across slots (and in
+  Valkey 9 that refusal inside a script breaks the scripts run after it).
   -> {user, time, user, time, ...}: users whose outbox has an entry pending since `time` or
      earlier. Flagged allow-cross-slot-keys: it reads only indexes, writes nothing, and is sent
      to the node that holds every key it names.
@@ -235,9 +234,7 @@ end
 
 local function outbox_pending(keys, args)
   local found = {}
-  -- Most slots have nothing pending: EXISTS first (on a single server, one for all the keys).
-  if args[3] == '1' and redis.call('EXISTS', unpack(args, 4)) == 0 then return found end
-  for i = 4, #args do
+  for i = 3, #args do
     if redis.call('EXISTS', args[i]) == 1 then
       local users = redis.call('ZRANGE', args[i], '-inf', args[1], 'BYSCORE', 'LIMIT', 0,
         args[2], 'WITHSCORES')
