@@ -65,11 +65,12 @@ async def test_a_valkey_whose_owner_died_is_stopped_and_replaced_by_the_next_sta
     data = short_tmp / "data"
     async with serving(ServerProcess(redis_url=None, data_dir=data)) as (_, api):
         user = await api.user(coins=5)
-    # A Valkey left running on the data directory, as an earlier version left it: its owner gone.
+    # A Valkey left running on the data directory, as an older version left it: owner gone.
     orphan = EmbeddedValkey(data)
     orphan.start()
     try:
         (data / OWNER_NAME).write_text(f"{dead_pid()}\n")
+        (data / PID_NAME).unlink()  # older versions wrote no pid file
         async with serving(ServerProcess(redis_url=None, data_dir=data)) as (server, api):
             assert orphan.process is not None and orphan.process.wait(GONE_S) == 0
             assert server.process is not None

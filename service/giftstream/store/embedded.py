@@ -106,21 +106,33 @@ def _child_setup(parent: int, die_with_parent: bool) -> Callable[[], None]:
 
 
 def stop_orphan(data_dir: Path) -> None:
-    """Stop the server on `data_dir` whose owner is gone (SIGTERM: it flushes its AOF)."""
-    pid = _read_pid(data_dir / PID_NAME)
-    if pid is None or not _alive(pid):
-        raise EmbeddedStoreError(
-            f"a Valkey answers on {socket_path(data_dir)} but its pid file names no live "
-            "process: stop it by hand"
-        )
-    log.warning("stopping the embedded Valkey (pid %d) left running by a server that died", pid)
-    os.kill(pid, signal.SIGTERM)
+    """Stop the server on `data_dir` whose owner is gone. SHUTDOWN over its socket (it flushes
+    its AOF, removes its pid file and socket, and exits) works for one an older version started
+    too, which wrote no pid file."""
+    log.warning("stopping the embedded Valkey left running on %s by a server that died", data_dir)
+    sock = socket_path(data_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(STOP_TIMEOUT_S)
+        s.connect(str(sock))
+        s.sendall(b"SHUTDOWN\r\n")
+        with contextlib.suppress(OSError):
+            s.recv(64)  # the server closes the connection as it exits
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    # It removes its pid file last, once its AOF is flushed (and a zombie still "exists").
-    while _alive(pid) and (data_dir / PID_NAME).exists():
+    # It removes its socket once its AOF is flushed; a busy server still accepts connections.
+    while sock.exists() and _accepts(sock):
         if time.monotonic() > deadline:
-            raise EmbeddedStoreError(f"the orphaned Valkey (pid {pid}) did not stop")
+            raise EmbeddedStoreError(f"the orphaned Valkey on {sock} did not stop")
         time.sleep(0.05)
+
+
+def _accepts(sock: Path) -> bool:
+    """True while a server listens on the unix socket `sock` (busy or not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+        return True
 
 
 def is_running(data_dir: Path) -> bool:
