@@ -92,15 +92,15 @@ def owner_alive(data_dir: Path) -> bool:
     return pid is not None and _alive(pid)
 
 
-def _child_setup(parent: int, die_with_parent: bool) -> Callable[[], None]:
+def _dies_with(parent: int) -> Callable[[], None]:
+    """Run in the child before exec: the kernel sends it SIGTERM when `parent` dies."""
+
     def setup() -> None:
-        os.umask(CHILD_UMASK)
-        if die_with_parent:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            # The parent may have died before the prctl: then no signal would ever come.
-            if os.getppid() != parent:
-                os._exit(1)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died before the prctl: then no signal would ever come.
+        if os.getppid() != parent:
+            os._exit(1)
 
     return setup
 
@@ -199,7 +199,8 @@ class EmbeddedValkey:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_child_setup(os.getpid(), self.die_with_parent),
+            umask=CHILD_UMASK,
+            preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,
         )
         owner = self.data_dir / OWNER_NAME
         owner.write_text(f"{os.getpid()}\n")
@@ -303,12 +304,12 @@ class EmbeddedCluster:
         return f"redis+cluster://{seeds}"
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         count = self.primaries * (1 + self.replicas_each)
         for _ in range(count):
             port = _free_cluster_port()
             node_dir = self.data_dir / f"node-{port}"
-            node_dir.mkdir(exist_ok=True)
+            node_dir.mkdir(mode=DIR_MODE, exist_ok=True)
             args = [
                 str(get_binary_path()),
                 "--port",
@@ -331,7 +332,12 @@ class EmbeddedCluster:
                 "valkey.log",
             ]
             self.processes.append(
-                subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    umask=CHILD_UMASK,
+                )
             )
             self.ports.append(port)
         for port in self.ports:
