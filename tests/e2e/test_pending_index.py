@@ -168,3 +168,21 @@ async def test_an_ended_rooms_history_is_deleted_after_the_setting(
             assert await r.exists(keys.room(room), keys.room_ledger(room)) == 2, "money stays"
         finally:
             await r.aclose()
+
+
+async def test_the_one_time_scan_stops_between_batches_once_told_to_and_resumes_later(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    r = connect(fresh_valkey.url)
+    try:
+        await load_functions(r)
+        viewer, _, _ = await gift_debited(r)
+        await r.zrem(keys.pending_outboxes(viewer), viewer)  # as an older version debited
+        stop = asyncio.Event()
+        stop.set()
+        assert not await relay.index_old_outboxes(r, stop)
+        assert await r.exists(keys.OUTBOX_INDEXED) == 0, "not marked done"
+        assert await relay.index_old_outboxes(r)
+        assert await pending(r, viewer) is not None
+    finally:
+        await r.aclose()

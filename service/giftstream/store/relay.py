@@ -111,14 +111,31 @@ async def index_old_outboxes(r: Redis, stop: asyncio.Event | None = None) -> boo
     if await r.exists(keys.OUTBOX_INDEXED):
         return True
     now = await store_time_ms(r)
-    async for key in r.scan_iter(match=keys.OUTBOX_PATTERN, count=SCAN_COUNT, _type="hash"):
+    async for found in _outbox_keys(r):
         if stop is not None and stop.is_set():
             return False
-        user = keys.user_from_account(text(key))
-        # An entry's own time does not matter here: the relay looks at its entries' times.
-        await r.zadd(keys.pending_outboxes(user), {user: now}, nx=True)
+        for key in found:
+            user = keys.user_from_account(text(key))
+            # The entries' own times do not matter here: the relay looks at them.
+            await r.zadd(keys.pending_outboxes(user), {user: now}, nx=True)
     await r.set(keys.OUTBOX_INDEXED, "1")
     return True
+
+
+async def _outbox_keys(r: Redis) -> AsyncIterator[list[bytes | str]]:
+    """Every outbox key, a SCAN batch at a time (on a cluster, as redis-py walks the nodes)."""
+    if isinstance(r, RedisCluster):
+        async for key in r.scan_iter(match=keys.OUTBOX_PATTERN, count=SCAN_COUNT, _type="hash"):
+            yield [key]
+        return
+    cursor = 0
+    while True:
+        cursor, found = await r.scan(
+            cursor, match=keys.OUTBOX_PATTERN, count=SCAN_COUNT, _type="hash"
+        )
+        yield found
+        if cursor == 0:
+            return
 
 
 async def relay_if_leader(
