@@ -41,6 +41,9 @@ from giftstream.wire.codec import JSON_SUBPROTOCOL, MSGPACK_SUBPROTOCOL, decode_
 # when imported.
 use_own_runtime_dir()
 READY_TIMEOUT_S = 30.0
+# The token secret of test servers (unless a test says otherwise): servers on one store accept
+# each other's tokens, and tests can sign tokens as the servers do.
+TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEFGH"
 # The settings of the shared test servers: streaks end quickly, and tests gift as fast as they
 # can (the default gift rate limit has tests of its own).
 SHARED_ENV = {
@@ -121,6 +124,8 @@ class ServerProcess:
     # `serve`, or `demo` (dev mode with bot rooms, `args` e.g. ["--rooms", "1"]).
     command: str = "serve"
     args: list[str] = field(default_factory=list)
+    # GIFTSTREAM_SECRET; None: the server reads or generates `<data dir>/secret` (`env` wins).
+    secret: str | None = TEST_SECRET
 
     @property
     def base_url(self) -> str:
@@ -145,6 +150,8 @@ class ServerProcess:
         if self.database_url:
             args += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
+        if self.secret is not None:
+            env["GIFTSTREAM_SECRET"] = self.secret
         env.update(self.env)
         log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))
         self.log_path = log_dir / f"giftstream-test-{self.port}.log"

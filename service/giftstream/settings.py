@@ -23,8 +23,15 @@ class Settings:
     data_dir: Path = Path(".giftstream")
     # Enables /v1/dev/* (simulated users with free coins).
     dev: bool = False
-    # Token-signing secret. Unset: generated once and kept in the store itself.
+    # Token-signing secret. Unset: read from `secret_file`, or generated once in
+    # `<data_dir>/secret` (mode 0600); never kept in the store. Outside dev mode a weak one
+    # (under 32 bytes, repetitive, a placeholder) is refused at start-up.
     secret: str | None = None
+    # During a key rotation: the secret tokens were signed with until now (still accepted).
+    secret_previous: str | None = None
+    # A file (mode 0600) holding the secret on its first line, and the previous one on an
+    # optional second line; for operators with a secret store that mounts files.
+    secret_file: Path | None = None
     token_ttl_s: int = 30 * 24 * 3600
     # Largest WebSocket frame accepted; a larger one closes the connection with 1009.
     max_frame_bytes: int = 64 * 1024
@@ -98,9 +105,15 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).
     room_history_max: int = 100_000
+    # An ended room's history (its event stream) is deleted this long after the end, unless the
+    # room goes live again; members may replay it with `since` meanwhile. 0 keeps it for ever.
+    room_history_ttl_s: int = 24 * 3600
     # The relay re-applies credits whose debit is older than `relay_grace_ms`.
     relay_interval_s: float = 1.0
     relay_grace_ms: int = 2000
+    # At shutdown each background part of a worker (relay, hub, store clients) gets this long
+    # to stop; then it is cancelled again and finally abandoned with a log line.
+    shutdown_timeout_s: float = 5.0
     # The gift path's commands are pipelined: at most this many pipelines in flight per worker
     # (more commands wait and go together in the next), of at most this many commands each.
     pipeline_max_in_flight: int = 4
@@ -168,7 +181,7 @@ def _parse(raw: str, default: Any, name: str) -> Any:
         return int(raw)
     if isinstance(default, float):
         return float(raw)
-    if isinstance(default, Path) or name.endswith("_path"):
+    if isinstance(default, Path) or name.endswith(("_path", "_file")):
         return Path(raw)
     if isinstance(default, frozenset):
         if raw.strip().lower() == "none":

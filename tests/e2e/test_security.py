@@ -1,5 +1,6 @@
 """Identity and limits: nobody acts as someone else, and every limit answers clearly."""
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -9,7 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, ServerProcess, bearer, running
+from support import TEST_SECRET, Api, Client, ServerProcess, bearer, running
 
 
 @pytest.fixture
@@ -139,6 +140,7 @@ def test_admin_token_command_mints_a_token_the_server_accepts(
 ) -> None:
     minted = subprocess.run(
         [sys.executable, "-m", "giftstream.cli", "admin-token", "--redis-url", valkey.url],
+        env={**os.environ, "GIFTSTREAM_SECRET": TEST_SECRET},
         capture_output=True,
         text=True,
         timeout=60,

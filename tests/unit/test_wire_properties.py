@@ -37,7 +37,7 @@ from giftstream.wire.requests import (
 PARSE_ERRORS = (BadFrame, UnknownType, InvalidField)
 REQUESTS = (Auth, Join, Leave, SendGift, DropChest, Claim, Ping)
 GIFT: dict[str, Any] = {"t": "gift", "id": "g-1", "room": "r1", "gift": "rose", "count": 1}
-SECRET = b"s" * 32
+SECRET = tokens.Keyring(tokens.Key(b"s" * 32))
 # The longest integer literal Python converts (sys.get_int_max_str_digits() by default).
 INT_MAX_STR_DIGITS = 4_300
 

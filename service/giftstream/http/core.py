@@ -89,7 +89,9 @@ async def end_room(request: Request) -> Response:
     account = await current_account(request)
     room = path_id(request, "room")
     try:
-        summary = await rooms.end_room(runtime.redis, room, account.id)
+        summary = await rooms.end_room(
+            runtime.redis, room, account.id, runtime.settings.room_history_ttl_s
+        )
     except rooms.NoSuchRoom as e:
         raise NotFound(f"there is no room '{room}'") from e
     except rooms.RoomForbidden as e:

@@ -172,7 +172,9 @@ async def create_video(request: Request) -> Response:
             account.region,
             account.name,
         )
-        await rooms.end_room(runtime.redis, opened.room, account.id)
+        await rooms.end_room(
+            runtime.redis, opened.room, account.id, runtime.settings.room_history_ttl_s
+        )
         room = opened.room
     else:
         room = account.room

@@ -30,6 +30,7 @@ from giftstream.domain.streaks import StreakBook, StreakTap
 from giftstream.realtime.frames import Encoded, batch, single
 from giftstream.realtime.member import Member
 from giftstream.settings import Settings
+from giftstream.shutdown import stop_task
 from giftstream.store import keys, rooms
 from giftstream.store.connection import (
     SOCKET_TIMEOUT_S,
@@ -111,6 +112,8 @@ class Hub:
         # room we subscribe to (sharded channels must be subscribed on their slot's node).
         self._links: dict[str, _Link] = {}
         self._failed = asyncio.Event()
+        # Set at shutdown: the background loops end at their next turn even if a cancel is lost.
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._resync: asyncio.Task[None] | None = None
         self._pong = asyncio.Event()
@@ -127,11 +130,9 @@ class Hub:
         ]
 
     async def stop(self) -> None:
+        self._stopping.set()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task, self._settings.shutdown_timeout_s, f"the hub's {task.get_name()}")
         for channel in list(self._rooms.values()):
             with contextlib.suppress(Exception):
                 await rooms.update_presence(self._redis, channel.room, self.worker_id, 0, 0)
@@ -316,7 +317,7 @@ class Hub:
         self._failed.set()
 
     async def _watch_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._failed.wait()
             await self._recover()
             self._failed.clear()
@@ -479,7 +480,7 @@ class Hub:
 
     async def _tick_forever(self) -> None:
         next_health = time.monotonic() + HEALTH_INTERVAL_S
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(self._tick_s)
             now_ms, now = _monotonic_ms(), time.monotonic()
             for channel in list(self._rooms.values()):

@@ -78,7 +78,7 @@ class Session:
         redis: Redis,
         hub: Hub,
         gifting: Gifting,
-        secret: bytes,
+        secret: tokens.Keyring,
         settings: Settings,
         limits: ConnectionLimits,
     ) -> None:

@@ -9,6 +9,7 @@ import msgpack
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, fcall, text
+from giftstream.store.gifts import settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,13 @@ def new_chest_id() -> str:
 
 
 def _user_keys(user: str) -> list[str]:
-    return [keys.account(user), keys.records(user), keys.user_ledger(user), keys.outbox(user)]
+    return [
+        keys.account(user),
+        keys.records(user),
+        keys.user_ledger(user),
+        keys.outbox(user),
+        keys.pending_outboxes(user),
+    ]
 
 
 async def fund(
@@ -73,7 +80,7 @@ async def create(r: Redis, payload: bytes) -> dict[str, object]:
     if reply[0] == b"no_room":
         raise ChestRefused("no_room")
     await r.zadd(keys.CHESTS_DUE, {f"{room} {chest}": int(p["closes_at"])})
-    await r.hdel(keys.outbox(str(p["from"])), chest)
+    await settle(r, str(p["from"]), chest)
     return dict(p)
 
 

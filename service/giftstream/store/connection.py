@@ -1,7 +1,6 @@
-"""Connecting to Redis/Valkey, loading the Functions, and the shared token secret."""
+"""Connecting to Redis/Valkey and loading the Functions."""
 
 import asyncio
-import secrets
 from importlib import resources
 from typing import Any, Protocol, cast
 
@@ -193,13 +192,7 @@ async def read_stream(
     return cast(StreamEntries, await r.xrange(key, min=start, max=end, count=count))
 
 
-async def shared_secret(r: Redis, configured: str | None) -> bytes:
-    """The token-signing secret: the configured one, or one generated once and kept in the store
-    so that every worker, node and restart accepts the same tokens."""
-    if configured:
-        return configured.encode()
-    await r.set(keys.SECRET, secrets.token_urlsafe(32), nx=True)
-    value = await r.get(keys.SECRET)
-    if value is None:
-        raise RuntimeError("the token secret vanished from the store")
-    return raw(value)
+async def forget_legacy_secret(r: Redis) -> None:
+    """Delete the token secret that earlier versions kept in the store (and so in its AOF, where
+    other local users could read it): the keys now come from giftstream.keyring only."""
+    await r.delete(keys.LEGACY_SECRET)

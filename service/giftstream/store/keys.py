@@ -1,13 +1,21 @@
 """Every Redis key and channel name. All keys of a user share the hash tag {u:<id>}, all keys
 of a room {r:<id>}, so each Function touches exactly one slot (Redis Cluster-ready)."""
 
+import binascii
+import functools
+
 PREFIX = "gs"
-SECRET = f"{PREFIX}:secret"
+# Where earlier versions kept the token secret; deleted at start-up (giftstream.keyring).
+LEGACY_SECRET = f"{PREFIX}:secret"
 RELAY_LOCK = f"{PREFIX}:relay:lock"
 # Sorted set: live room id -> time it went live (ms). An index for listing, outside any room's
 # slot, so it is kept beside the Functions rather than by them.
 LIVE_ROOMS = f"{PREFIX}:rooms:live"
 OUTBOX_PATTERN = f"{PREFIX}:{{u:*}}:outbox"
+# String: set once every outbox written before the pending index existed has been indexed.
+OUTBOX_INDEXED = f"{PREFIX}:outbox:indexed"
+# Redis Cluster's hash slots.
+SLOTS = 16384
 USER_ACCOUNT_PATTERN = f"{PREFIX}:{{u:*}}:acct"
 ROOM_PATTERN = f"{PREFIX}:{{r:*}}"
 
@@ -53,12 +61,49 @@ def outbox(user: str) -> str:
     return f"{user_tag(user)}:outbox"
 
 
+def key_slot(key: str) -> int:
+    """The cluster hash slot of `key` (CRC16 of its hash tag, as Redis computes it)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start > -1:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) % SLOTS
+
+
+@functools.cache
+def _slot_tags() -> tuple[str, ...]:
+    """For each slot, a short hash tag ('o<n>') that falls in it (about 150,000 tries: ~0.1 s,
+    once per process)."""
+    tags: dict[int, str] = {}
+    n = 0
+    while len(tags) < SLOTS:
+        tag = f"o{n}"
+        tags.setdefault(binascii.crc_hqx(tag.encode(), 0) % SLOTS, tag)
+        n += 1
+    return tuple(tags[slot] for slot in range(SLOTS))
+
+
+def pending_index(slot: int) -> str:
+    """Sorted set: user -> when its outbox got the oldest entry still pending (ms), for the users
+    whose keys are in `slot`. The relay reads these instead of scanning every key; the hash tag
+    puts each in its users' slot, so the Function that writes an outbox entry indexes it."""
+    return f"{PREFIX}:{{{_slot_tags()[slot]}}}:pending"
+
+
+def pending_outboxes(user: str) -> str:
+    """The pending index of the user's slot."""
+    return pending_index(key_slot(user_tag(user)))
+
+
 def streak(user: str) -> str:
     """Hash: the user's current streak (id, room, gift, repeat, last tap)."""
     return f"{user_tag(user)}:streak"
 
 
 def user_from_account(key: str) -> str:
+    """The user of any of its keys (account, outbox, ...)."""
     return key[len(PREFIX) + 4 : key.index("}")]
 
 

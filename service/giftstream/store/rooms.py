@@ -74,7 +74,7 @@ async def open_room(
     reply = await fcall(
         r,
         "room_open",
-        _session_keys(room),
+        [*_session_keys(room), keys.room_events(room)],
         [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region, host_name],
     )
     if reply[0] == b"forbidden":
@@ -83,13 +83,14 @@ async def open_room(
     return Opened(room, text(reply[1]), int(reply[2]))
 
 
-async def end_room(r: Redis, room: str, host: str) -> dict[str, Any] | None:
-    """End the live session; returns its summary (the last one if the room was not live)."""
+async def end_room(r: Redis, room: str, host: str, history_ttl_s: int) -> dict[str, Any] | None:
+    """End the live session; returns its summary (the last one if the room was not live). The
+    room's event history is deleted `history_ttl_s` later unless the room goes live again."""
     reply = await fcall(
         r,
         "room_end",
-        [*_session_keys(room), keys.room_names(room)],
-        [host, keys.room_channel(room)],
+        [*_session_keys(room), keys.room_names(room), keys.room_events(room)],
+        [host, keys.room_channel(room), history_ttl_s * 1000],
     )
     if reply[0] == b"not_found":
         raise NoSuchRoom(room)

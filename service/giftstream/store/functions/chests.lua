@@ -8,7 +8,7 @@ Split rule: each of k claimants gets floor(N / k); the remainder r = N - k * flo
 coin each to the r earliest claimants. If nobody claims, all N coins go back to the dropper.
 
 chest_fund     (dropper's slot {u:<id>})
-  KEYS: acct, records, ledger, outbox
+  KEYS: acct, records, ledger, outbox, pending (the slot's index of pending outboxes)
   ARGV: request id, chest id, room, coins, display name, countdown (ms), claim window (ms)
   -> {'ok', chest, balance, payload} | {'replay', chest, balance, payload|nil}
      | {'conflict'} | {'insufficient', balance} | {'no_user'} | {'frozen'}
@@ -46,7 +46,7 @@ local function room_id(key)
 end
 
 local function chest_fund(keys, args)
-  local acct, records, ledger, outbox = keys[1], keys[2], keys[3], keys[4]
+  local acct, records, ledger, outbox, pending = keys[1], keys[2], keys[3], keys[4], keys[5]
   local request_id, chest, room, coins = args[1], args[2], args[3], tonumber(args[4])
   local ref = 'chest:' .. request_id
   local fingerprint = room .. ':' .. coins
@@ -70,6 +70,7 @@ local function chest_fund(keys, args)
     from_name = args[5], coins = coins, opens_at = opens_at,
     closes_at = opens_at + tonumber(args[7]), ts = now})
   redis.call('HSET', outbox, chest, payload)
+  redis.call('ZADD', pending, 'NX', now, user)
   redis.call('HSET', records, ref, cmsgpack.pack({fp = fingerprint, chest = chest, balance = after}))
   return {'ok', chest, after, payload}
 end

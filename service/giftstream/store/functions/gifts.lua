@@ -6,7 +6,8 @@ Payloads are msgpack maps (cmsgpack keeps integers exact).
 
 gift_debit   (viewer slot {u:<viewer>})
   KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today),
-        bucket (the gift rate limit: tokens, at)
+        bucket (the gift rate limit: tokens, at), pending (the slot's index of pending outboxes:
+        a key with a hash tag of the viewer's slot)
   ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
         6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
         13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift),
@@ -43,12 +44,25 @@ gift_credit  (room slot {r:<room>})
   credit frame a `thank` reason for the host ('new' gifter this session, or a 'big' gift), and a
   `leaderboard` frame is published when the sender is on the session's board.
   Ledger: platform:diamonds diamonds -d, host:<host> diamonds +d.
+
+outbox_settle  (a user's slot {u:<user>})
+  KEYS: outbox, pending (the slot's index)    ARGV: 1 user, 2.. event ids (none: only tidy)
+  -> entries removed
+  Removes credited entries from the outbox; the user leaves the index once the outbox is empty.
+
+outbox_pending  (read-only; the index keys of many slots of one node: the one cross-slot call)
+  KEYS: none    ARGV: 1 oldest time (ms) to report, 2 most users per index, 3.. index keys
+  Each key is checked by its own command: a cluster refuses one command across slots (and in
+  Valkey 9 that refusal inside a script breaks the scripts run after it).
+  -> {user, time, user, time, ...}: users whose outbox has an entry pending since `time` or
+     earlier. Flagged allow-cross-slot-keys: it reads only indexes, writes nothing, and is sent
+     to the node that holds every key it names.
 ]]
 
 local function gift_debit(keys, args)
   local acct, idem, ledger, outbox, streak, daily = keys[1], keys[2], keys[3], keys[4], keys[5],
     keys[6]
-  local bucket = keys[7]
+  local bucket, pending = keys[7], keys[8]
   local request_id, fingerprint, event = args[1], args[2], args[3]
   local cost, ttl = tonumber(args[4]), tonumber(args[5])
   local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
@@ -110,6 +124,7 @@ local function gift_debit(keys, args)
   redis.call('PEXPIRE', daily, 2 * 86400000)
   local packed = cmsgpack.pack(payload)
   redis.call('HSET', outbox, event, packed)
+  redis.call('ZADD', pending, 'NX', now, viewer)
   post(ledger, 'gift', event, after,
     {{'user:' .. viewer, 'coins', -cost}, {'platform:spent', 'coins', cost}},
     {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
@@ -209,5 +224,28 @@ local function gift_credit(keys, args)
   return {'ok', gift_offset, credit_offset, diamonds, total}
 end
 
+local function outbox_settle(keys, args)
+  local outbox, pending = keys[1], keys[2]
+  local removed = 0
+  if #args > 1 then removed = redis.call('HDEL', outbox, unpack(args, 2)) end
+  if redis.call('EXISTS', outbox) == 0 then redis.call('ZREM', pending, args[1]) end
+  return removed
+end
+
+local function outbox_pending(keys, args)
+  local found = {}
+  for i = 3, #args do
+    if redis.call('EXISTS', args[i]) == 1 then
+      local users = redis.call('ZRANGE', args[i], '-inf', args[1], 'BYSCORE', 'LIMIT', 0,
+        args[2], 'WITHSCORES')
+      for j = 1, #users do found[#found + 1] = users[j] end
+    end
+  end
+  return found
+end
+
 redis.register_function('gift_debit', gift_debit)
 redis.register_function('gift_credit', gift_credit)
+redis.register_function('outbox_settle', outbox_settle)
+redis.register_function{function_name = 'outbox_pending', callback = outbox_pending,
+  flags = {'no-writes', 'allow-cross-slot-keys'}}

@@ -8,19 +8,21 @@ room_claim  (host's slot {u:<host>})
   -> {'ok', room id} | {'no_user'}     the host's room: the one it had, or the proposed one
 
 room_open
-  KEYS: room, session, session gifts, session top, sessions
+  KEYS: room, session, session gifts, session top, sessions, events (the room's history)
   ARGV: host id, new epoch, channel, host may receive gifts '1'|'0', host region,
         host display name ('' keeps the one stored)
   -> {'ok', epoch, session id} | {'forbidden'} (the room belongs to another host)
   Creates the room if needed; if it is not live, starts a new session. Publishes a `room` frame.
+  The history no longer expires (see room_end).
 
 room_end
-  KEYS: room, session, session gifts, session top, sessions, names
-  ARGV: host id, channel
+  KEYS: room, session, session gifts, session top, sessions, names, events (the room's history)
+  ARGV: host id, channel, how long the history is kept after the end (ms; 0: for ever)
   -> {'ok', summary (msgpack)} | {'not_found'} | {'forbidden'} (not the room's host)
      {'not_live', last summary or nil}
   Ends the session: stores and publishes its summary (`session_summary`), then a `room` frame.
-  Members stay until they leave.
+  Members stay until they leave. The history expires after the given time (members may still
+  replay it meanwhile) unless the room goes live again.
 
 presence
   KEYS: room, presence (worker -> 'count:expires_ms'), session
@@ -44,6 +46,7 @@ end
 
 local function room_open(keys, args)
   local room, session, gifts, top, sessions = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local events = keys[6]
   local host, epoch, channel = args[1], args[2], args[3]
   local owner = redis.call('HGET', room, 'host')
   if owner and owner ~= host then return {'forbidden'} end
@@ -61,6 +64,7 @@ local function room_open(keys, args)
       'peak', tonumber(redis.call('HGET', room, 'viewers') or '0'), 'viewer_ms', 0,
       'last_change', now)
     redis.call('HSET', room, 'live', 1, 'opened', now, 'session', id)
+    redis.call('PERSIST', events)
   end
   redis.call('SPUBLISH', channel, cmsgpack.pack({{t = 'room', room = room_id(room), live = true,
     session = tonumber(redis.call('HGET', room, 'session'))}}))
@@ -77,7 +81,8 @@ end
 local function room_end(keys, args)
   local room, session, gifts, top, sessions, names = keys[1], keys[2], keys[3], keys[4],
     keys[5], keys[6]
-  local host, channel = args[1], args[2]
+  local events = keys[7]
+  local host, channel, keep_ms = args[1], args[2], tonumber(args[3])
   local owner = redis.call('HGET', room, 'host')
   if not owner then return {'not_found'} end
   if owner ~= host then return {'forbidden'} end
@@ -105,6 +110,7 @@ local function room_end(keys, args)
   local packed = cmsgpack.pack(summary)
   redis.call('HSET', sessions, id, packed)
   redis.call('HSET', room, 'live', 0, 'ended', now)
+  if keep_ms > 0 then redis.call('PEXPIRE', events, keep_ms) end
   redis.call('SPUBLISH', channel, cmsgpack.pack({summary,
     {t = 'room', room = room_id(room), live = false, session = tonumber(id)}}))
   return {'ok', packed}
