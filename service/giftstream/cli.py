@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from giftstream import tokens
+from giftstream.http.guard import GuardedHttp
 from giftstream.keyring import SecretError, load_keyring, secret_path
 from giftstream.settings import Settings
 from giftstream.store import ledger
@@ -154,7 +155,8 @@ def serve(
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,
             loop="uvloop",
-            http="giftstream.http.guard:GuardedHttp",
+            # The class, not its import path: older uvicorns look a string up among their own names.
+            http=GuardedHttp,
             timeout_keep_alive=settings.http_keep_alive_s,
             log_level=log_level,
             access_log=access_log,
