@@ -142,7 +142,7 @@ class ServerProcess:
             args += ["--database-url", self.database_url]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
         env.update(self.env)
-        log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))
+        log_dir = Path(os.environ.get("TESTS_LOG_DIR", "/tmp"))
         self.log_path = log_dir / f"giftstream-test-{self.port}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

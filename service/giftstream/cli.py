@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from giftstream import tokens
-from giftstream.settings import Settings
+from giftstream.settings import Settings, SettingsError
 from giftstream.store import ledger
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect, shared_secret
@@ -199,6 +199,15 @@ def local_cluster(data_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SettingsError as e:
+        # A wrong setting is the operator's to fix: say which, without a traceback.
+        print(f"giftstream: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
