@@ -11,9 +11,10 @@ import secrets
 
 import msgpack
 
+from giftstream.errors import Refused
 from giftstream.store import chests, keys, rooms
 from giftstream.store.connection import Redis, read_hash, text
-from giftstream.store.gifts import CreditNoRoom, CreditRules, credit, settle
+from giftstream.store.gifts import CreditRules, credit, settle
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ async def relay_once(r: Redis, rules: CreditRules, grace_ms: int) -> int:
                 continue
             try:
                 await credit(r, str(p["room"]), payload, rules)
-            except CreditNoRoom:
+            except Refused:  # the credit's one refusal: no such room
                 log.error("outbox entry %s names a room that does not exist", event)
                 continue
             await settle(r, str(p["from"]), event.decode())

@@ -9,7 +9,7 @@ from typing import Any, cast
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, read_hash, read_stream, text
+from giftstream.store.connection import Redis, fcall, read_hash, read_stream, refusal, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +25,6 @@ class RoomState:
     receives: bool = True
     region: str = ""
     session: int = 0
-
-
-class RoomForbidden(Exception):
-    pass
-
-
-class NoSuchRoom(Exception):
-    pass
 
 
 def new_room_id() -> str:
@@ -64,7 +56,7 @@ async def open_room(r: Redis, host: str, receives: bool, region: str) -> Opened:
     """Open (or reopen) the host's room and set it live, starting a session if it was not."""
     reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
-        raise NoSuchRoom(host)
+        raise refusal(reply)
     room = reply[1].decode()
     reply = await fcall(
         r,
@@ -72,8 +64,8 @@ async def open_room(r: Redis, host: str, receives: bool, region: str) -> Opened:
         _session_keys(room),
         [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region],
     )
-    if reply[0] == b"forbidden":
-        raise RoomForbidden(room)
+    if reply[0] != b"ok":
+        raise refusal(reply)
     await r.zadd(keys.LIVE_ROOMS, {room: int(time.time() * 1000)})
     return Opened(room, text(reply[1]), int(reply[2]))
 
@@ -86,10 +78,8 @@ async def end_room(r: Redis, room: str, host: str) -> dict[str, Any] | None:
         [*_session_keys(room), keys.room_names(room)],
         [host, keys.room_channel(room)],
     )
-    if reply[0] == b"not_found":
-        raise NoSuchRoom(room)
-    if reply[0] == b"forbidden":
-        raise RoomForbidden(room)
+    if reply[0] in (b"not_found", b"forbidden"):
+        raise refusal(reply)
     await r.zrem(keys.LIVE_ROOMS, room)
     if reply[1] is None:
         return None
