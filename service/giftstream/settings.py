@@ -258,7 +258,9 @@ def _parse(raw: str, kind: Any, name: str, where: str) -> Any:
     if get_origin(kind) is frozenset:
         items = [] if text.lower() == "none" else [p.strip() for p in raw.split(",")]
         return _check(frozenset(p for p in items if p), kind, name, where)
-    return _check(raw, kind, name, where)
+    if kind is str or get_origin(kind) is Literal:
+        return _check(raw, kind, name, where)
+    raise TypeError(f"setting {name}: no parser for {kind}")  # a field of a new type: add one
 
 
 def _check(value: Any, kind: Any, name: str, where: str) -> Any:
@@ -274,7 +276,7 @@ def _check(value: Any, kind: Any, name: str, where: str) -> Any:
         for each in sorted(value):
             _check(each, item, name, where)
     if get_origin(kind) is Literal and value not in get_args(kind):
-        choices = ", ".join(get_args(kind))
+        choices = ", ".join(str(c) for c in get_args(kind))
         raise SettingsError(f"{where} must be one of {choices}, not {value!r}")
     return value
 

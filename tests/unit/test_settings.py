@@ -1,8 +1,9 @@
 """Settings.from_env is strict: each GIFTSTREAM_* variable a setting, each value one it takes."""
 
+import types
 from dataclasses import fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import pytest
 
@@ -131,3 +132,29 @@ def test_to_env_round_trips_through_the_strict_parser() -> None:
         env = settings.to_env()
         assert all(name.startswith(ENV_PREFIX) for name in env)
         assert Settings.from_env(env) == settings
+
+
+def test_every_field_is_read_from_the_environment() -> None:
+    # A value unlike the default for each field, through the environment: a field of a type the
+    # parser cannot read fails here rather than reading as a string.
+    hints = get_type_hints(Settings)
+    for f in fields(Settings):
+        default = getattr(Settings(), f.name)
+        raw = _other_than(hints[f.name], default)
+        settings = Settings.from_env({ENV_PREFIX + f.name.upper(): raw})
+        assert getattr(settings, f.name) != default, f.name
+
+
+def _other_than(kind: Any, default: Any) -> str:
+    """A variable's text for a value of `kind` other than `default`."""
+    if get_origin(kind) in (Union, types.UnionType):
+        (kind,) = (a for a in get_args(kind) if a is not type(None))
+    if get_origin(kind) is frozenset:
+        (item,) = get_args(kind)
+        return _other_than(item, None) if get_origin(item) is Literal else "10.0.0.1"
+    if get_origin(kind) is Literal:
+        return next(str(c) for c in get_args(kind) if c != default)
+    examples: dict[Any, str] = {bool: "0" if default else "1", str: "x", Path: "/x"}
+    if kind in (int, float):
+        return str(int(default or 0) + 1)
+    return examples[kind]
