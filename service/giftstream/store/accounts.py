@@ -45,7 +45,7 @@ async def create_user(
 async def grant_coins(r: Redis, user: str, grant_id: str, coins: int, kind: str) -> int:
     """Add coins, once per grant id; returns the balance."""
     reply = await fcall(r, "grant_coins", _user_keys(user), [grant_id, coins, kind])
-    if reply[0] != b"ok":
+    if reply[0] not in (b"ok", b"replay"):
         raise refusal(reply)
     return int(reply[1])
 
@@ -119,10 +119,10 @@ async def purchase(
             region,
         ],
     )
-    return _purchase_result(reply, user)
+    return _purchase_result(reply)
 
 
-def _purchase_result(reply: list[Any], user: str) -> PurchaseResult:
+def _purchase_result(reply: list[Any]) -> PurchaseResult:
     status = reply[0]
     if status == b"ok":
         return PurchaseResult("paid", int(reply[1]), int(reply[2]), replayed=False)
@@ -139,7 +139,7 @@ async def settle_purchase(r: Redis, user: str, receipt: str, paid: bool) -> Purc
     reply = await fcall(
         r, "purchase_settle", _user_keys(user), [receipt, "paid" if paid else "declined"]
     )
-    return _purchase_result(reply, user)
+    return _purchase_result(reply)
 
 
 async def purchase_record(r: Redis, user: str, receipt: str) -> dict[str, Any] | None:
