@@ -1,5 +1,6 @@
 """Settings.from_env is strict: each GIFTSTREAM_* variable a setting, each value one it takes."""
 
+import re
 import types
 from dataclasses import fields
 from pathlib import Path
@@ -158,3 +159,33 @@ def _other_than(kind: Any, default: Any) -> str:
     if kind in (int, float):
         return str(int(default or 0) + 1)
     return examples[kind]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# These two name wrong variables on purpose.
+WRONG_ON_PURPOSE = {"tests/unit/test_settings.py", "tests/e2e/test_bad_settings.py"}
+
+
+def test_every_giftstream_name_the_repository_uses_is_a_setting() -> None:
+    # Docs, deploy files, tests and the load tool: a variable set anywhere must be one that
+    # start-up takes. `GIFTSTREAM_<NAME>` is a placeholder; `GIFTSTREAM_HTTP_*` a family.
+    settings = {ENV_PREFIX + f.name.upper() for f in fields(Settings)}
+    used: dict[str, str] = {}
+    paths = [ROOT / "README.md", *(ROOT / d for d in ("service", "tests", "loadtest", "deploy"))]
+    paths += [ROOT / "docs", ROOT / "scripts"]
+    for top in paths:
+        for path in [top] if top.is_file() else sorted(top.rglob("*")):
+            relative = path.relative_to(ROOT).as_posix()
+            if not path.is_file() or "__pycache__" in relative or relative in WRONG_ON_PURPOSE:
+                continue
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                continue
+            for name, wildcard in re.findall(r"\b(GIFTSTREAM_[A-Z0-9_]*[A-Z0-9])(_\*)?", text):
+                if wildcard:
+                    assert any(s.startswith(name + "_") for s in settings), (relative, name)
+                else:
+                    used.setdefault(name, relative)
+    assert used
+    assert {name: where for name, where in used.items() if name not in settings} == {}
