@@ -57,7 +57,7 @@ def _service_flags(p: argparse.ArgumentParser) -> None:
         "--server-env",
         action="append",
         default=[],
-        metavar="GIFTSTREAM_NAME=VALUE",
+        metavar="GIFTSTREAM_<NAME>=VALUE",
         help="a setting of the service started here (repeatable)",
     )
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url and not (args.redis_url or args.data_dir or args.no_audit):
         p.error("with --url, pass --redis-url or --data-dir for `giftstream audit` (or --no-audit)")
     if any("=" not in item for item in args.server_env):
-        p.error("--server-env takes GIFTSTREAM_NAME=VALUE")
+        p.error("--server-env takes GIFTSTREAM_<NAME>=VALUE")
     if min(args.procs, args.workers) < 1:
         p.error("--procs and --workers must be at least 1")
     if args.scenario == "chaos" and args.url:

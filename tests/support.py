@@ -153,7 +153,7 @@ class ServerProcess:
         if self.secret is not None:
             env["GIFTSTREAM_SECRET"] = self.secret
         env.update(self.env)
-        log_dir = Path(os.environ.get("GIFTSTREAM_TEST_LOGS", "/tmp"))
+        log_dir = Path(os.environ.get("TESTS_LOG_DIR", "/tmp"))
         self.log_path = log_dir / f"giftstream-test-{self.port}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -18,7 +18,7 @@ import uvicorn
 from giftstream import tokens
 from giftstream.http.guard import GuardedHttp
 from giftstream.keyring import SecretError, load_keyring, secret_path
-from giftstream.settings import Settings
+from giftstream.settings import Settings, SettingsError
 from giftstream.store import ledger
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     try:
         return _run(args)
-    except SecretError as e:
+    except (SettingsError, SecretError) as e:
+        # A wrong setting or a weak secret is the operator's to fix: say which, no traceback.
         print(f"giftstream: {e}", file=sys.stderr)
         return 2
 

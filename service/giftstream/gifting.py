@@ -15,12 +15,10 @@ from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.domain.money import gift_cost
 from giftstream.errors import (
+    ErrorCode,
     Forbidden,
     IdempotencyConflict,
-    InsufficientCoins,
-    NotFound,
-    RateLimited,
-    SpendingLimit,
+    Refused,
     UnavailableInRegion,
     UnknownGift,
 )
@@ -127,31 +125,32 @@ class Gifting:
         )
         try:
             debited = await gifts.debit(self.pipeline, debit, self.debit_rules)
-        except gifts.DebitConflict as e:
-            raise IdempotencyConflict(
-                f"the gift id '{req.id}' was already used for a different gift"
+        except Refused as e:
+            if e.code is ErrorCode.RATE_LIMITED:
+                metrics.LIMITED.labels("gift_rate").inc()
+            cap, spent_today = (*e.values, 0, 0)[:2]
+            raise e.said(
+                {
+                    ErrorCode.IDEMPOTENCY_CONFLICT: (
+                        f"the gift id '{req.id}' was already used for a different gift"
+                    ),
+                    ErrorCode.INSUFFICIENT_COINS: (
+                        f"{debit.cost} coins are needed for {req.count} x {gift.name};"
+                        f" the balance is {e.value}"
+                    ),
+                    ErrorCode.SPENDING_LIMIT: (
+                        f"this gift would take today's spending to {spent_today + debit.cost}"
+                        f" coins, over your daily limit of {cap}"
+                    ),
+                    ErrorCode.RATE_LIMITED: (
+                        f"too many gifts: try again in {e.value} ms"
+                        f" (at most {self.settings.gift_burst} at once, then"
+                        f" {self.settings.gift_rate_per_s:g} a second)"
+                    ),
+                    ErrorCode.FORBIDDEN: "this account is frozen",
+                    ErrorCode.NOT_FOUND: "your account no longer exists",
+                }
             ) from e
-        except gifts.DebitInsufficient as e:
-            raise InsufficientCoins(
-                f"{debit.cost} coins are needed for {req.count} x {gift.name};"
-                f" the balance is {e.balance}"
-            ) from e
-        except gifts.DebitOverCap as e:
-            raise SpendingLimit(
-                f"this gift would take today's spending to {e.spent_today + debit.cost} coins,"
-                f" over your daily limit of {e.cap}"
-            ) from e
-        except gifts.DebitRateLimited as e:
-            metrics.LIMITED.labels("gift_rate").inc()
-            raise RateLimited(
-                f"too many gifts: try again in {e.retry_after_ms} ms"
-                f" (at most {self.settings.gift_burst} at once, then"
-                f" {self.settings.gift_rate_per_s:g} a second)"
-            ) from e
-        except gifts.DebitFrozen as e:
-            raise Forbidden("this account is frozen") from e
-        except gifts.DebitNoUser as e:
-            raise NotFound("your account no longer exists") from e
         if CRASH_AFTER_DEBIT in self.settings.faults and not debited.replayed:
             os._exit(70)  # testing only: a worker dying between debit and credit
         if LOSE_DEBIT_REPLY in self.settings.faults and not debited.replayed:

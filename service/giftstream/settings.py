@@ -1,11 +1,17 @@
 """Settings: one typed object, read from the environment only here and in the CLI."""
 
+import math
 import os
+import re
+import types
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 ENV_PREFIX = "GIFTSTREAM_"
+
+AofFsync = Literal["always", "everysec", "no"]
+Fault = Literal["crash_after_debit", "lose_debit_reply"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +127,7 @@ class Settings:
     # Settling a credited gift's outbox entry waits this long to ride with another pipeline.
     settle_linger_ms: int = 50
     # AOF fsync policy of the embedded Valkey: always | everysec | no.
-    aof_fsync: str = "everysec"
+    aof_fsync: AofFsync = "everysec"
     # Most coins a dev user may be created with.
     dev_max_coins: int = 100_000_000
     # The gift catalog file; unset: the bundled data/gifts.toml.
@@ -144,20 +150,32 @@ class Settings:
     history_page_size: int = 50
     history_page_max: int = 200
     # Testing only: named faults to inject: "crash_after_debit", "lose_debit_reply".
-    faults: frozenset[str] = field(default_factory=frozenset)
+    faults: frozenset[Fault] = field(default_factory=frozenset)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """The settings of `environ` (default: the process's environment) and `overrides` (the
+        CLI's flags; None: not given). Raises SettingsError naming the first wrong variable: one
+        that names no setting, or a value its setting does not accept."""
         env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        names = {ENV_PREFIX + f.name.upper(): f.name for f in fields(cls)}
+        unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in names)
+        if unknown:
+            raise SettingsError(
+                f"{unknown[0]} is not a setting; the settings are the GIFTSTREAM_* variables"
+                " of README.md's configuration table"
+            )
         values: dict[str, Any] = {}
-        defaults = cls()
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+        for variable, name in names.items():
+            raw = env.get(variable)
             if raw is None or raw == "":
                 continue
-            values[f.name] = _parse(raw, getattr(defaults, f.name), f.name)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(defaults, **values)
+            values[name] = _parse(raw, hints[name], name, variable)
+        for name, value in overrides.items():
+            if value is not None:
+                values[name] = _check(value, hints[name], name, "--" + name.replace("_", "-"))
+        return replace(cls(), **values)
 
     def to_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a worker process."""
@@ -174,17 +192,111 @@ class Settings:
         return env
 
 
-def _parse(raw: str, default: Any, name: str) -> Any:
-    if isinstance(default, bool):
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    if isinstance(default, Path) or name.endswith(("_path", "_file")):
+class SettingsError(ValueError):
+    """A setting given a value it does not take, or a GIFTSTREAM_* variable that is no setting."""
+
+
+# Numbers may not be negative; these may not be zero either (zero would stop what they time,
+# divide by zero or accept nothing). Every other number takes 0 (e.g. relay_grace_ms: at once).
+POSITIVE = frozenset(
+    {
+        "port",
+        "workers",
+        "token_ttl_s",
+        "max_frame_bytes",
+        "send_queue_bytes",
+        "socket_send_buffer_bytes",
+        "slow_reader_timeout_s",
+        "streak_timeout_ms",
+        "coalesce_tick_ms",
+        "presence_ttl_s",
+        "gift_rate_per_s",
+        "gift_burst",
+        "max_connections_per_user",
+        "max_connections_per_ip",
+        "connection_attempts_per_ip_per_s",
+        "max_rooms_per_connection",
+        "auth_timeout_s",
+        "ws_ping_interval_s",
+        "ws_ping_timeout_s",
+        "max_body_bytes",
+        "http_header_timeout_s",
+        "http_body_timeout_s",
+        "http_max_header_bytes",
+        "http_keep_alive_s",
+        "http_max_connections_per_ip",
+        "idempotency_ttl_s",
+        "shutdown_timeout_s",
+        "room_history_max",
+        "relay_interval_s",
+        "pipeline_max_in_flight",
+        "pipeline_max_commands",
+        "archive_interval_s",
+        "archive_batch_rows",
+        "archive_scan_interval_s",
+        "archive_lease_ms",
+        "archive_backoff_max_s",
+        "history_page_size",
+        "history_page_max",
+    }
+)
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _parse(raw: str, kind: Any, name: str, where: str) -> Any:
+    """The value of one variable, as its field's type says."""
+    kind = _without_none(kind)
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() in TRUE:
+            return True
+        if text.lower() in FALSE:
+            return False
+        raise SettingsError(f"{where} must be a boolean ({', '.join(TRUE + FALSE)}), not {raw!r}")
+    if kind is int:
+        if INTEGER.fullmatch(text) is None:
+            raise SettingsError(f"{where} must be a whole number, not {raw!r}")
+        return _check(int(text), kind, name, where)
+    if kind is float:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise SettingsError(f"{where} must be a number, not {raw!r}")
+        return _check(number, kind, name, where)
+    if kind is Path:
         return Path(raw)
-    if isinstance(default, frozenset):
-        if raw.strip().lower() == "none":
-            return frozenset()
-        return frozenset(p.strip() for p in raw.split(",") if p.strip())
-    return raw
+    if get_origin(kind) is frozenset:
+        items = [] if text.lower() == "none" else [p.strip() for p in raw.split(",")]
+        return _check(frozenset(p for p in items if p), kind, name, where)
+    if kind is str or get_origin(kind) is Literal:
+        return _check(raw, kind, name, where)
+    raise TypeError(f"setting {name}: no parser for {kind}")  # a field of a new type: add one
+
+
+def _check(value: Any, kind: Any, name: str, where: str) -> Any:
+    """`value` if its field takes it (a number in range, a listed choice)."""
+    kind = _without_none(kind)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if name in POSITIVE and value <= 0:
+            raise SettingsError(f"{where} must be greater than 0, not {value}")
+        if value < 0:
+            raise SettingsError(f"{where} must not be negative, not {value}")
+    if get_origin(kind) is frozenset:
+        (item,) = get_args(kind)
+        for each in sorted(value):
+            _check(each, item, name, where)
+    if get_origin(kind) is Literal and value not in get_args(kind):
+        choices = ", ".join(str(c) for c in get_args(kind))
+        raise SettingsError(f"{where} must be one of {choices}, not {value!r}")
+    return value
+
+
+def _without_none(kind: Any) -> Any:
+    """`X` of `X | None`."""
+    if get_origin(kind) in (Union, types.UnionType):
+        (kind,) = (a for a in get_args(kind) if a is not type(None))
+    return kind

@@ -16,12 +16,13 @@ from giftstream.domain.economy import Economy, PriceError, Quote, UnsoldRegion
 from giftstream.domain.money import diamonds_for
 from giftstream.errors import (
     BelowMinimum,
+    ErrorCode,
     Forbidden,
     IdempotencyConflict,
-    InsufficientDiamonds,
     InvalidField,
     NotFound,
     PaymentDeclined,
+    Refused,
     UnavailableInRegion,
 )
 from giftstream.payments import Outcome, Verdict
@@ -129,12 +130,15 @@ class Wallet:
                 channel,
                 region,
             )
-        except accounts.PurchaseConflict as e:
-            raise IdempotencyConflict(
-                "this store receipt was already used for a different purchase"
+        except Refused as e:
+            raise e.said(
+                {
+                    ErrorCode.IDEMPOTENCY_CONFLICT: (
+                        "this store receipt was already used for a different purchase"
+                    ),
+                    ErrorCode.FORBIDDEN: "this account is frozen",
+                }
             ) from e
-        except accounts.AccountFrozen as e:
-            raise Forbidden("this account is frozen") from e
         if result.state == "pending":
             result = await self._settle_if_due(account.id, receipt) or result
         return Recharge(
@@ -189,10 +193,13 @@ class Wallet:
                     "replayed": refund.replayed,
                 }
             result = await accounts.settle_purchase(self.redis, user, receipt, kind == "settled")
-        except accounts.NoSuchPurchase as e:
-            raise NotFound(f"no purchase has receipt '{receipt}'") from e
-        except accounts.NotRefundable as e:
-            raise InvalidField("only a paid purchase can be refunded") from e
+        except Refused as e:
+            raise e.said(
+                {
+                    ErrorCode.NOT_FOUND: f"no purchase has receipt '{receipt}'",
+                    ErrorCode.INVALID_FIELD: "only a paid purchase can be refunded",
+                }
+            ) from e
         return {
             "receipt": receipt,
             "status": result.state,
@@ -218,10 +225,14 @@ class Wallet:
                 guardian_hash(account.id, guardian_code) if guardian_code else "",
                 guardian_hash(account.id, new_guardian_code) if new_guardian_code else "",
             )
-        except accounts.GuardianRequired as e:
-            raise Forbidden(
-                "a guardian lock is set: raising or removing the limit, or changing the lock,"
-                " needs the guardian's code"
+        except Refused as e:
+            raise e.said(
+                {
+                    ErrorCode.FORBIDDEN: (
+                        "a guardian lock is set: raising or removing the limit, or changing the"
+                        " lock, needs the guardian's code"
+                    )
+                }
             ) from e
 
     async def limits(self, account: Account) -> dict[str, Any]:
@@ -250,14 +261,17 @@ class Wallet:
         rate = self.economy.points_per_coin
         try:
             done = await accounts.exchange_points(self.redis, account.id, request_id, points, rate)
-        except accounts.ExchangeRefused as e:
-            if e.reason == "conflict":
-                raise IdempotencyConflict(
-                    f"the exchange id '{request_id}' was already used for another amount"
-                ) from e
-            if e.reason == "too_few":
+        except Refused as e:
+            if e.status == "too_few":
                 raise InvalidField(f"at least {rate} points make one coin") from e
-            raise InvalidField(f"you have {e.points} points, fewer than {points}") from e
+            raise e.said(
+                {
+                    ErrorCode.IDEMPOTENCY_CONFLICT: (
+                        f"the exchange id '{request_id}' was already used for another amount"
+                    ),
+                    ErrorCode.INVALID_FIELD: f"you have {e.value} points, fewer than {points}",
+                }
+            ) from e
         return {
             "coins": done.coins_balance,
             "points": done.points_balance,
@@ -303,21 +317,22 @@ class Wallet:
             done = await earnings.payout(
                 self.redis, account.room, account.id, request_id, diamonds, minimum, f"{amount:f}"
             )
-        except earnings.PayoutRefused as e:
-            if e.reason == "conflict":
-                raise IdempotencyConflict(
-                    f"the payout id '{request_id}' was already used for another amount"
-                ) from e
-            if e.reason == "below_minimum":
-                raise BelowMinimum(
-                    f"the minimum cash-out is {minimum} diamonds"
-                    f" (${self.economy.minimum_payout_usd:f})"
-                ) from e
-            if e.reason == "insufficient":
-                raise InsufficientDiamonds(
-                    f"you have {e.value} diamonds, fewer than {diamonds}"
-                ) from e
-            raise Forbidden("only the room's host can cash out its diamonds") from e
+        except Refused as e:
+            raise e.said(
+                {
+                    ErrorCode.IDEMPOTENCY_CONFLICT: (
+                        f"the payout id '{request_id}' was already used for another amount"
+                    ),
+                    ErrorCode.BELOW_MINIMUM: (
+                        f"the minimum cash-out is {minimum} diamonds"
+                        f" (${self.economy.minimum_payout_usd:f})"
+                    ),
+                    ErrorCode.INSUFFICIENT_DIAMONDS: (
+                        f"you have {e.value} diamonds, fewer than {diamonds}"
+                    ),
+                    ErrorCode.FORBIDDEN: "only the room's host can cash out its diamonds",
+                }
+            ) from e
         return {"payout": done.record, "diamonds": done.diamonds_left, "replayed": done.replayed}
 
 

@@ -28,10 +28,10 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1440, "height": 900}
 # Generous: CI machines run the server, the bots and Chromium on a couple of cores.
 TIMEOUT_MS = 20_000
-# Screenshots go to a temporary folder, or to $GIFTSTREAM_SCREENSHOTS (docs/screenshots to
+# Screenshots go to a temporary folder, or to $TESTS_SCREENSHOTS_DIR (docs/screenshots to
 # refresh the README's pictures), so that a test run does not rewrite tracked files.
 SCREENSHOTS = Path(
-    os.environ.get("GIFTSTREAM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "giftstream-shots"
+    os.environ.get("TESTS_SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "giftstream-shots"
 )
 # The multiplication sign of a combo counter ("x17" on the page).
 TIMES = "\u00d7"
@@ -65,7 +65,7 @@ async def settle(page: Page) -> None:
 async def screenshot(
     page: Page, name: str, animations: Literal["allow", "disabled"] = "allow"
 ) -> Path:
-    """Save a screenshot (to $GIFTSTREAM_SCREENSHOTS, or a temporary folder)."""
+    """Save a screenshot (to $TESTS_SCREENSHOTS_DIR, or a temporary folder)."""
     path = SCREENSHOTS / name
     await page.screenshot(path=path, animations=animations)
     return path

@@ -1,6 +1,6 @@
 """The demo page in a real browser: Debian's Chromium driven by Playwright, against a real server.
 
-Screenshots of the views go to $GIFTSTREAM_SCREENSHOTS (or a temporary folder).
+Screenshots of the views go to $TESTS_SCREENSHOTS_DIR (or a temporary folder).
 """
 
 import asyncio

@@ -4,7 +4,7 @@
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from giftstream.errors import Forbidden, InvalidField, NotFound
+from giftstream.errors import ErrorCode, Forbidden, InvalidField, NotFound, Refused
 from giftstream.http.common import authenticate, json_body, path_id, runtime_of, text_field
 from giftstream.store import accounts, keys, rooms
 from giftstream.store.connection import read_stream, text
@@ -80,6 +80,6 @@ async def freeze_user(request: Request) -> Response:
     reason = text_field(body, "reason", required=False, max_length=200) or ""
     try:
         await accounts.set_frozen(runtime.redis, user, frozen, reason)
-    except accounts.NoSuchUser as e:
-        raise NotFound(f"there is no user '{user}'") from e
+    except Refused as e:
+        raise e.said({ErrorCode.NOT_FOUND: f"there is no user '{user}'"}) from e
     return JSONResponse({"user": user, "frozen": frozen})

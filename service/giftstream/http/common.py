@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from giftstream import metrics, tokens
 from giftstream.errors import (
-    HTTP_STATUS,
+    ERRORS,
     GiftstreamError,
     InvalidField,
     PayloadTooLarge,
@@ -40,8 +40,9 @@ def error_response(error: GiftstreamError) -> JSONResponse:
     body: dict[str, Any] = {"code": error.code.value, "message": message}
     if error.retry:
         body["retry"] = True
-    headers = {"connection": "close"} if isinstance(error, PayloadTooLarge) else None
-    return JSONResponse(body, status_code=HTTP_STATUS[error.code], headers=headers)
+    spec = ERRORS[error.code]
+    headers = {"connection": "close"} if spec.http_close else None
+    return JSONResponse(body, status_code=spec.http, headers=headers)
 
 
 def handles_errors(endpoint: Handler) -> Handler:

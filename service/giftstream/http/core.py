@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from giftstream import metrics, tokens
-from giftstream.errors import Forbidden, InvalidField, NotFound, Unauthenticated
+from giftstream.errors import ErrorCode, InvalidField, NotFound, Refused, Unauthenticated
 from giftstream.http.common import (
     current_account,
     int_field,
@@ -69,10 +69,10 @@ async def open_room(request: Request) -> Response:
         opened = await rooms.open_room(
             runtime.redis, account.id, receives, account.region, account.name
         )
-    except rooms.NoSuchRoom as e:
-        raise Unauthenticated("the token names a user that does not exist") from e
-    except rooms.RoomForbidden as e:
-        raise Forbidden("that room belongs to another host") from e
+    except Refused as e:
+        if e.code is ErrorCode.NOT_FOUND:  # the token's user, gone since it was checked
+            raise Unauthenticated("the token names a user that does not exist") from e
+        raise e.said({ErrorCode.FORBIDDEN: "that room belongs to another host"}) from e
     return JSONResponse(
         {
             "room": opened.room,
@@ -92,10 +92,13 @@ async def end_room(request: Request) -> Response:
         summary = await rooms.end_room(
             runtime.redis, room, account.id, runtime.settings.room_history_ttl_s
         )
-    except rooms.NoSuchRoom as e:
-        raise NotFound(f"there is no room '{room}'") from e
-    except rooms.RoomForbidden as e:
-        raise Forbidden("only the room's host can end it") from e
+    except Refused as e:
+        raise e.said(
+            {
+                ErrorCode.NOT_FOUND: f"there is no room '{room}'",
+                ErrorCode.FORBIDDEN: "only the room's host can end it",
+            }
+        ) from e
     return JSONResponse({"room": room, "live": False, "summary": summary})
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from giftstream import metrics
-from giftstream.errors import HTTP_STATUS, ErrorCode
+from giftstream.errors import ERRORS, ErrorCode
 from giftstream.settings import Settings
 
 # Open HTTP connections of each address in this worker process.
@@ -33,7 +33,7 @@ def _settings() -> Settings:
 
 def _response(code: ErrorCode, message: str) -> bytes:
     """A complete error response that closes the connection, in the shape of every error body."""
-    status = HTTP_STATUS[code]
+    status = ERRORS[code].http
     body = json.dumps({"code": code.value, "message": message}).encode()
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"

@@ -10,18 +10,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from giftstream import metrics, tokens
 from giftstream.errors import (
-    ChestError,
+    ERRORS,
     ErrorCode,
-    Forbidden,
     GiftstreamError,
-    IdempotencyConflict,
-    InsufficientCoins,
     NotFound,
     NotInRoom,
     RateLimited,
+    Refused,
     RoomNotLive,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
 )
 from giftstream.gifting import Gifting, Sender
 from giftstream.realtime.frames import single
@@ -49,7 +48,6 @@ from giftstream.wire.wsframe import server_frame
 
 log = logging.getLogger(__name__)
 
-CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_INVALID_PAYLOAD = 1007
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
@@ -62,10 +60,6 @@ GIFT_DRAIN_S = 10.0
 SLOW_CONSUMER_ABORT_S = 10.0
 # How often a connection checks that it keeps up (its reader) and can still close (its socket).
 WATCH_INTERVAL_S = 1.0
-UNAVAILABLE_MESSAGE = (
-    "the store failed while handling this request, which may or may not have taken effect:"
-    " re-send the same id to learn the outcome"
-)
 
 
 class Session:
@@ -144,7 +138,7 @@ class Session:
             try:
                 decoded = self.codec.decode(message.get("text"), message.get("bytes"))
             except WrongFrameKind as e:
-                self._close_with(CLOSE_UNSUPPORTED_DATA, str(e))
+                self.send_error(UnsupportedMediaType(str(e)), None)
                 return
             except Undecodable as e:
                 self._close_with(CLOSE_INVALID_PAYLOAD, str(e)[:120])
@@ -210,6 +204,12 @@ class Session:
         self.outbound.put(server_frame(self.codec.encode(frame)), lossless=True)
 
     def send_error(self, error: GiftstreamError, rid: str | None) -> None:
+        """Answer an error as the table says: an `error` frame, or a close for a
+        connection-level one."""
+        spec = ERRORS[error.code]
+        if spec.ws_close is not None:
+            self._close_with(spec.ws_close, error.message)
+            return
         metrics.ERRORS.labels(error.code.value).inc()
         frame: dict[str, Any] = {"t": "error", "code": error.code.value, "message": error.message}
         if rid is not None:
@@ -232,7 +232,7 @@ class Session:
             self.send_error(e, rid)
         except STORE_UNAVAILABLE as e:
             log.warning("request failed, the store being unavailable: %r", e)
-            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), rid)
+            self.send_error(Unavailable(ERRORS[ErrorCode.UNAVAILABLE].sentence), rid)
         except Exception:
             log.exception("request failed")
             self.send_error(GiftstreamError("the server failed to handle this request"), rid)
@@ -368,18 +368,19 @@ class Session:
                 s.chest_countdown_ms,
                 s.chest_claim_ms,
             )
-        except chests.ChestRefused as e:
-            if e.reason == "insufficient":
-                raise InsufficientCoins(
-                    f"a chest of {request.coins} coins needs more than your {e.value}"
-                ) from e
-            if e.reason == "conflict":
-                raise IdempotencyConflict(
-                    f"the id '{request.id}' was already used for another chest"
-                ) from e
-            if e.reason == "frozen":
-                raise Forbidden("this account is frozen") from e
-            raise NotFound("your account no longer exists") from e
+        except Refused as e:
+            raise e.said(
+                {
+                    ErrorCode.INSUFFICIENT_COINS: (
+                        f"a chest of {request.coins} coins needs more than your {e.value}"
+                    ),
+                    ErrorCode.IDEMPOTENCY_CONFLICT: (
+                        f"the id '{request.id}' was already used for another chest"
+                    ),
+                    ErrorCode.FORBIDDEN: "this account is frozen",
+                    ErrorCode.NOT_FOUND: "your account no longer exists",
+                }
+            ) from e
         if funded.payload is not None:
             chest = await chests.create(self.redis, funded.payload)
         else:  # a retry of a drop already made: answered as the first time
@@ -409,8 +410,17 @@ class Session:
                 self.sender.name,
                 member.joined_ms,
             )
-        except chests.ChestRefused as e:
-            raise _chest_error(e, request.chest) from e
+        except Refused as e:
+            chest = request.chest
+            raise e.said(
+                {
+                    ErrorCode.CHEST_NOT_OPEN: f"chest '{chest}' is not open yet",
+                    ErrorCode.CHEST_CLOSED: f"chest '{chest}' can no longer be claimed",
+                    ErrorCode.ALREADY_CLAIMED: f"you already claimed chest '{chest}'",
+                    ErrorCode.FORBIDDEN: "you cannot claim your own chest",
+                    ErrorCode.NOT_FOUND: f"there is no chest '{chest}' in this room",
+                }
+            ) from e
         self.send(
             _with_id(
                 {"t": "claimed", "room": request.room, "chest": request.chest, "order": order},
@@ -448,7 +458,7 @@ class Session:
             # same id can tell the client which, never a guess of ours.
             log.warning("gift %s failed, the store being unavailable: %r", request.id, e)
             metrics.GIFTS.labels(ErrorCode.UNAVAILABLE.value).inc()
-            self.send_error(Unavailable(UNAVAILABLE_MESSAGE), request.id)
+            self.send_error(Unavailable(ERRORS[ErrorCode.UNAVAILABLE].sentence), request.id)
             return
         except Exception:
             log.exception("gift failed")
@@ -477,23 +487,6 @@ class Session:
         return await self.gifting.send(
             self.sender, request, host, self.hub.room_receives(request.room)
         )
-
-
-def _chest_error(refused: chests.ChestRefused, chest: str) -> GiftstreamError:
-    reason = refused.reason
-    if reason == "not_open":
-        return ChestError(ErrorCode.CHEST_NOT_OPEN, f"chest '{chest}' is not open yet")
-    if reason == "closed":
-        return ChestError(ErrorCode.CHEST_CLOSED, f"chest '{chest}' can no longer be claimed")
-    if reason == "not_present":
-        return ChestError(
-            ErrorCode.NOT_PRESENT, "only viewers present when the chest opened can claim it"
-        )
-    if reason == "already":
-        return ChestError(ErrorCode.ALREADY_CLAIMED, f"you already claimed chest '{chest}'")
-    if reason == "own_chest":
-        return Forbidden("you cannot claim your own chest")
-    return NotFound(f"there is no chest '{chest}' in this room")
 
 
 def _with_id(frame: dict[str, Any], rid: str | None) -> dict[str, Any]:

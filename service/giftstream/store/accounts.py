@@ -6,7 +6,7 @@ from typing import Any
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, read_hash, text
+from giftstream.store.connection import Redis, fcall, read_hash, refusal, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,18 +23,6 @@ class Account:
     room: str | None
 
 
-class UserExists(Exception):
-    pass
-
-
-class GrantConflict(Exception):
-    pass
-
-
-class NoSuchUser(Exception):
-    pass
-
-
 def _user_keys(user: str) -> list[str]:
     return [keys.account(user), keys.records(user), keys.user_ledger(user)]
 
@@ -49,19 +37,16 @@ async def create_user(
         _user_keys(user),
         [user, name, region, role, created_ms, coins, f"create:{user}", age],
     )
-    if reply[0] == b"exists":
-        raise UserExists(user)
+    if reply[0] != b"ok":
+        raise refusal(reply)
     return int(reply[1])
 
 
 async def grant_coins(r: Redis, user: str, grant_id: str, coins: int, kind: str) -> int:
     """Add coins, once per grant id; returns the balance."""
     reply = await fcall(r, "grant_coins", _user_keys(user), [grant_id, coins, kind])
-    status = reply[0]
-    if status == b"conflict":
-        raise GrantConflict(grant_id)
-    if status == b"no_user":
-        raise NoSuchUser(user)
+    if reply[0] not in (b"ok", b"replay"):
+        raise refusal(reply)
     return int(reply[1])
 
 
@@ -101,18 +86,6 @@ class PurchaseResult:
     settle_at_ms: int = 0
 
 
-class PurchaseConflict(Exception):
-    pass
-
-
-class AccountFrozen(Exception):
-    pass
-
-
-class NoSuchPurchase(Exception):
-    pass
-
-
 async def purchase(
     r: Redis,
     user: str,
@@ -146,10 +119,10 @@ async def purchase(
             region,
         ],
     )
-    return _purchase_result(reply, user)
+    return _purchase_result(reply)
 
 
-def _purchase_result(reply: list[Any], user: str) -> PurchaseResult:
+def _purchase_result(reply: list[Any]) -> PurchaseResult:
     status = reply[0]
     if status == b"ok":
         return PurchaseResult("paid", int(reply[1]), int(reply[2]), replayed=False)
@@ -159,20 +132,14 @@ def _purchase_result(reply: list[Any], user: str) -> PurchaseResult:
         return PurchaseResult(text(reply[3]), int(reply[1]), int(reply[2]), replayed=True)
     if status == b"declined":
         return PurchaseResult("declined", int(reply[1]), 0, replayed=False)
-    if status == b"conflict":
-        raise PurchaseConflict(user)
-    if status == b"frozen":
-        raise AccountFrozen(user)
-    if status == b"not_found":
-        raise NoSuchPurchase(user)
-    raise NoSuchUser(user)
+    raise refusal(reply)
 
 
 async def settle_purchase(r: Redis, user: str, receipt: str, paid: bool) -> PurchaseResult:
     reply = await fcall(
         r, "purchase_settle", _user_keys(user), [receipt, "paid" if paid else "declined"]
     )
-    return _purchase_result(reply, user)
+    return _purchase_result(reply)
 
 
 async def purchase_record(r: Redis, user: str, receipt: str) -> dict[str, Any] | None:
@@ -191,18 +158,12 @@ class Refund:
     replayed: bool
 
 
-class NotRefundable(Exception):
-    pass
-
-
 async def refund_purchase(r: Redis, user: str, receipt: str) -> Refund:
     reply = await fcall(r, "purchase_refund", _user_keys(user), [receipt])
     status = reply[0]
     if status in (b"ok", b"replay"):
         return Refund(int(reply[1]), int(reply[2]), int(reply[3]), replayed=status == b"replay")
-    if status == b"not_found":
-        raise NoSuchPurchase(receipt)
-    raise NotRefundable(receipt)
+    raise refusal(reply)
 
 
 async def flag(r: Redis, user: str, reason: str, ref: str) -> None:
@@ -210,10 +171,6 @@ async def flag(r: Redis, user: str, reason: str, ref: str) -> None:
 
 
 # -- spending controls -----------------------------------------------------------------------
-
-
-class GuardianRequired(Exception):
-    pass
 
 
 async def set_limits(
@@ -225,10 +182,8 @@ async def set_limits(
         [keys.account(user)],
         ["" if daily_cap is None else daily_cap, guardian_hash, new_guardian_hash],
     )
-    if reply[0] == b"guardian_required":
-        raise GuardianRequired(user)
-    if reply[0] == b"no_user":
-        raise NoSuchUser(user)
+    if reply[0] != b"ok":
+        raise refusal(reply)
 
 
 # -- reward points ---------------------------------------------------------------------------
@@ -238,7 +193,7 @@ async def grant_points(r: Redis, user: str, ref: str, points: int, source: str) 
     """Add points once per reference; returns (points balance, whether this call added them)."""
     reply = await fcall(r, "points_grant", _user_keys(user), [ref, points, source])
     if reply[0] == b"no_user":
-        raise NoSuchUser(user)
+        raise refusal(reply)
     return int(reply[1]), reply[0] == b"ok"
 
 
@@ -251,13 +206,6 @@ class Exchange:
     replayed: bool
 
 
-class ExchangeRefused(Exception):
-    def __init__(self, reason: str, points: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.points = points
-
-
 async def exchange_points(
     r: Redis, user: str, request_id: str, points: int, points_per_coin: int
 ) -> Exchange:
@@ -268,10 +216,10 @@ async def exchange_points(
     if status in (b"ok", b"replay"):
         coins_balance, points_balance, coins, points = (int(x) for x in reply[1:5])
         return Exchange(coins_balance, points_balance, coins, points, status == b"replay")
-    raise ExchangeRefused(text(status), int(reply[1]) if len(reply) > 1 else 0)
+    raise refusal(reply)
 
 
 async def set_frozen(r: Redis, user: str, frozen: bool, reason: str) -> None:
     reply = await fcall(r, "set_frozen", _user_keys(user), ["1" if frozen else "0", reason])
-    if reply[0] == b"no_user":
-        raise NoSuchUser(user)
+    if reply[0] != b"ok":
+        raise refusal(reply)

@@ -8,7 +8,7 @@ from typing import cast
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, text
+from giftstream.store.connection import Redis, fcall, refusal, text
 from giftstream.store.gifts import settle
 
 
@@ -18,16 +18,6 @@ class Funded:
     balance: int
     payload: bytes | None
     replayed: bool
-
-
-class ChestRefused(Exception):
-    """reason: conflict | insufficient | no_user | not_found | not_open | closed | not_present
-    | already | no_room; value: the balance, the opening time or the claim order."""
-
-    def __init__(self, reason: str, value: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.value = value
 
 
 def new_chest_id() -> str:
@@ -64,7 +54,7 @@ async def fund(
     if status in (b"ok", b"replay"):
         payload = bytes(reply[3]) if reply[3] is not None else None
         return Funded(text(reply[1]), int(reply[2]), payload, status == b"replay")
-    raise ChestRefused(text(status), int(reply[1]) if len(reply) > 1 else 0)
+    raise refusal(reply)  # conflict | insufficient (balance) | frozen | no_user
 
 
 async def create(r: Redis, payload: bytes) -> dict[str, object]:
@@ -78,7 +68,7 @@ async def create(r: Redis, payload: bytes) -> dict[str, object]:
         [payload, keys.room_channel(room)],
     )
     if reply[0] == b"no_room":
-        raise ChestRefused("no_room")
+        raise refusal(reply)
     await r.zadd(keys.CHESTS_DUE, {f"{room} {chest}": int(p["closes_at"])})
     await settle(r, str(p["from"]), chest)
     return dict(p)
@@ -101,7 +91,9 @@ async def claim(r: Redis, room: str, chest: str, user: str, name: str, joined_ms
     )
     if reply[0] == b"ok":
         return int(reply[1])
-    raise ChestRefused(text(reply[0]), int(reply[1]) if len(reply) > 1 else 0)
+    # not_found | not_open (opening time) | closed | not_present | already (claim order) |
+    # own_chest
+    raise refusal(reply)
 
 
 async def settle_and_pay(r: Redis, room: str, chest: str) -> bool:

@@ -10,6 +10,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from giftstream.errors import Refused
 from giftstream.store import keys
 
 # A client for one server (redis://, rediss://, unix://) or for a cluster (redis+cluster://).
@@ -172,6 +173,12 @@ async def load_functions(r: Redis) -> None:
 
 async def fcall(r: Commands, name: str, keys_: list[str], args: list[Any]) -> Any:
     return await command(r, "FCALL", name, len(keys_), *keys_, *args)
+
+
+def refusal(reply: list[Any]) -> Refused:
+    """The error of a Function's refusal `[status, number, ...]`: errors.ERRORS names the code
+    of each status (a status it does not name is an internal error)."""
+    return Refused(text(reply[0]), tuple(v for v in reply[1:] if isinstance(v, int)))
 
 
 def text(value: bytes | str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, read_hash, text
+from giftstream.store.connection import Redis, fcall, read_hash, refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,15 +15,6 @@ class Payout:
     diamonds_left: int
     record: dict[str, Any]
     replayed: bool
-
-
-class PayoutRefused(Exception):
-    """reason: conflict | below_minimum | insufficient | forbidden; value: the limit concerned."""
-
-    def __init__(self, reason: str, value: int = 0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.value = value
 
 
 async def payout(
@@ -39,7 +30,7 @@ async def payout(
     if status in (b"ok", b"replay"):
         record: dict[str, Any] = msgpack.unpackb(reply[2], raw=False)
         return Payout(int(reply[1]), record, replayed=status == b"replay")
-    raise PayoutRefused(text(status), int(reply[1]) if len(reply) > 1 else 0)
+    raise refusal(reply)  # conflict | forbidden | below_minimum | insufficient_diamonds (have)
 
 
 async def payouts(r: Redis, room: str) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import msgpack
 
 from giftstream.domain.catalog import DiamondRate, Gift
 from giftstream.store import keys
-from giftstream.store.connection import Commands, Redis, fcall
+from giftstream.store.connection import Commands, Redis, fcall, refusal
 from giftstream.store.pipeline import AutoPipeline
 
 
@@ -43,47 +43,12 @@ class Credited:
     duplicate: bool
 
 
-class DebitConflict(Exception):
-    pass
-
-
-class DebitNoUser(Exception):
-    pass
-
-
-class DebitOverCap(Exception):
-    def __init__(self, cap: int, spent_today: int) -> None:
-        super().__init__(cap)
-        self.cap = cap
-        self.spent_today = spent_today
-
-
-class DebitInsufficient(Exception):
-    def __init__(self, balance: int) -> None:
-        super().__init__(balance)
-        self.balance = balance
-
-
-class CreditNoRoom(Exception):
-    pass
-
-
 @dataclass(frozen=True, slots=True)
 class DebitRules:
     idempotency_ttl_s: int
     streak_timeout_ms: int
     gifts_per_s: float
     gift_burst: int
-
-
-class DebitRateLimited(Exception):
-    def __init__(self, retry_after_ms: int) -> None:
-        super().__init__(retry_after_ms)
-        self.retry_after_ms = retry_after_ms
-
-
-class DebitFrozen(Exception):
-    pass
 
 
 async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
@@ -126,17 +91,9 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
     if status == b"replay":
         payload = bytes(reply[3]) if reply[3] is not None else None
         return Debited(reply[1].decode(), int(reply[2]), payload, replayed=True)
-    if status == b"conflict":
-        raise DebitConflict(req.request_id)
-    if status == b"insufficient":
-        raise DebitInsufficient(int(reply[1]))
-    if status == b"spending_limit":
-        raise DebitOverCap(int(reply[1]), int(reply[2]))
-    if status == b"rate_limited":
-        raise DebitRateLimited(int(reply[1]))
-    if status == b"frozen":
-        raise DebitFrozen(req.viewer)
-    raise DebitNoUser(req.viewer)
+    # insufficient (balance), spending_limit (cap, spent today), rate_limited (retry after ms),
+    # conflict, frozen, no_user.
+    raise refusal(reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +151,7 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
         ],
     )
     if reply[0] == b"no_room":
-        raise CreditNoRoom(room)
+        raise refusal(reply)
     return Credited(
         int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), duplicate=reply[0] == b"dup"
     )

@@ -20,9 +20,10 @@ from typing import Any
 import msgpack
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from giftstream.errors import Refused
 from giftstream.store import chests, keys, rooms
 from giftstream.store.connection import Redis, read_hash, text
-from giftstream.store.gifts import CreditNoRoom, CreditRules, credit, settle
+from giftstream.store.gifts import CreditRules, credit, settle
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ async def _relay_outbox(r: Redis, user: str, now: int, rules: CreditRules, grace
             continue
         try:
             await credit(r, str(p["room"]), payload, rules)
-        except CreditNoRoom:
+        except Refused:  # the credit's one refusal: no such room
             log.error("outbox entry %s names a room that does not exist", event)
             continue
         await settle(r, user, event.decode())

@@ -9,7 +9,7 @@ from typing import Any, cast
 import msgpack
 
 from giftstream.store import keys
-from giftstream.store.connection import Redis, fcall, read_hash, read_stream, text
+from giftstream.store.connection import Redis, fcall, read_hash, read_stream, refusal, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,14 +28,6 @@ class RoomState:
     # The host's display name when the room was last opened ("" for a room opened before
     # rooms kept it).
     host_name: str = ""
-
-
-class RoomForbidden(Exception):
-    pass
-
-
-class NoSuchRoom(Exception):
-    pass
 
 
 def new_room_id() -> str:
@@ -69,7 +61,7 @@ async def open_room(
     """Open (or reopen) the host's room and set it live, starting a session if it was not."""
     reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
-        raise NoSuchRoom(host)
+        raise refusal(reply)
     room = reply[1].decode()
     reply = await fcall(
         r,
@@ -77,8 +69,8 @@ async def open_room(
         [*_session_keys(room), keys.room_events(room)],
         [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region, host_name],
     )
-    if reply[0] == b"forbidden":
-        raise RoomForbidden(room)
+    if reply[0] != b"ok":
+        raise refusal(reply)
     await r.zadd(keys.LIVE_ROOMS, {room: int(time.time() * 1000)})
     return Opened(room, text(reply[1]), int(reply[2]))
 
@@ -92,10 +84,8 @@ async def end_room(r: Redis, room: str, host: str, history_ttl_s: int) -> dict[s
         [*_session_keys(room), keys.room_names(room), keys.room_events(room)],
         [host, keys.room_channel(room), history_ttl_s * 1000],
     )
-    if reply[0] == b"not_found":
-        raise NoSuchRoom(room)
-    if reply[0] == b"forbidden":
-        raise RoomForbidden(room)
+    if reply[0] in (b"not_found", b"forbidden"):
+        raise refusal(reply)
     await r.zrem(keys.LIVE_ROOMS, room)
     if reply[1] is None:
         return None

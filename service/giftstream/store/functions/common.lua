@@ -1,6 +1,9 @@
 --[[
 Shared by every library (prepended at load time, after the library's #!lua line).
 
+A refusal is {status, number...}: each status names one error code in the table of
+service/giftstream/errors.py (a test checks that every status returned here has one).
+
 now_ms()  the server's clock in milliseconds (consistent for all workers).
 post(key, kind, ref, balance, postings, extra)
   Appends one ledger entry to the stream `key`. `postings` is a list of {account, asset, amount}

@@ -8,7 +8,7 @@ payout   KEYS: room, payouts (request id -> record), ledger
             {'replay', diamonds left, record}     this request id was paid out before
             {'conflict'}                          this request id was used for another amount
             {'below_minimum', minimum}            under the minimum cash-out
-            {'insufficient', diamonds}            more than the host has
+            {'insufficient_diamonds', diamonds}   more than the host has
             {'forbidden'}                         not this room's host
          Ledger: host:<host> diamonds -d, platform:payouts diamonds +d.
 ]]
@@ -26,7 +26,7 @@ local function payout(keys, args)
   if redis.call('HGET', room, 'host') ~= host then return {'forbidden'} end
   if diamonds < minimum then return {'below_minimum', minimum} end
   local have = tonumber(redis.call('HGET', room, 'diamonds'))
-  if diamonds > have then return {'insufficient', have} end
+  if diamonds > have then return {'insufficient_diamonds', have} end
   local left = redis.call('HINCRBY', room, 'diamonds', -diamonds)
   redis.call('HINCRBY', room, 'paid_out', diamonds)
   local record = cmsgpack.pack({id = request_id, diamonds = diamonds, amount = args[5],

@@ -35,7 +35,7 @@ set_frozen       ARGV: '1' | '0', reason      -> {'ok'} | {'no_user'}
                  frozen account can neither buy, nor send gifts, nor drop chests.
 points_exchange  ARGV: ref, points > 0, points per coin
                  -> {'ok', coins balance, points balance, coins credited, points spent}
-                    | {'replay', ...same} | {'conflict'} | {'insufficient', points} | {'too_few'}
+                    | {'replay', ...same} | {'conflict'} | {'insufficient_points', points} | {'too_few'}
 ]]
 
 local function user_of(acct)
@@ -212,7 +212,7 @@ local function points_exchange(keys, args)
     return {'replay', r.coins_after, r.points_after, r.coins, r.points}
   end
   local have = tonumber(redis.call('HGET', acct, 'points') or '0')
-  if points > have then return {'insufficient', have} end
+  if points > have then return {'insufficient_points', have} end
   local coins = math.floor(points / rate)
   if coins < 1 then return {'too_few'} end
   local spent = coins * rate
