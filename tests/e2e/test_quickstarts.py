@@ -46,7 +46,7 @@ async def run(program: str, tmp_path: Path, server: ServerProcess) -> str:
     path = tmp_path / "quickstart.py"
     path.write_text(program)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    env["GIFTSTREAM_URL"] = server.base_url
+    env["DEMO_URL"] = server.base_url
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(path),
