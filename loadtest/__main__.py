@@ -41,6 +41,8 @@ ABOUT = {
     "rooms": "many rooms of a host and viewers, every viewer gifting",
     "idle": "connections that authenticate, join a room and stay quiet: memory per connection",
     "recharge": "buyers over HTTP: packages, custom amounts, replays, declines, late payments",
+    "chaos": "storm on two workers and a store of its own, killing a worker then the store"
+    " (kill -9) mid-run: gifts acked against the ledgers and the credits, missing and doubled",
 }
 
 
@@ -73,20 +75,21 @@ def _load_flags(p: argparse.ArgumentParser, scenario: str) -> None:
     load.add_argument(
         "--drain", type=float, default=10.0, help="most seconds to wait for answers (10)"
     )
-    if scenario in ("storm", "rooms", "recharge"):
+    if scenario in ("storm", "rooms", "recharge", "chaos"):
         what = "requests" if scenario == "recharge" else "gifts"
         load.add_argument(
             "--rate",
             type=float,
             help=f"{what} per second, open loop; 0: as fast as answers come ({d.get('rate', 0):g})",
         )
-    if scenario in ("storm", "bench", "sweep", "rooms"):
+    if scenario in ("storm", "bench", "sweep", "rooms", "chaos"):
         load.add_argument(
             "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
         )
         load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
-    if scenario in ("storm", "bench", "sweep"):
-        load.add_argument("--senders", type=int, default=20, help="senders (20)")
+    if scenario in ("storm", "bench", "sweep", "chaos"):
+        senders = int(d.get("senders", 20))
+        load.add_argument("--senders", type=int, default=senders, help=f"senders ({senders})")
         load.add_argument("--viewers", type=int, help=f"viewers ({d['viewers']:g})")
     if scenario == "rooms":
         load.add_argument("--viewers", type=int, help=f"viewers per room ({d['viewers']:g})")
