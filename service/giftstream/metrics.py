@@ -80,3 +80,8 @@ VALKEY_USED_MEMORY = Gauge(
     "Valkey's used_memory (summed over the primaries of a cluster)",
     registry=REGISTRY,
 )
+ARCHIVE_TRIMMED = Counter(
+    "giftstream_archive_trimmed_entries_total",
+    "Archived ledger entries trimmed from Valkey (PostgreSQL holds them)",
+    registry=REGISTRY,
+)

@@ -1,4 +1,5 @@
-"""`giftstream audit`: clean after real traffic, and naming what is wrong when money is not."""
+"""`giftstream audit`: clean after real traffic, and naming what is wrong when money is not —
+across both stores, with ledgers trimmed in Valkey once PostgreSQL holds them."""
 
 import asyncio
 import contextlib
@@ -18,7 +19,16 @@ from giftstream.store import gifts, keys
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import SHARED_ENV, Api, ServerProcess, User, connected, serving, store
+from support import (
+    SHARED_ENV,
+    Api,
+    ServerProcess,
+    User,
+    connected,
+    database_for,
+    serving,
+    store,
+)
 
 GRANTED = 10_000 + 3
 SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
@@ -110,6 +120,11 @@ async def shut_down_leftover_valkey(data: Path) -> None:
         await asyncio.sleep(0.05)
 
 
+def on(redis_url: str) -> list[str]:
+    """`giftstream audit` flags for the store at `redis_url` and its deployment's ledger."""
+    return ["--redis-url", redis_url, "--database-url", database_for(redis_url)]
+
+
 def assert_clean(code: int, report: str) -> None:
     assert code == 0, report
     for line in CLEAN_SUMMARY:
@@ -121,7 +136,7 @@ async def test_audit_is_clean_after_gifts_retries_conflicts_and_refusals(
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         await traffic(server, api)
-        code, report = await audit("--redis-url", fresh_valkey.url)
+        code, report = await audit(*on(fresh_valkey.url))
     assert_clean(code, report)
 
 
@@ -130,11 +145,11 @@ async def test_audit_fails_and_names_the_user_whose_balance_was_changed_outside_
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         done = await traffic(server, api)
-    assert_clean(*await audit("--redis-url", fresh_valkey.url))
+    assert_clean(*await audit(*on(fresh_valkey.url)))
     async with store(fresh_valkey.url) as redis:
         await redis.hincrby(keys.account(done.rich.user), "coins", 5)
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*on(fresh_valkey.url))
 
     assert code != 0, report
     assert "audit FAILED" in report and "audit clean" not in report, report
@@ -152,7 +167,7 @@ async def test_audit_reports_a_negative_balance(fresh_valkey: EmbeddedValkey) ->
         # The poor viewer holds 2 coins.
         await redis.hincrby(keys.account(done.poor.user), "coins", -9)
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*on(fresh_valkey.url))
 
     assert code != 0, report
     assert f"user {done.poor.user}: negative balance -7" in report, report
@@ -183,7 +198,7 @@ async def test_audit_reports_a_credit_that_was_never_debited(
         credited = await gifts.credit(redis, done.rooms[0], msgpack.packb(payload), rules)
     assert not credited.duplicate and credited.diamonds == 100
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*on(fresh_valkey.url))
 
     assert code != 0, report
     assert f"event {forged} credited but never debited" in report, report
@@ -278,7 +293,7 @@ async def test_audit_is_clean_every_time_while_a_storm_of_gifts_runs(
             report = await run_audit(redis, page=50)
             assert report.clean, report.summary()
             await gifting.more(50)
-        code, out = await audit("--redis-url", fresh_valkey.url)
+        code, out = await audit(*on(fresh_valkey.url))
         assert code == 0, out
         assert "audit clean" in out, out
 

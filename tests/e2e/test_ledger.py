@@ -33,24 +33,24 @@ from giftstream.store.ledger import EXPORT_COLUMNS
 from giftstream.store.postgres import migrate, migrations, use_own_runtime_dir
 from support import (
     SHARED_ENV,
+    TRIMMING_ARCHIVE,
     Api,
     ServerProcess,
     User,
     bearer,
     connected,
     fresh_database,
+    raw_connected,
     serving,
     store,
+    wait_ledgers_trimmed,
 )
 
-# The archiver at test speed: short passes, quick discovery of new streams, a short lease.
-FAST_ARCHIVE = {
-    **SHARED_ENV,
-    "GIFTSTREAM_ARCHIVE_INTERVAL_S": "0.05",
-    "GIFTSTREAM_ARCHIVE_SCAN_INTERVAL_S": "0.1",
-    "GIFTSTREAM_ARCHIVE_LEASE_MS": "1000",
-    "GIFTSTREAM_ARCHIVE_BACKOFF_MAX_S": "0.3",
-}
+# The archiver at test speed: short passes, quick discovery of new streams, a short lease; it
+# trims nothing in these tests' time (they compare what PostgreSQL holds with Valkey's entries).
+FAST_ARCHIVE = {**SHARED_ENV, **TRIMMING_ARCHIVE, "GIFTSTREAM_ARCHIVE_KEEP_S": "3600"}
+# Trimmed as soon as archived.
+TRIMMING = {**SHARED_ENV, **TRIMMING_ARCHIVE}
 # Small batches: a backlog takes many transactions, so a kill lands in the middle of it.
 SMALL_BATCHES = {**FAST_ARCHIVE, "GIFTSTREAM_ARCHIVE_BATCH_ROWS": "7"}
 ARCHIVE_TIMEOUT_S = 30.0
@@ -580,3 +580,42 @@ async def test_two_workers_of_one_server_start_on_a_fresh_database_and_archive(
         await traffic(server, api, gifts=4)
         await wait_archived(redis, db)
         assert await db.fetchval("SELECT count(*) FROM schema_migrations") == len(migrations())
+
+
+async def test_once_archived_valkeys_ledgers_hold_only_the_tail_and_replay_still_works(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    server = ServerProcess(fresh_valkey.url, env=TRIMMING, database_url=database)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(server, api, gifts=12)
+        lengths = await wait_ledgers_trimmed(redis)
+        # Every entry ever added is in PostgreSQL, once; Valkey holds none of them any more.
+        for stream, (_, added) in lengths.items():
+            rows = await db.fetchval(
+                "SELECT count(*) FROM ledger_entries WHERE stream = $1", stream
+            )
+            assert rows == added, stream
+        assert keys.user_ledger(done.viewer.user) in lengths
+        assert keys.room_ledger(done.room) in lengths
+        assert await metric(api, "giftstream_archive_trimmed_entries_total") == sum(
+            added for _, added in lengths.values()
+        )
+        # The room's events keep their replay window: a viewer resuming from offset 0 gets
+        # every gift (each gift's credit, the next offset, goes to the host).
+        assert await redis.xlen(keys.room_events(done.room)) == 2 * done.acks
+        async with raw_connected(server, done.viewer) as ws:
+            epoch = (await ws.join(done.room))["epoch"]
+        async with raw_connected(server, done.viewer) as ws:
+            await ws.join(done.room, since={"epoch": epoch, "offset": 0})
+            offsets: list[int] = []
+            while len(offsets) < done.acks:
+                frame = await ws.recv()
+                if frame["t"] == "gift" and "offset" in frame:
+                    offsets.append(frame["offset"])
+        assert offsets == list(range(1, 2 * done.acks, 2))
+
+        # New entries after the trim are archived and trimmed in turn; history serves all.
+        more = await traffic(server, api, gifts=3, tag="later")
+        await wait_ledgers_trimmed(redis)
+        r = await api.http.get("/v1/history", headers=bearer(more.viewer))
+        assert [e["kind"] for e in r.json()["entries"]] == ["gift"] * 3 + ["purchase", "grant"]

@@ -5,10 +5,15 @@ One archiver is active per deployment: it holds a lease in Valkey (renewed every
 fencing token PostgreSQL checks in every batch, so an archiver that lost its lease without
 noticing cannot write. Each batch is one transaction: the rows (`ON CONFLICT DO NOTHING`, so a
 batch re-sent after a crash changes nothing) and the cursor of each stream it covers. A new
-holder resumes from the cursors. It only reads Valkey: the gift path never waits for it, and
-while PostgreSQL is down it retries with backoff while the lag metrics rise.
+holder resumes from the cursors. The gift path never waits for it, and while PostgreSQL is down
+it retries with backoff while the lag metrics rise (Valkey buffers the backlog).
 
-Phase 1 copies and trims nothing: Valkey still holds every entry (issue #17).
+Once a batch has committed, the users' and rooms' ledger streams it covers are trimmed in Valkey
+(XTRIM MINID, exact) up to their cursor, keeping only entries younger than `archive_keep_s`: Valkey
+holds the unarchived tail and a short margin, PostgreSQL everything. A stream only ever loses
+entries its committed cursor covers, so the audit can read PostgreSQL up to a cursor and Valkey
+after it (store/audit.py). The room event streams keep their replay window (`room_history_max`,
+trimmed by the gift Function) and are not trimmed here.
 """
 
 import asyncio
@@ -31,6 +36,7 @@ from giftstream.settings import Settings
 from giftstream.store import keys
 from giftstream.store.connection import Redis, StreamEntries, fcall, text
 from giftstream.store.postgres import close_pool, connect_pool
+from giftstream.store.relay import store_time_ms
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +59,19 @@ class Cursor:
     def id(self) -> str:
         return f"{self.ms}-{self.seq}"
 
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.ms, self.seq
+
 
 def split_id(entry_id: bytes | str) -> tuple[int, int]:
     ms, _, seq = text(entry_id).partition("-")
     return int(ms), int(seq or 0)
+
+
+def is_ledger(stream: str) -> bool:
+    """A users' or rooms' ledger stream (trimmed once archived), not a room's event stream."""
+    return stream.endswith(":ledger")
 
 
 def _at(ms: int) -> datetime:
@@ -260,6 +275,9 @@ class Archiver:
         self.lengths: dict[str, int] = {}
         self.heads: dict[str, tuple[tuple[int, int], int]] = {}
         self.swept_at = -math.inf
+        # Ledger streams archived further than they are trimmed (the margin kept them): stream
+        # -> its cursor, trimmed again on a later pass.
+        self.untrimmed: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -311,6 +329,7 @@ class Archiver:
         batch, more = await self.read()
         if batch.cursors:
             await self.write(batch)
+        await self.trim()
         return more
 
     async def hold_lease(self) -> bool:
@@ -465,6 +484,27 @@ class Archiver:
         metrics.ARCHIVED_ROWS.labels("ledger_entries").inc(ledger)
         metrics.ARCHIVED_ROWS.labels("room_events").inc(events)
         self.cursors.update(batch.cursors)
+        for key, cursor in batch.cursors.items():
+            if is_ledger(key):
+                self.untrimmed[key] = cursor.position
+
+    async def trim(self) -> None:
+        """Trim each ledger stream up to its committed cursor, sparing the entries younger than
+        `archive_keep_s` (a ledger entry's id is the store's time in ms)."""
+        if not self.untrimmed:
+            return
+        floor = (await store_time_ms(self.redis) - int(self.settings.archive_keep_s * 1000), 0)
+        due = [(key, min(cursor, floor)) for key, cursor in self.untrimmed.items()]
+        pipe = self.redis.pipeline(transaction=False)
+        for key, (ms, seq) in due:
+            # MINID keeps ids >= it: everything up to and including (ms, seq) goes.
+            pipe.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False)
+        trimmed = await pipe.execute(raise_on_error=False)
+        for (key, upto), reply in zip(due, trimmed, strict=True):
+            if not isinstance(reply, Exception):
+                metrics.ARCHIVE_TRIMMED.inc(int(reply))
+                if upto == self.untrimmed.get(key):
+                    del self.untrimmed[key]
 
 
 def _inserted(status: str) -> int:
