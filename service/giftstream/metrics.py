@@ -85,3 +85,8 @@ ARCHIVE_TRIMMED = Counter(
     "Archived ledger entries trimmed from Valkey (PostgreSQL holds them)",
     registry=REGISTRY,
 )
+ARCHIVE_PRUNED = Counter(
+    "giftstream_archive_pruned_credits_total",
+    "Rooms' `credited` records pruned from Valkey (archived, past the idempotency window)",
+    registry=REGISTRY,
+)

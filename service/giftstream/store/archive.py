@@ -14,6 +14,10 @@ holds the unarchived tail and a short margin, PostgreSQL everything. A stream on
 entries its committed cursor covers, so the audit can read PostgreSQL up to a cursor and Valkey
 after it (store/audit.py). The room event streams keep their replay window (`room_history_max`,
 trimmed by the gift Function) and are not trimmed here.
+
+The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
+older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
+written once, by the debit, and removed only once credited, so no credit of it can come again.
 """
 
 import asyncio
@@ -139,6 +143,14 @@ def _insert(table: str, columns: tuple[tuple[str, str], ...], conflict: str) -> 
 
 INSERT_LEDGER = _insert("ledger_entries", LEDGER_COLUMNS, "stream, entry_ms, entry_seq")
 INSERT_EVENTS = _insert("room_events", EVENT_COLUMNS, 'stream, "offset"')
+# The archived credits after a position (time order) and older than a time: their rooms'
+# `credited` records may be pruned.
+CREDITS_TO_PRUNE = (
+    "SELECT stream, entry_ms, entry_seq, ref, sender FROM ledger_entries "
+    "WHERE kind = 'credit' AND owner_kind = 'room' "
+    "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
+    "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
+)
 # A cursor only moves forward, whoever writes it.
 UPSERT_CURSORS = (
     "INSERT INTO archive_cursors (stream, last_ms, last_seq, entries) "
@@ -278,6 +290,13 @@ class Archiver:
         # Ledger streams archived further than they are trimmed (the margin kept them): stream
         # -> its cursor, trimmed again on a later pass.
         self.untrimmed: dict[str, tuple[int, int]] = {}
+        # Pruning `credited`: the archived credit pruned up to (read from Valkey first), when it
+        # last ran and whether it stopped at a full page, and (room, event) -> viewer of the
+        # credits whose event an outbox still held (tried again each time).
+        self.pruned: tuple[int, int, str] | None = None
+        self.pruned_at = -math.inf
+        self.prune_more = False
+        self.held: dict[tuple[str, str], str] = {}
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -330,6 +349,7 @@ class Archiver:
         if batch.cursors:
             await self.write(batch)
         await self.trim()
+        await self.prune()
         return more
 
     async def hold_lease(self) -> bool:
@@ -505,6 +525,45 @@ class Archiver:
                 metrics.ARCHIVE_TRIMMED.inc(int(reply))
                 if upto == self.untrimmed.get(key):
                     del self.untrimmed[key]
+
+    async def prune(self) -> None:
+        """Delete the `credited` records of the archived credits older than the gift
+        idempotency window whose event is no longer in its viewer's outbox."""
+        s = self.settings
+        if not self.prune_more and time.monotonic() - self.pruned_at < s.archive_scan_interval_s:
+            return
+        self.pruned_at = time.monotonic()
+        if self.pruned is None:
+            stored = await self.redis.get(keys.ARCHIVE_PRUNED)
+            ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
+            self.pruned = (int(ms), int(seq), stream)
+        floor = await store_time_ms(self.redis) - s.idempotency_ttl_s * 1000
+        pool = await self.connected()
+        rows = await pool.fetch(CREDITS_TO_PRUNE, *self.pruned, floor, s.archive_batch_rows)
+        self.prune_more = len(rows) == s.archive_batch_rows
+        candidates = dict(self.held)
+        for row in rows:
+            candidates[(keys.room_from_key(row["stream"]), row["ref"])] = row["sender"] or ""
+        if not candidates:
+            return
+        items = list(candidates.items())
+        pipe = self.redis.pipeline(transaction=False)
+        for (_, event), viewer in items:
+            pipe.hexists(keys.outbox(viewer), event)
+        in_outbox = await pipe.execute()
+        self.held = {}
+        pipe = self.redis.pipeline(transaction=False)
+        for ((room, event), viewer), held in zip(items, in_outbox, strict=True):
+            if held:
+                self.held[(room, event)] = viewer
+            else:
+                pipe.hdel(keys.room_credited(room), event)
+        pruned = sum(int(n) for n in await pipe.execute())
+        metrics.ARCHIVE_PRUNED.inc(pruned)
+        if rows:
+            last = rows[-1]
+            self.pruned = (last["entry_ms"], last["entry_seq"], last["stream"])
+            await self.redis.set(keys.ARCHIVE_PRUNED, " ".join(str(x) for x in self.pruned))
 
 
 def _inserted(status: str) -> int:
