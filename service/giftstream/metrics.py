@@ -82,7 +82,8 @@ VALKEY_USED_MEMORY = Gauge(
 )
 ARCHIVE_TRIMMED = Counter(
     "giftstream_archive_trimmed_entries_total",
-    "Archived ledger entries trimmed from Valkey (PostgreSQL holds them)",
+    "Archived entries trimmed from Valkey (PostgreSQL holds them), per kind of stream",
+    ["stream"],
     registry=REGISTRY,
 )
 ARCHIVE_PRUNED = Counter(

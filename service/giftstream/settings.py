@@ -98,6 +98,10 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).
     room_history_max: int = 100_000
+    # Room events kept beyond that window while the archiver has not copied them to PostgreSQL
+    # (per room, approximate): the backlog Valkey buffers while PostgreSQL is down; past it the
+    # oldest go unarchived.
+    room_history_backlog: int = 100_000
     # The relay re-applies credits whose debit is older than `relay_grace_ms`.
     relay_interval_s: float = 1.0
     relay_grace_ms: int = 2000

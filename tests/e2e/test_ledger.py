@@ -598,9 +598,8 @@ async def test_once_archived_valkeys_ledgers_hold_only_the_tail_and_replay_still
             assert rows == added, stream
         assert keys.user_ledger(done.viewer.user) in lengths
         assert keys.room_ledger(done.room) in lengths
-        assert await metric(api, "giftstream_archive_trimmed_entries_total") == sum(
-            added for _, added in lengths.values()
-        )
+        trimmed = 'giftstream_archive_trimmed_entries_total{stream="ledger"}'
+        assert await metric(api, trimmed) == sum(added for _, added in lengths.values())
         # The room's events keep their replay window: a viewer resuming from offset 0 gets
         # every gift (each gift's credit, the next offset, goes to the host).
         assert await redis.xlen(keys.room_events(done.room)) == 2 * done.acks
@@ -657,3 +656,38 @@ async def test_credited_records_are_pruned_once_archived_past_the_window_and_out
         await wait_for(none_left, "the last record to be pruned once out of the outbox")
         assert await metric(api, "giftstream_archive_pruned_credits_total") == done.acks
         assert (await api.wallet(done.host))["diamonds"] == diamonds
+
+
+async def test_a_rooms_events_are_trimmed_to_the_replay_window_only_once_archived(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection, short_tmp: Path
+) -> None:
+    window = {"GIFTSTREAM_ROOM_HISTORY_MAX": "4"}
+    # PostgreSQL unreachable: nothing is archived, so every event stays, past the window.
+    nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"
+    down = ServerProcess(fresh_valkey.url, env=TRIMMING | window, database_url=nowhere)
+    async with serving(down) as (_, api), store(fresh_valkey.url) as redis:
+        done = await traffic(down, api, gifts=6)
+
+        async def failed_twice() -> bool:
+            return await metric(api, "giftstream_archive_failures_total") >= 2
+
+        await wait_for(failed_twice, "the archiver to try and fail")
+        assert await redis.xlen(keys.room_events(done.room)) == 2 * done.acks
+    # Once PostgreSQL holds them, only the window stays in Valkey; replay serves it.
+    up = ServerProcess(fresh_valkey.url, env=TRIMMING | window, database_url=database)
+    async with serving(up) as (_, api), store(fresh_valkey.url) as redis:
+
+        async def window_left() -> bool:
+            return await redis.xlen(keys.room_events(done.room)) == 4
+
+        await wait_for(window_left, "the room's events to be trimmed to the window")
+        offsets = [r["offset"] for r in await db.fetch('SELECT "offset" FROM room_events')]
+        assert sorted(offsets) == list(range(1, 2 * done.acks + 1))
+        async with raw_connected(up, done.viewer) as ws:
+            epoch = (await ws.join(done.room))["epoch"]
+        async with raw_connected(up, done.viewer) as ws:
+            await ws.join(done.room, since={"epoch": epoch, "offset": 0})
+            frame = await ws.recv()
+            while frame["t"] != "gift":
+                frame = await ws.recv()
+        assert frame["offset"] == 2 * done.acks - 3  # the window's first gift

@@ -12,8 +12,10 @@ Once a batch has committed, the users' and rooms' ledger streams it covers are t
 (XTRIM MINID, exact) up to their cursor, keeping only entries younger than `archive_keep_s`: Valkey
 holds the unarchived tail and a short margin, PostgreSQL everything. A stream only ever loses
 entries its committed cursor covers, so the audit can read PostgreSQL up to a cursor and Valkey
-after it (store/audit.py). The room event streams keep their replay window (`room_history_max`,
-trimmed by the gift Function) and are not trimmed here.
+after it (store/audit.py). A room's event stream keeps its replay window, the last
+`room_history_max` events, and is trimmed here only below both the window and its cursor; the
+gift Function bounds it at the window plus `room_history_backlog`, the backlog Valkey buffers
+while PostgreSQL is down.
 
 The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
 older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
@@ -505,16 +507,26 @@ class Archiver:
         metrics.ARCHIVED_ROWS.labels("room_events").inc(events)
         self.cursors.update(batch.cursors)
         for key, cursor in batch.cursors.items():
-            if is_ledger(key):
-                self.untrimmed[key] = cursor.position
+            self.untrimmed[key] = cursor.position
+
+    def _floor(self, key: str, now_ms: int) -> tuple[int, int]:
+        """The last id a stream may lose whatever is archived: a ledger's entries younger than
+        `archive_keep_s` stay (its ids are the store's time in ms); a room's last
+        `room_history_max` events stay (its ids are offsets)."""
+        if is_ledger(key):
+            return now_ms - int(self.settings.archive_keep_s * 1000), 0
+        head = self.heads.get(key)
+        last = head[0][0] if head is not None else 0
+        return last - self.settings.room_history_max, 0
 
     async def trim(self) -> None:
-        """Trim each ledger stream up to its committed cursor, sparing the entries younger than
-        `archive_keep_s` (a ledger entry's id is the store's time in ms)."""
+        """Trim each stream up to its committed cursor and its floor."""
         if not self.untrimmed:
             return
-        floor = (await store_time_ms(self.redis) - int(self.settings.archive_keep_s * 1000), 0)
-        due = [(key, min(cursor, floor)) for key, cursor in self.untrimmed.items()]
+        now_ms = await store_time_ms(self.redis)
+        due = [
+            (key, min(cursor, self._floor(key, now_ms))) for key, cursor in self.untrimmed.items()
+        ]
         pipe = self.redis.pipeline(transaction=False)
         for key, (ms, seq) in due:
             # MINID keeps ids >= it: everything up to and including (ms, seq) goes.
@@ -522,7 +534,9 @@ class Archiver:
         trimmed = await pipe.execute(raise_on_error=False)
         for (key, upto), reply in zip(due, trimmed, strict=True):
             if not isinstance(reply, Exception):
-                metrics.ARCHIVE_TRIMMED.inc(int(reply))
+                metrics.ARCHIVE_TRIMMED.labels("ledger" if is_ledger(key) else "events").inc(
+                    int(reply)
+                )
                 if upto == self.untrimmed.get(key):
                     del self.untrimmed[key]
 
