@@ -537,7 +537,13 @@ class Archiver:
                 metrics.ARCHIVE_TRIMMED.labels("ledger" if is_ledger(key) else "events").inc(
                     int(reply)
                 )
-                if upto == self.untrimmed.get(key):
+                if key in self.lengths:
+                    # Its length as last read, less what went: unchanged next pass unless new
+                    # entries came (then it gets an XINFO, see pending()).
+                    self.lengths[key] -= int(reply)
+                # A room's window only moves with new events, which a later batch brings; a
+                # ledger's margin moves with time, so it is trimmed again until its cursor.
+                if not is_ledger(key) or upto == self.untrimmed.get(key):
                     del self.untrimmed[key]
 
     async def prune(self) -> None:
