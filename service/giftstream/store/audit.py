@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import asyncpg
+from redis.exceptions import ResponseError
 
 from giftstream.store import keys
 from giftstream.store.connection import HashReply, Redis, read_stream, text
@@ -267,7 +268,14 @@ class _Reader:
         """The entries of the ledger `key` after `after` (None: from the first) up to `upto`
         (None: the end), in order, each once, `page` at a time (no read holds a server up)."""
         position = BEFORE_ALL if after is None else _position(after)
-        end = None if upto is None else _position(upto)
+        if upto is None:
+            # To the end as it is now: a fixed end, so that the reads below cannot chase a
+            # ledger that keeps growing.
+            try:
+                upto = (await self.r.xinfo_stream(key))["last-generated-id"]
+            except ResponseError:  # no such stream
+                return
+        end = _position(upto)
         if self.ledger is None:
             async for entry in self._valkey(key, position, end, page):
                 self.report.entries_in_valkey += 1
@@ -275,12 +283,12 @@ class _Reader:
             return
         while True:
             fixed = await self.cursor(key)
-            archived_to = fixed if end is None else min(fixed, end)
+            archived_to = min(fixed, end)
             async for entry in self._postgres(key, position, archived_to, page):
                 self.report.entries_archived += 1
                 yield entry
             position = max(position, archived_to)
-            if end is not None and fixed >= end:
+            if fixed >= end:
                 return
             tail = [entry async for entry in self._valkey(key, position, end, page)]
             if await self.cursor(key) == fixed:
@@ -303,10 +311,10 @@ class _Reader:
             after = (rows[-1]["entry_ms"], rows[-1]["entry_seq"])
 
     async def _valkey(
-        self, key: str, after: Position, upto: Position | None, page: int
+        self, key: str, after: Position, upto: Position, page: int
     ) -> AsyncIterator[tuple[bytes, HashReply]]:
         start = "-" if after == BEFORE_ALL else f"({after[0]}-{after[1]}"
-        end = "+" if upto is None else f"{upto[0]}-{upto[1]}"
+        end = f"{upto[0]}-{upto[1]}"
         while True:
             batch = await read_stream(self.r, key, start, count=page, end=end)
             for entry in batch:
