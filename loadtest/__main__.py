@@ -42,8 +42,6 @@ ABOUT = {
     "rooms": "many rooms of a host and viewers, every viewer gifting",
     "idle": "connections that authenticate, join a room and stay quiet: memory per connection",
     "recharge": "buyers over HTTP: packages, custom amounts, replays, declines, late payments",
-    "chaos": "two workers on a store of their own, kill -9 a worker then the store: acked gifts"
-    " against the ledgers, none missing or doubled",
     "soak": "storm until N gifts after a warm-up: Valkey's used_memory, the archive lag, gifts/s",
 }
 

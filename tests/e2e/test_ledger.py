@@ -28,10 +28,17 @@ from redis.asyncio.cluster import RedisCluster
 from giftstream.settings import Settings
 from giftstream.store import keys
 from giftstream.store.archive import Archiver, Fenced
+from giftstream.store.audit import run_audit
 from giftstream.store.connection import Redis, load_functions, read_stream, text
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from giftstream.store.ledger import EXPORT_COLUMNS
-from giftstream.store.postgres import migrate, migrations, use_own_runtime_dir
+from giftstream.store.postgres import (
+    close_pool,
+    connect_pool,
+    migrate,
+    migrations,
+    use_own_runtime_dir,
+)
 from support import (
     SHARED_ENV,
     TRIMMING_ARCHIVE,
@@ -41,6 +48,7 @@ from support import (
     bearer,
     connected,
     fresh_database,
+    ledger_lengths,
     raw_connected,
     serving,
     store,
@@ -691,3 +699,35 @@ async def test_a_rooms_events_are_trimmed_to_the_replay_window_only_once_archive
             while frame["t"] != "gift":
                 frame = await ws.recv()
         assert frame["offset"] == 2 * done.acks - 3  # the window's first gift
+
+
+async def test_kill_9_of_the_archiver_while_it_trims_loses_nothing_and_the_audit_is_clean(
+    fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
+) -> None:
+    env = {**TRIMMING, "GIFTSTREAM_ARCHIVE_BATCH_ROWS": "7"}
+    first = ServerProcess(fresh_valkey.url, env=env, database_url=database)
+    async with serving(first) as (_, api), store(fresh_valkey.url) as redis:
+        await traffic(first, api, gifts=40)
+
+        async def some_trimmed() -> bool:
+            return any(held < added for held, added in (await ledger_lengths(redis)).values())
+
+        await wait_for(some_trimmed, "a first trim")
+        kill9(first)
+        left = sum(held for held, _ in (await ledger_lengths(redis)).values())
+    assert left > 0, "the kill came after the last trim: nothing to prove"
+    again = ServerProcess(fresh_valkey.url, env=env, database_url=database)
+    async with serving(again), store(fresh_valkey.url) as redis:
+        lengths = await wait_ledgers_trimmed(redis)
+        for stream, (_, added) in lengths.items():
+            rows = await db.fetchval(
+                "SELECT count(*) FROM ledger_entries WHERE stream = $1", stream
+            )
+            assert rows == added, stream
+        pool = await connect_pool(database, max_size=1)
+        try:
+            report = await run_audit(redis, ledger=pool)
+        finally:
+            await close_pool(pool)
+    assert report.clean, report.summary()
+    assert report.entries_archived == sum(added for _, added in lengths.values())
