@@ -98,10 +98,6 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600
     # Room history kept for `join` with `since` (approximate, in events).
     room_history_max: int = 100_000
-    # Room events kept beyond that window while the archiver has not copied them to PostgreSQL
-    # (per room, approximate): the backlog Valkey buffers while PostgreSQL is down; past it the
-    # oldest go unarchived.
-    room_history_backlog: int = 100_000
     # The relay re-applies credits whose debit is older than `relay_grace_ms`.
     relay_interval_s: float = 1.0
     relay_grace_ms: int = 2000
@@ -134,6 +130,10 @@ class Settings:
     # Archived ledger entries stay in Valkey this long before they are trimmed (a margin for
     # tools that read the recent ledger there, such as the admin API's ledger tail).
     archive_keep_s: float = 30.0
+    # Room events kept beyond `room_history_max` while the archiver has not copied them to PostgreSQL
+    # (per room, approximate): the backlog Valkey buffers while PostgreSQL is down; past it the
+    # oldest go unarchived.
+    room_history_backlog: int = 100_000
     # Entries per page of GET /v1/history: the default, and the most a client may ask for.
     history_page_size: int = 50
     history_page_max: int = 200
