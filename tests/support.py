@@ -49,6 +49,9 @@ SHARED_ENV = {
     "GIFTSTREAM_GIFT_BURST": "1000000",
     # Tests read their connections when they are ready to; slow consumers have tests of their own.
     "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
+    # Tests read the ledgers in Valkey: a shared store keeps archived entries for an hour (the
+    # tests of trimming use TRIMMING_ARCHIVE).
+    "GIFTSTREAM_ARCHIVE_KEEP_S": "3600",
 }
 RECV_TIMEOUT_S = 5.0
 
@@ -93,6 +96,11 @@ def database_for(redis_url: str) -> str:
     if redis_url not in _databases:
         _databases[redis_url] = fresh_database()
     return _databases[redis_url]
+
+
+def audit_flags(redis_url: str) -> list[str]:
+    """`giftstream audit` flags for the store at `redis_url` and its deployment's ledger."""
+    return ["--redis-url", redis_url, "--database-url", database_for(redis_url)]
 
 
 def free_port() -> int:

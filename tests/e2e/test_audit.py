@@ -27,6 +27,7 @@ from support import (
     Api,
     ServerProcess,
     User,
+    audit_flags,
     connected,
     database_for,
     serving,
@@ -126,11 +127,6 @@ async def shut_down_leftover_valkey(data: Path) -> None:
         await asyncio.sleep(0.05)
 
 
-def on(redis_url: str) -> list[str]:
-    """`giftstream audit` flags for the store at `redis_url` and its deployment's ledger."""
-    return ["--redis-url", redis_url, "--database-url", database_for(redis_url)]
-
-
 def assert_clean(code: int, report: str) -> None:
     assert code == 0, report
     for line in CLEAN_SUMMARY:
@@ -142,7 +138,7 @@ async def test_audit_is_clean_after_gifts_retries_conflicts_and_refusals(
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         await traffic(server, api)
-        code, report = await audit(*on(fresh_valkey.url))
+        code, report = await audit(*audit_flags(fresh_valkey.url))
     assert_clean(code, report)
 
 
@@ -151,11 +147,11 @@ async def test_audit_fails_and_names_the_user_whose_balance_was_changed_outside_
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         done = await traffic(server, api)
-    assert_clean(*await audit(*on(fresh_valkey.url)))
+    assert_clean(*await audit(*audit_flags(fresh_valkey.url)))
     async with store(fresh_valkey.url) as redis:
         await redis.hincrby(keys.account(done.rich.user), "coins", 5)
 
-    code, report = await audit(*on(fresh_valkey.url))
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert "audit FAILED" in report and "audit clean" not in report, report
@@ -173,7 +169,7 @@ async def test_audit_reports_a_negative_balance(fresh_valkey: EmbeddedValkey) ->
         # The poor viewer holds 2 coins.
         await redis.hincrby(keys.account(done.poor.user), "coins", -9)
 
-    code, report = await audit(*on(fresh_valkey.url))
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert f"user {done.poor.user}: negative balance -7" in report, report
@@ -204,7 +200,7 @@ async def test_audit_reports_a_credit_that_was_never_debited(
         credited = await gifts.credit(redis, done.rooms[0], msgpack.packb(payload), rules)
     assert not credited.duplicate and credited.diamonds == 100
 
-    code, report = await audit(*on(fresh_valkey.url))
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert f"event {forged} credited but never debited" in report, report
@@ -314,7 +310,7 @@ async def test_audit_is_clean_every_time_while_a_storm_of_gifts_runs(
             archived = max(archived, report.entries_archived)
             await gifting.more(50)
         assert archived > 0, "nothing was read from PostgreSQL: the audit did not span stores"
-        code, out = await audit(*on(fresh_valkey.url))
+        code, out = await audit(*audit_flags(fresh_valkey.url))
         assert code == 0, out
         assert "audit clean" in out, out
 
@@ -350,7 +346,7 @@ async def test_audit_across_both_stores_is_clean_once_valkey_holds_no_archived_e
         await traffic(server, api)
         async with store(fresh_valkey.url) as redis:
             lengths = await wait_ledgers_trimmed(redis)
-        code, report = await audit(*on(fresh_valkey.url))
+        code, report = await audit(*audit_flags(fresh_valkey.url))
     assert_clean(code, report)
     added = sum(added for _, added in lengths.values())
     assert f"{added} archived in PostgreSQL + 0 in Valkey; archive lag 0 entries" in report, report
@@ -377,7 +373,7 @@ async def test_audit_across_both_stores_names_a_balance_changed_outside_the_ledg
         async with store(fresh_valkey.url) as redis:
             await wait_ledgers_trimmed(redis)
             await redis.hincrby(keys.account(done.rich.user), "coins", 5)
-        code, report = await audit(*on(fresh_valkey.url))
+        code, report = await audit(*audit_flags(fresh_valkey.url))
     assert code != 0, report
     balance = 10_000 - (SPENT - 1)
     wrong = f"user {done.rich.user}: balance {balance + 5} but the ledger replays to {balance}"
@@ -406,7 +402,7 @@ async def test_audit_across_both_stores_names_an_archived_row_gone_missing(
         await db.close()
     assert lost is not None
 
-    code, report = await audit(*on(fresh_valkey.url))
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert f"{stream}: {entries} entries archived but PostgreSQL holds {entries - 1}" in report
