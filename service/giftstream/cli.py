@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import uvicorn
 
 from giftstream import tokens
@@ -159,8 +160,16 @@ def audit(settings: Settings) -> int:
     PostgreSQL of the data directory unless --database-url names one) and Valkey's tail."""
 
     async def run(url: str, db_url: str) -> int:
+        try:
+            pool = await connect_pool(db_url, max_size=1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            print(
+                f"the ledger of record (PostgreSQL) is unreachable: {e}; the audit needs it"
+                " to read the entries Valkey no longer holds (--database-url)",
+                file=sys.stderr,
+            )
+            return 2
         redis = connect(url)
-        pool = await connect_pool(db_url, max_size=1)
         try:
             report = await run_audit(redis, ledger=pool)
         finally:

@@ -408,3 +408,13 @@ async def test_audit_across_both_stores_names_an_archived_row_gone_missing(
     assert f"{stream}: {entries} entries archived but PostgreSQL holds {entries - 1}" in report
     assert f"event {lost} credited but never debited" in report, report
     assert done.poor.user not in report, report
+
+
+async def test_an_audit_whose_ledger_of_record_is_unreachable_says_so_and_fails(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"  # no server listens there
+    code, out = await audit("--redis-url", fresh_valkey.url, "--database-url", nowhere)
+    assert code == 2, out
+    assert "the ledger of record (PostgreSQL) is unreachable" in out, out
+    assert "Traceback" not in out, out
