@@ -185,5 +185,5 @@ if [ "$loadtest" != 0 ]; then
 fi
 
 # -- the audit ----------------------------------------------------------------------------------
-echo "giftstream audit --redis-url $redis_url"
-step "${giftstream[@]}" audit --redis-url "$redis_url"
+echo "giftstream audit --redis-url $redis_url --data-dir $work/data"
+step "${giftstream[@]}" audit --redis-url "$redis_url" --data-dir "$work/data"

@@ -19,7 +19,7 @@ from loadtest.target import TargetError
 
 # Idle connections per user: the server allows 20 per user and worker.
 CONNS_PER_USER = 10
-SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep", "chaos")
+SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep", "chaos", "soak")
 # Per scenario, the defaults that differ from Options'.
 DEFAULTS: dict[str, dict[str, float]] = {
     "storm": {"viewers": 1000},
@@ -29,6 +29,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "idle": {"rooms": 10},
     "recharge": {},
     "chaos": {"viewers": 50, "senders": 10, "duration": 20, "rate": 200},
+    "soak": {"viewers": 1000, "gifts": 100_000},
 }
 
 
@@ -38,6 +39,7 @@ ABOUT = {
     "bench": "bare echo and broadcast servers, then storm as fast as it goes, at half that rate,"
     " and its senders alone in a room",
     "sweep": "storm as fast as it goes, then open loop at fractions of that rate",
+    "soak": "storm until N gifts after a warm-up: Valkey's used_memory, the archive lag, gifts/s",
     "rooms": "many rooms of a host and viewers, every viewer gifting",
     "idle": "connections that authenticate, join a room and stay quiet: memory per connection",
     "recharge": "buyers over HTTP: packages, custom amounts, replays, declines, late payments",
@@ -52,6 +54,7 @@ def _service_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, default=1, help="workers of the service started here (1)")
     t.add_argument("--redis-url", help="with --url: the store, for `giftstream audit`")
     t.add_argument("--data-dir", help="with --url: the embedded store's directory, for the audit")
+    t.add_argument("--database-url", help="with --url: the ledger of record, for the audit")
     t.add_argument("--no-audit", action="store_true", help="skip `giftstream audit`")
     t.add_argument("--server-pid", type=int, help="with --url: read the server's memory here")
     t.add_argument("--keep", action="store_true", help="keep the started service's data and log")
@@ -102,6 +105,23 @@ def _load_flags(p: argparse.ArgumentParser, scenario: str) -> None:
         )
     if scenario == "recharge":
         load.add_argument("--clients", type=int, default=50, help="buyers (50)")
+    if scenario == "soak":
+        # storm's flags (kept apart from the lists above, which other scenarios share).
+        load.add_argument(
+            "--rate", type=float, help="gifts per second, open loop; 0: as fast as answers come (0)"
+        )
+        load.add_argument(
+            "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
+        )
+        load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
+        load.add_argument("--senders", type=int, default=20, help="senders (20)")
+        load.add_argument("--viewers", type=int, help=f"viewers ({d['viewers']:g})")
+        load.add_argument(
+            "--gifts",
+            type=int,
+            help=f"gifts after the warm-up, in runs of --duration each ({d['gifts']:,.0f};"
+            " the issue's soak: 2000000)",
+        )
     if scenario == "sweep":
         load.add_argument(
             "--fractions",
@@ -152,6 +172,7 @@ def options(args: argparse.Namespace) -> Options:
         clients=getattr(args, "clients", 50),
         gift=getattr(args, "gift", "rose"),
         fractions=tuple(float(f) for f in getattr(args, "fractions", "").split(",") if f.strip()),
+        gifts=int(pick("gifts", 0)),
     )
 
 

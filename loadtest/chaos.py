@@ -30,6 +30,8 @@ STORE_DOWN_S = 1.0
 CHAOS_SETTINGS = {
     "GIFTSTREAM_RELAY_GRACE_MS": "500",
     "GIFTSTREAM_RELAY_INTERVAL_S": "0.2",
+    # The books read the ledgers in Valkey: nothing archived is trimmed during the run.
+    "GIFTSTREAM_ARCHIVE_KEEP_S": "86400",
 }
 
 

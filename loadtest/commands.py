@@ -33,6 +33,19 @@ RATIO_ECHO_CPU = "bare echo server CPU per round trip ÷ storm server CPU per gi
 RATIO_BROADCAST_CPU = "bare broadcast server CPU per frame ÷ storm server CPU per frame"
 RATIO_ALONE = "no-viewers gifts acked/s ÷ bare echo round trips/s"
 RATIO_ALONE_CPU = "bare echo server CPU per round trip ÷ no-viewers server CPU per gift"
+# `soak`: Valkey's memory and the archive, read from the service's /metrics after each run.
+SOAK_METRICS = (
+    "giftstream_valkey_used_memory_bytes",
+    "giftstream_archive_lag_entries",
+    "giftstream_archive_lag_seconds",
+)
+SOAK_WARM = "soak: Valkey used_memory after the warm-up (bytes)"
+SOAK_END = "soak: Valkey used_memory at the end (bytes)"
+SOAK_PER_GIFT = "soak: Valkey bytes per gift after the warm-up"
+SOAK_CHANGE = "soak: used_memory end ÷ after the warm-up"
+SOAK_LAG_S = "soak: largest archive lag seen after a run (s)"
+SOAK_GIFTS = "soak: gifts after the warm-up"
+SOAK_RATE = "soak: gifts/s after the warm-up"
 
 
 def bench_ratios(
@@ -67,6 +80,8 @@ def service(args: argparse.Namespace, chaos: bool = False) -> Iterator[Target]:
             audit_args = ["--redis-url", args.redis_url]
         elif args.data_dir:
             audit_args = ["--data-dir", args.data_dir]
+        if audit_args is not None and args.database_url:
+            audit_args += ["--database-url", args.database_url]
         yield external(args.url, None if args.no_audit else audit_args, args.server_pid)
         return
     # A benchmark measures the service, not its per-user limits (a storm has few senders):
@@ -242,6 +257,37 @@ class Command:
             alone = await room_world(pool, 1, 0, opts.senders, opts.gift)
             path = await self.gifting("no viewers", "storm", target, pool, alone, 0.0)
             self.report.ratios.update(bench_ratios(echo, broadcast, top, path))
+
+        await self.on_service(body)
+
+    async def soak(self) -> None:
+        """`storm` for a warm-up run, then runs until `gifts` more are acked: Valkey's
+        used_memory after the warm-up and at the end, the archive lag, the gifts/s."""
+        opts = self.opts
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            world = await self._storm_world(pool)
+            await self.gifting("soak warm-up", "storm", target, pool, world, opts.rate)
+            warm = target.counters(SOAK_METRICS) or {}
+            gifts, seconds, lag, n = 0, 0.0, 0.0, 0
+            while gifts < opts.gifts:
+                n += 1
+                run = await self.gifting(f"soak {n}", "storm", target, pool, world, opts.rate)
+                if not run.gifts_acked:
+                    break
+                gifts += run.gifts_acked
+                seconds += run.gifts_acked / run.gifts_per_s if run.gifts_per_s else 0.0
+                lag = max(lag, (target.counters(SOAK_METRICS) or {}).get(SOAK_METRICS[2], 0.0))
+            end = target.counters(SOAK_METRICS) or {}
+            before, after = warm.get(SOAK_METRICS[0]), end.get(SOAK_METRICS[0])
+            figures = {SOAK_GIFTS: float(gifts), SOAK_LAG_S: lag}
+            if seconds:
+                figures[SOAK_RATE] = gifts / seconds
+            if before and after:
+                figures |= {SOAK_WARM: before, SOAK_END: after, SOAK_CHANGE: after / before}
+                if gifts:
+                    figures[SOAK_PER_GIFT] = (after - before) / gifts
+            self.report.ratios.update(figures)
 
         await self.on_service(body)
 

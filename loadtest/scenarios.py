@@ -51,6 +51,8 @@ class Options:
     clients: int
     gift: str
     fractions: tuple[float, ...]
+    # `soak`: gifts to send after the warm-up, in runs of `duration_s` each.
+    gifts: int = 0
 
 
 @dataclass

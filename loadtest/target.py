@@ -297,8 +297,9 @@ def giftstream_service(
             target.store = EmbeddedValkey(data_dir, aof_fsync="always")
             target.store.start()
             stack.callback(target.store.stop)
-            target.audit_args = ["--redis-url", target.store.url]
-            args += ["--redis-url", target.store.url]
+            # The ledger's PostgreSQL in the same data directory, for the service and the audit.
+            target.audit_args = ["--redis-url", target.store.url, "--data-dir", str(data_dir)]
+            args += target.audit_args
         else:
             args += ["--data-dir", str(data_dir)]
         with _spawned(args, target, keep or own_store, settings):

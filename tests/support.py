@@ -52,6 +52,9 @@ SHARED_ENV = {
     "GIFTSTREAM_GIFT_BURST": "1000000",
     # Tests read their connections when they are ready to; slow consumers have tests of their own.
     "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
+    # Tests read the ledgers in Valkey: a shared store keeps archived entries for an hour (the
+    # tests of trimming use TRIMMING_ARCHIVE).
+    "GIFTSTREAM_ARCHIVE_KEEP_S": "3600",
 }
 RECV_TIMEOUT_S = 5.0
 
@@ -96,6 +99,11 @@ def database_for(redis_url: str) -> str:
     if redis_url not in _databases:
         _databases[redis_url] = fresh_database()
     return _databases[redis_url]
+
+
+def audit_flags(redis_url: str) -> list[str]:
+    """`giftstream audit` flags for the store at `redis_url` and its deployment's ledger."""
+    return ["--redis-url", redis_url, "--database-url", database_for(redis_url)]
 
 
 def free_port() -> int:
@@ -470,3 +478,35 @@ async def metric(api: Api, name: str) -> float:
     text = (await api.http.get("/metrics")).text
     found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+# The archiver at test speed, trimming Valkey's ledgers as soon as PostgreSQL holds them.
+TRIMMING_ARCHIVE = {
+    "GIFTSTREAM_ARCHIVE_INTERVAL_S": "0.05",
+    "GIFTSTREAM_ARCHIVE_SCAN_INTERVAL_S": "0.1",
+    "GIFTSTREAM_ARCHIVE_LEASE_MS": "1000",
+    "GIFTSTREAM_ARCHIVE_BACKOFF_MAX_S": "0.3",
+    "GIFTSTREAM_ARCHIVE_KEEP_S": "0",
+}
+LEDGER_PATTERNS = (keys.USER_LEDGER_PATTERN, keys.ROOM_LEDGER_PATTERN)
+
+
+async def ledger_lengths(r: Redis) -> dict[str, tuple[int, int]]:
+    """Every users' and rooms' ledger stream in Valkey: (entries held, entries ever added)."""
+    found: dict[str, tuple[int, int]] = {}
+    for pattern in LEDGER_PATTERNS:
+        async for key in r.scan_iter(match=pattern, count=1000, _type="stream"):
+            info = await r.xinfo_stream(key)
+            found[key.decode()] = (int(info["length"]), int(info["entries-added"]))
+    return found
+
+
+async def wait_ledgers_trimmed(r: Redis, timeout: float = 30.0) -> dict[str, tuple[int, int]]:
+    """Poll until every ledger stream in Valkey is empty: archived, then trimmed."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        lengths = await ledger_lengths(r)
+        if lengths and all(held == 0 for held, _ in lengths.values()):
+            return lengths
+        assert asyncio.get_running_loop().time() < deadline, f"ledgers not trimmed: {lengths}"
+        await asyncio.sleep(0.05)

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import uvicorn
 
 from giftstream import tokens
@@ -23,7 +24,7 @@ from giftstream.store import ledger
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedCluster, store_url
-from giftstream.store.postgres import database_url
+from giftstream.store.postgres import close_pool, connect_pool, database_url
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit = commands.add_parser("audit", help="check every money invariant from the ledger")
     _add_store_flags(audit)
+    _add_database_flag(audit)
     trial = commands.add_parser(
         "local-cluster", help="run a local Valkey Cluster (3 primaries, 3 replicas) for trials"
     )
@@ -165,17 +167,33 @@ def serve(
 
 
 def audit(settings: Settings) -> int:
-    async def run(url: str) -> int:
+    """Audit Valkey's balances against the ledger: PostgreSQL's archived entries (the embedded
+    PostgreSQL of the data directory unless --database-url names one) and Valkey's tail."""
+
+    async def run(url: str, db_url: str) -> int:
+        try:
+            pool = await connect_pool(db_url, max_size=1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            print(
+                f"the ledger of record (PostgreSQL) is unreachable: {e}; the audit needs it"
+                " to read the entries Valkey no longer holds (--database-url)",
+                file=sys.stderr,
+            )
+            return 2
         redis = connect(url)
         try:
-            report = await run_audit(redis)
+            report = await run_audit(redis, ledger=pool)
         finally:
+            await close_pool(pool)
             await redis.aclose()
         print(report.summary())
         return 0 if report.clean else 1
 
-    with store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url:
-        return asyncio.run(run(url))
+    with (
+        store_url(settings.redis_url, settings.data_dir, settings.aof_fsync) as url,
+        database_url(settings.database_url, settings.data_dir) as db_url,
+    ):
+        return asyncio.run(run(url, db_url))
 
 
 def admin_token(settings: Settings, ttl_s: int) -> int:

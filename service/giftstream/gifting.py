@@ -35,7 +35,8 @@ LOSE_DEBIT_REPLY = "lose_debit_reply"
 def credit_rules(catalog: Catalog, settings: Settings) -> gifts.CreditRules:
     return gifts.CreditRules(
         rate=catalog.rate,
-        history_max=settings.room_history_max,
+        # The gift Function's hard bound; the archiver trims to the window once archived.
+        history_max=settings.room_history_max + settings.room_history_backlog,
         supporter_coins=settings.supporter_coins,
         big_gift_coins=settings.big_gift_coins,
         leaderboard_size=settings.leaderboard_size,

@@ -80,3 +80,14 @@ VALKEY_USED_MEMORY = Gauge(
     "Valkey's used_memory (summed over the primaries of a cluster)",
     registry=REGISTRY,
 )
+ARCHIVE_TRIMMED = Counter(
+    "giftstream_archive_trimmed_entries_total",
+    "Archived entries trimmed from Valkey (PostgreSQL holds them), per kind of stream",
+    ["stream"],
+    registry=REGISTRY,
+)
+ARCHIVE_PRUNED = Counter(
+    "giftstream_archive_pruned_credits_total",
+    "Rooms' `credited` records pruned from Valkey (archived, past the idempotency window)",
+    registry=REGISTRY,
+)

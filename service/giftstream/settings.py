@@ -146,6 +146,13 @@ class Settings:
     # Longest wait between the archiver's retries while PostgreSQL is unreachable (below the
     # lease, which it renews between retries).
     archive_backoff_max_s: float = 2.0
+    # Archived ledger entries stay in Valkey this long before they are trimmed (a margin for
+    # tools that read the recent ledger there, such as the admin API's ledger tail).
+    archive_keep_s: float = 30.0
+    # Room events kept beyond `room_history_max` while the archiver has not copied them to
+    # PostgreSQL (per room, approximate): the backlog Valkey buffers while PostgreSQL is down;
+    # past it the oldest go unarchived.
+    room_history_backlog: int = 100_000
     # Entries per page of GET /v1/history: the default, and the most a client may ask for.
     history_page_size: int = 50
     history_page_max: int = 200

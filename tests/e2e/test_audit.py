@@ -1,4 +1,5 @@
-"""`giftstream audit`: clean after real traffic, and naming what is wrong when money is not."""
+"""`giftstream audit`: clean after real traffic, and naming what is wrong when money is not —
+across both stores, with ledgers trimmed in Valkey once PostgreSQL holds them."""
 
 import asyncio
 import contextlib
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import msgpack
 import pytest
 
@@ -18,8 +20,23 @@ from giftstream.store import gifts, keys
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import SHARED_ENV, Api, ServerProcess, User, connected, serving, store
+from giftstream.store.postgres import close_pool, connect_pool
+from support import (
+    SHARED_ENV,
+    TRIMMING_ARCHIVE,
+    Api,
+    ServerProcess,
+    User,
+    audit_flags,
+    connected,
+    database_for,
+    serving,
+    store,
+    wait_ledgers_trimmed,
+)
 
+# Valkey's ledgers trimmed as soon as PostgreSQL holds them.
+TRIMMING = {**SHARED_ENV, **TRIMMING_ARCHIVE}
 GRANTED = 10_000 + 3
 SPENT = 5 * 1 + 3 * 5 + 100 + 500 + 1
 # What the traffic below leaves: 2 hosts and 2 viewers, 9 gifts debited and credited.
@@ -121,7 +138,7 @@ async def test_audit_is_clean_after_gifts_retries_conflicts_and_refusals(
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         await traffic(server, api)
-        code, report = await audit("--redis-url", fresh_valkey.url)
+        code, report = await audit(*audit_flags(fresh_valkey.url))
     assert_clean(code, report)
 
 
@@ -130,11 +147,11 @@ async def test_audit_fails_and_names_the_user_whose_balance_was_changed_outside_
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         done = await traffic(server, api)
-    assert_clean(*await audit("--redis-url", fresh_valkey.url))
+    assert_clean(*await audit(*audit_flags(fresh_valkey.url)))
     async with store(fresh_valkey.url) as redis:
         await redis.hincrby(keys.account(done.rich.user), "coins", 5)
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert "audit FAILED" in report and "audit clean" not in report, report
@@ -152,7 +169,7 @@ async def test_audit_reports_a_negative_balance(fresh_valkey: EmbeddedValkey) ->
         # The poor viewer holds 2 coins.
         await redis.hincrby(keys.account(done.poor.user), "coins", -9)
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert f"user {done.poor.user}: negative balance -7" in report, report
@@ -183,7 +200,7 @@ async def test_audit_reports_a_credit_that_was_never_debited(
         credited = await gifts.credit(redis, done.rooms[0], msgpack.packb(payload), rules)
     assert not credited.duplicate and credited.diamonds == 100
 
-    code, report = await audit("--redis-url", fresh_valkey.url)
+    code, report = await audit(*audit_flags(fresh_valkey.url))
 
     assert code != 0, report
     assert f"event {forged} credited but never debited" in report, report
@@ -266,19 +283,34 @@ async def storm(server: ServerProcess, api: Api) -> AsyncIterator[Storm]:
         await asyncio.gather(*going.senders)
 
 
+@contextlib.asynccontextmanager
+async def ledger_of(redis_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the ledger of record of the deployment on the store at `redis_url`."""
+    pool = await connect_pool(database_for(redis_url), max_size=1)
+    try:
+        yield pool
+    finally:
+        await close_pool(pool)
+
+
 async def test_audit_is_clean_every_time_while_a_storm_of_gifts_runs(
     fresh_valkey: EmbeddedValkey,
 ) -> None:
     async with (
-        serving(ServerProcess(fresh_valkey.url, env=SHARED_ENV)) as (server, api),
+        serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api),
         store(fresh_valkey.url) as redis,
+        ledger_of(fresh_valkey.url) as ledger,
         storm(server, api) as gifting,
     ):
+        archived = 0
         for _ in range(STORM_AUDITS):
-            report = await run_audit(redis, page=50)
+            # The archiver copies and trims while the audit reads both stores.
+            report = await run_audit(redis, page=50, ledger=ledger)
             assert report.clean, report.summary()
+            archived = max(archived, report.entries_archived)
             await gifting.more(50)
-        code, out = await audit("--redis-url", fresh_valkey.url)
+        assert archived > 0, "nothing was read from PostgreSQL: the audit did not span stores"
+        code, out = await audit(*audit_flags(fresh_valkey.url))
         assert code == 0, out
         assert "audit clean" in out, out
 
@@ -287,13 +319,14 @@ async def test_audit_under_a_storm_still_names_the_one_balance_changed_outside_t
     fresh_valkey: EmbeddedValkey,
 ) -> None:
     async with (
-        serving(ServerProcess(fresh_valkey.url, env=SHARED_ENV)) as (server, api),
+        serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api),
         store(fresh_valkey.url) as redis,
+        ledger_of(fresh_valkey.url) as ledger,
         storm(server, api) as gifting,
     ):
         victim = gifting.viewers[2].user
         await redis.hincrby(keys.account(victim), "coins", 5)
-        report = await run_audit(redis, page=50)
+        report = await run_audit(redis, page=50, ledger=ledger)
 
     # Named: the victim's balance, off by the 5 coins, and (if the victim gifted after the
     # change) the first entry whose recorded balance carries them; nobody else.
@@ -304,3 +337,84 @@ async def test_audit_under_a_storm_still_names_the_one_balance_changed_outside_t
     assert balance == replayed + 5, report.summary()
     assert all(p.startswith(f"user {victim}: ledger entry ") for p in later), report.summary()
     assert len(later) <= 1, report.summary()
+
+
+async def test_audit_across_both_stores_is_clean_once_valkey_holds_no_archived_entry(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api):
+        await traffic(server, api)
+        async with store(fresh_valkey.url) as redis:
+            lengths = await wait_ledgers_trimmed(redis)
+        code, report = await audit(*audit_flags(fresh_valkey.url))
+    assert_clean(code, report)
+    added = sum(added for _, added in lengths.values())
+    assert f"{added} archived in PostgreSQL + 0 in Valkey; archive lag 0 entries" in report, report
+
+
+async def test_a_valkey_only_audit_of_trimmed_ledgers_says_to_read_postgresql_too(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api):
+        done = await traffic(server, api)
+        async with store(fresh_valkey.url) as redis:
+            await wait_ledgers_trimmed(redis)
+            report = await run_audit(redis)
+    assert not report.clean
+    trimmed = f"{keys.user_ledger(done.rich.user)} is trimmed in Valkey"
+    assert any(p.startswith(trimmed) for p in report.problems), report.summary()
+
+
+async def test_audit_across_both_stores_names_a_balance_changed_outside_the_ledger(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api):
+        done = await traffic(server, api)
+        async with store(fresh_valkey.url) as redis:
+            await wait_ledgers_trimmed(redis)
+            await redis.hincrby(keys.account(done.rich.user), "coins", 5)
+        code, report = await audit(*audit_flags(fresh_valkey.url))
+    assert code != 0, report
+    balance = 10_000 - (SPENT - 1)
+    wrong = f"user {done.rich.user}: balance {balance + 5} but the ledger replays to {balance}"
+    assert wrong in report, report
+    assert done.poor.user not in report, report
+
+
+async def test_audit_across_both_stores_names_an_archived_row_gone_missing(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    async with serving(ServerProcess(fresh_valkey.url, env=TRIMMING)) as (server, api):
+        done = await traffic(server, api)
+        async with store(fresh_valkey.url) as redis:
+            await wait_ledgers_trimmed(redis)
+    stream = keys.user_ledger(done.rich.user)
+    db = await asyncpg.connect(database_for(fresh_valkey.url))
+    try:
+        entries = await db.fetchval("SELECT entries FROM archive_cursors WHERE stream = $1", stream)
+        lost = await db.fetchval(
+            "DELETE FROM ledger_entries WHERE ctid = (SELECT ctid FROM ledger_entries"
+            " WHERE stream = $1 AND ref = 'rose-1' OR stream = $1 AND request_id = 'rose-1'"
+            " LIMIT 1) RETURNING ref",
+            stream,
+        )
+    finally:
+        await db.close()
+    assert lost is not None
+
+    code, report = await audit(*audit_flags(fresh_valkey.url))
+
+    assert code != 0, report
+    assert f"{stream}: {entries} entries archived but PostgreSQL holds {entries - 1}" in report
+    assert f"event {lost} credited but never debited" in report, report
+    assert done.poor.user not in report, report
+
+
+async def test_an_audit_whose_ledger_of_record_is_unreachable_says_so_and_fails(
+    fresh_valkey: EmbeddedValkey, short_tmp: Path
+) -> None:
+    nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"  # no server listens there
+    code, out = await audit("--redis-url", fresh_valkey.url, "--database-url", nowhere)
+    assert code == 2, out
+    assert "the ledger of record (PostgreSQL) is unreachable" in out, out
+    assert "Traceback" not in out, out

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, running
+from support import Api, Client, Frame, ServerProcess, User, audit_flags, running
 
 COUNTDOWN_MS = 800
 CLAIM_MS = 2500
@@ -119,7 +119,7 @@ async def audit(redis_url: str) -> tuple[int, str]:
     """`giftstream audit` in a child process: its exit code and its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", redis_url),
+        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(redis_url)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -15,7 +15,7 @@ import redis
 from giftstream.store import keys
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, command_to_node
-from support import SHARED_ENV, Api, Client, Frame, ServerProcess, User, running
+from support import SHARED_ENV, Api, Client, Frame, ServerProcess, User, audit_flags, running
 
 GIFT_PRICE = 1
 GIFTS_PER_VIEWER = 40
@@ -44,7 +44,7 @@ async def cluster_client(own_cluster: EmbeddedCluster) -> AsyncIterator[Redis]:
 
 def audit(url: str) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url],
+        [sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,7 +30,7 @@ from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.requests import MAX_GIFT_COUNT as MAX_COUNT
-from support import Client, Frame, ServerProcess, User, bearer, running
+from support import Client, Frame, ServerProcess, User, audit_flags, bearer, running
 
 ECONOMY = load_economy()
 CATALOG = load_catalog()
@@ -694,7 +694,7 @@ async def replay_against(
 def audit(url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     return subprocess.run(
-        [sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url],
+        [sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)],
         capture_output=True,
         text=True,
         env=env,

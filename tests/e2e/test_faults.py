@@ -35,7 +35,18 @@ from giftstream.store import keys
 from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User, crash, metric, serving, store
+from support import (
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    User,
+    audit_flags,
+    crash,
+    metric,
+    serving,
+    store,
+)
 
 SEED = 4_242
 GIFT, PRICE = "confetti", 100  # not streakable: one frame per gift, never merged
@@ -102,7 +113,7 @@ async def audit(url: str) -> tuple[int, str]:
     """`giftstream audit --redis-url URL`: its exit code and its report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url),
+        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -39,7 +39,7 @@ from giftstream.domain.catalog import load_catalog
 from giftstream.store import keys
 from giftstream.store.connection import connect, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User
+from support import Api, Client, Frame, ServerProcess, User, audit_flags
 
 SEED = 20_261_122
 SHORT_FRAMES = 10_000
@@ -763,7 +763,7 @@ async def audit(url: str) -> tuple[int, str]:
     """`giftstream audit --redis-url URL`: its exit code and its report."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url),
+        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Client, Frame, ServerProcess, User, serving, store
+from support import Client, Frame, ServerProcess, User, audit_flags, serving, store
 
 RECV_S = 15.0
 CRASH_EXIT_CODE = 70
@@ -44,7 +44,7 @@ async def audit(url: str) -> tuple[int, str]:
     """`giftstream audit --redis-url URL`: its exit code and its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", "--redis-url", url),
+        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=env,

@@ -16,8 +16,16 @@ import pytest
 from giftstream.store import keys
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey
-from loadtest.commands import BENCH_LIMITS
-from support import Api, ServerProcess, running
+from loadtest.commands import (
+    BENCH_LIMITS,
+    SOAK_END,
+    SOAK_GIFTS,
+    SOAK_LAG_S,
+    SOAK_PER_GIFT,
+    SOAK_RATE,
+    SOAK_WARM,
+)
+from support import Api, ServerProcess, database_for, running
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 110.0
@@ -74,6 +82,8 @@ def test_each_scenario_runs_without_errors_and_the_books_balance(
         service.base_url,
         "--redis-url",
         store.url,
+        "--database-url",
+        database_for(store.url),
         "--server-pid",
         str(service.process.pid),
     )
@@ -100,6 +110,31 @@ def test_each_scenario_runs_without_errors_and_the_books_balance(
             assert row not in output, output
     if scenario in ("storm", "rooms", "recharge"):
         assert run["coin_check"]["users"] > 0 and run["coin_check"]["coins_missing"] == 0
+
+
+def test_soak_runs_past_its_gifts_and_reports_valkey_memory_the_archive_lag_and_the_rate(
+    service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
+) -> None:
+    assert service.process is not None
+    code, report, output = loadtest(
+        tmp_path / "out.json",
+        "soak",
+        *("--viewers", "10", "--senders", "2", "--gifts", "300"),
+        *("--url", service.base_url, "--redis-url", store.url),
+        *("--database-url", database_for(store.url), "--server-pid", str(service.process.pid)),
+        seconds=1,
+    )
+    assert code == 0, output
+    assert report["ok"] and report["audit_clean"], output
+    labels = [run["label"] for run in report["runs"]]
+    assert labels[0] == "soak warm-up" and labels[1:] == [
+        f"soak {n}" for n in range(1, len(labels))
+    ]
+    figures = report["ratios"]
+    assert figures[SOAK_GIFTS] >= 300 and figures[SOAK_RATE] > 0, figures
+    assert figures[SOAK_WARM] > 0 and figures[SOAK_END] > 0, figures
+    assert {SOAK_PER_GIFT, SOAK_LAG_S} <= set(figures), figures
+    assert "ledger entries read:" in report["audit_output"], report["audit_output"]
 
 
 def test_bench_starts_the_service_and_the_bare_servers_and_gives_ratios(tmp_path: Path) -> None:

@@ -5,10 +5,21 @@ One archiver is active per deployment: it holds a lease in Valkey (renewed every
 fencing token PostgreSQL checks in every batch, so an archiver that lost its lease without
 noticing cannot write. Each batch is one transaction: the rows (`ON CONFLICT DO NOTHING`, so a
 batch re-sent after a crash changes nothing) and the cursor of each stream it covers. A new
-holder resumes from the cursors. It only reads Valkey: the gift path never waits for it, and
-while PostgreSQL is down it retries with backoff while the lag metrics rise.
+holder resumes from the cursors. The gift path never waits for it, and while PostgreSQL is down
+it retries with backoff while the lag metrics rise (Valkey buffers the backlog).
 
-Phase 1 copies and trims nothing: Valkey still holds every entry (issue #17).
+Once a batch has committed, the users' and rooms' ledger streams it covers are trimmed in Valkey
+(XTRIM MINID, exact) up to their cursor, keeping only entries younger than `archive_keep_s`: Valkey
+holds the unarchived tail and a short margin, PostgreSQL everything. A stream only ever loses
+entries its committed cursor covers, so the audit can read PostgreSQL up to a cursor and Valkey
+after it (store/audit.py). A room's event stream keeps its replay window, the last
+`room_history_max` events, and is trimmed here only below both the window and its cursor; the
+gift Function bounds it at the window plus `room_history_backlog`, the backlog Valkey buffers
+while PostgreSQL is down.
+
+The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
+older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
+written once, by the debit, and removed only once credited, so no credit of it can come again.
 """
 
 import asyncio
@@ -31,6 +42,7 @@ from giftstream.settings import Settings
 from giftstream.store import keys
 from giftstream.store.connection import Redis, StreamEntries, fcall, text
 from giftstream.store.postgres import close_pool, connect_pool
+from giftstream.store.relay import store_time_ms
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +65,19 @@ class Cursor:
     def id(self) -> str:
         return f"{self.ms}-{self.seq}"
 
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.ms, self.seq
+
 
 def split_id(entry_id: bytes | str) -> tuple[int, int]:
     ms, _, seq = text(entry_id).partition("-")
     return int(ms), int(seq or 0)
+
+
+def is_ledger(stream: str) -> bool:
+    """A users' or rooms' ledger stream (trimmed once archived), not a room's event stream."""
+    return stream.endswith(":ledger")
 
 
 def _at(ms: int) -> datetime:
@@ -124,6 +145,14 @@ def _insert(table: str, columns: tuple[tuple[str, str], ...], conflict: str) -> 
 
 INSERT_LEDGER = _insert("ledger_entries", LEDGER_COLUMNS, "stream, entry_ms, entry_seq")
 INSERT_EVENTS = _insert("room_events", EVENT_COLUMNS, 'stream, "offset"')
+# The archived credits after a position (time order) and older than a time: their rooms'
+# `credited` records may be pruned.
+CREDITS_TO_PRUNE = (
+    "SELECT stream, entry_ms, entry_seq, ref, sender FROM ledger_entries "
+    "WHERE kind = 'credit' AND owner_kind = 'room' "
+    "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
+    "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
+)
 # A cursor only moves forward, whoever writes it.
 UPSERT_CURSORS = (
     "INSERT INTO archive_cursors (stream, last_ms, last_seq, entries) "
@@ -260,6 +289,16 @@ class Archiver:
         self.lengths: dict[str, int] = {}
         self.heads: dict[str, tuple[tuple[int, int], int]] = {}
         self.swept_at = -math.inf
+        # Ledger streams archived further than they are trimmed (the margin kept them): stream
+        # -> its cursor, trimmed again on a later pass.
+        self.untrimmed: dict[str, tuple[int, int]] = {}
+        # Pruning `credited`: the archived credit pruned up to (read from Valkey first), when it
+        # last ran and whether it stopped at a full page, and (room, event) -> viewer of the
+        # credits whose event an outbox still held (tried again each time).
+        self.pruned: tuple[int, int, str] | None = None
+        self.pruned_at = -math.inf
+        self.prune_more = False
+        self.held: dict[tuple[str, str], str] = {}
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -311,6 +350,8 @@ class Archiver:
         batch, more = await self.read()
         if batch.cursors:
             await self.write(batch)
+        await self.trim()
+        await self.prune()
         return more
 
     async def hold_lease(self) -> bool:
@@ -465,6 +506,84 @@ class Archiver:
         metrics.ARCHIVED_ROWS.labels("ledger_entries").inc(ledger)
         metrics.ARCHIVED_ROWS.labels("room_events").inc(events)
         self.cursors.update(batch.cursors)
+        for key, cursor in batch.cursors.items():
+            self.untrimmed[key] = cursor.position
+
+    def _floor(self, key: str, now_ms: int) -> tuple[int, int]:
+        """The last id a stream may lose whatever is archived: a ledger's entries younger than
+        `archive_keep_s` stay (its ids are the store's time in ms); a room's last
+        `room_history_max` events stay (its ids are offsets)."""
+        if is_ledger(key):
+            return now_ms - int(self.settings.archive_keep_s * 1000), 0
+        head = self.heads.get(key)
+        last = head[0][0] if head is not None else 0
+        return last - self.settings.room_history_max, 0
+
+    async def trim(self) -> None:
+        """Trim each stream up to its committed cursor and its floor."""
+        if not self.untrimmed:
+            return
+        now_ms = await store_time_ms(self.redis)
+        due = [
+            (key, min(cursor, self._floor(key, now_ms))) for key, cursor in self.untrimmed.items()
+        ]
+        pipe = self.redis.pipeline(transaction=False)
+        for key, (ms, seq) in due:
+            # MINID keeps ids >= it: everything up to and including (ms, seq) goes.
+            pipe.xtrim(key, minid=f"{ms}-{seq + 1}", approximate=False)
+        trimmed = await pipe.execute(raise_on_error=False)
+        for (key, upto), reply in zip(due, trimmed, strict=True):
+            if not isinstance(reply, Exception):
+                metrics.ARCHIVE_TRIMMED.labels("ledger" if is_ledger(key) else "events").inc(
+                    int(reply)
+                )
+                if key in self.lengths:
+                    # Its length as last read, less what went: unchanged next pass unless new
+                    # entries came (then it gets an XINFO, see pending()).
+                    self.lengths[key] -= int(reply)
+                # A room's window only moves with new events, which a later batch brings; a
+                # ledger's margin moves with time, so it is trimmed again until its cursor.
+                if not is_ledger(key) or upto == self.untrimmed.get(key):
+                    del self.untrimmed[key]
+
+    async def prune(self) -> None:
+        """Delete the `credited` records of the archived credits older than the gift
+        idempotency window whose event is no longer in its viewer's outbox."""
+        s = self.settings
+        if not self.prune_more and time.monotonic() - self.pruned_at < s.archive_scan_interval_s:
+            return
+        self.pruned_at = time.monotonic()
+        if self.pruned is None:
+            stored = await self.redis.get(keys.ARCHIVE_PRUNED)
+            ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
+            self.pruned = (int(ms), int(seq), stream)
+        floor = await store_time_ms(self.redis) - s.idempotency_ttl_s * 1000
+        pool = await self.connected()
+        rows = await pool.fetch(CREDITS_TO_PRUNE, *self.pruned, floor, s.archive_batch_rows)
+        self.prune_more = len(rows) == s.archive_batch_rows
+        candidates = dict(self.held)
+        for row in rows:
+            candidates[(keys.room_from_key(row["stream"]), row["ref"])] = row["sender"] or ""
+        if not candidates:
+            return
+        items = list(candidates.items())
+        pipe = self.redis.pipeline(transaction=False)
+        for (_, event), viewer in items:
+            pipe.hexists(keys.outbox(viewer), event)
+        in_outbox = await pipe.execute()
+        self.held = {}
+        pipe = self.redis.pipeline(transaction=False)
+        for ((room, event), viewer), held in zip(items, in_outbox, strict=True):
+            if held:
+                self.held[(room, event)] = viewer
+            else:
+                pipe.hdel(keys.room_credited(room), event)
+        pruned = sum(int(n) for n in await pipe.execute())
+        metrics.ARCHIVE_PRUNED.inc(pruned)
+        if rows:
+            last = rows[-1]
+            self.pruned = (last["entry_ms"], last["entry_seq"], last["stream"])
+            await self.redis.set(keys.ARCHIVE_PRUNED, " ".join(str(x) for x in self.pruned))
 
 
 def _inserted(status: str) -> int:

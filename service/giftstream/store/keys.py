@@ -218,6 +218,9 @@ def room_from_key(key: str) -> str:
 # The archiver's lease ('token fence', expiring) and its fencing counter, in one slot.
 ARCHIVE_LEASE = f"{PREFIX}:{{archive}}:lease"
 ARCHIVE_FENCE = f"{PREFIX}:{{archive}}:fence"
+# String 'ms seq stream': the archived credit up to which the rooms' `credited` records are
+# pruned (the archiver's position; losing it only means pruning again what is gone).
+ARCHIVE_PRUNED = f"{PREFIX}:{{archive}}:pruned"
 # The streams the archiver copies to PostgreSQL.
 USER_LEDGER_PATTERN = f"{PREFIX}:{{u:*}}:ledger"
 ROOM_LEDGER_PATTERN = f"{PREFIX}:{{r:*}}:ledger"
