@@ -52,10 +52,11 @@ SHARED_ENV = {
     "GIFTSTREAM_GIFT_BURST": "1000000",
     # Tests read their connections when they are ready to; slow consumers have tests of their own.
     "GIFTSTREAM_SEND_QUEUE_BYTES": str(8 * 1024 * 1024),
-    # Tests read the ledgers in Valkey: a shared store keeps archived entries for an hour (the
-    # tests of trimming use TRIMMING_ARCHIVE).
-    "GIFTSTREAM_ARCHIVE_KEEP_S": "3600",
 }
+# Tests read the ledgers in Valkey as their oracle, and a store's active archiver may be any
+# server on it: every test server keeps archived entries an hour unless its test says otherwise
+# (the tests of trimming do, with TRIMMING_ARCHIVE, on stores of their own).
+KEEP_ARCHIVED = {"GIFTSTREAM_ARCHIVE_KEEP_S": "3600"}
 RECV_TIMEOUT_S = 5.0
 
 Frame = dict[str, Any]
@@ -160,6 +161,7 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
         if self.secret is not None:
             env["GIFTSTREAM_SECRET"] = self.secret
+        env.update(KEEP_ARCHIVED)
         env.update(self.env)
         log_dir = Path(os.environ.get("TESTS_LOG_DIR", "/tmp"))
         self.log_path = log_dir / f"giftstream-test-{self.port}.log"
