@@ -105,7 +105,7 @@ def links_box(base: str, rooms: list[tuple[str, str]], bots: int) -> str:
     for room, token in rooms:
         lines.append(f"room {room} ({bots} bots): watch {base}/?room={room}")
         lines.append(f"  host studio {base}/?host=1&token={token}")
-    lines += ["", "Ctrl+C stops everything, Valkey included"]
+    lines += ["", "Ctrl+C stops everything, Valkey and PostgreSQL included"]
     rule = "═" * BOX_WIDTH
     return "\n".join([rule, *lines, rule])
 
