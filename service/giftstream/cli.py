@@ -157,7 +157,6 @@ def serve(
             ws_ping_interval=settings.ws_ping_interval_s,
             ws_ping_timeout=settings.ws_ping_timeout_s,
             loop="uvloop",
-            # The class, not its import path: older uvicorns look a string up among their own names.
             http=GuardedHttp,
             timeout_keep_alive=settings.http_keep_alive_s,
             log_level=log_level,
