@@ -340,9 +340,14 @@ class EmbeddedCluster:
                 )
             )
             self.ports.append(port)
-        for port in self.ports:
-            _wait_for(functools.partial(_answers, port), "a cluster node to start")
-        self._form()
+        try:
+            for port in self.ports:
+                _wait_for(functools.partial(_answers, port), "a cluster node to start")
+            self._form()
+        except BaseException:
+            # A cluster that never formed leaves no node running behind it.
+            self.stop()
+            raise
 
     def _form(self) -> None:
         primaries = self.ports[: self.primaries]
