@@ -15,6 +15,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from giftstream import metrics
+from giftstream.chests import Chests
 from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
@@ -78,6 +79,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             redis=runtime.redis,
             hub=runtime.hub,
             gifting=runtime.gifting,
+            chests=runtime.chests,
             secret=runtime.secret,
             settings=runtime.settings,
             limits=limits,
@@ -194,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             hub=hub,
             gifting=Gifting(redis, catalog, economy, settings),
             wallet=Wallet(redis, economy, catalog.rate, verdict),
+            chests=Chests(redis, settings),
             limits=ConnectionLimits(settings),
             ledger=Ledger(database_url),
         )

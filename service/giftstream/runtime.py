@@ -3,6 +3,7 @@ hub, and the services the edges call."""
 
 from dataclasses import dataclass
 
+from giftstream.chests import Chests
 from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.gifting import Gifting
@@ -25,5 +26,6 @@ class Runtime:
     hub: Hub
     gifting: Gifting
     wallet: Wallet
+    chests: Chests
     limits: ConnectionLimits
     ledger: Ledger

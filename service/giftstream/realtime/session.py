@@ -9,6 +9,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from giftstream import metrics, tokens
+from giftstream.chests import Chests
 from giftstream.errors import (
     ERRORS,
     ErrorCode,
@@ -16,7 +17,6 @@ from giftstream.errors import (
     NotFound,
     NotInRoom,
     RateLimited,
-    Refused,
     RoomNotLive,
     Unauthenticated,
     Unavailable,
@@ -29,7 +29,7 @@ from giftstream.realtime.limits import ConnectionLimits
 from giftstream.realtime.member import Member
 from giftstream.realtime.outbound import Outbound, Transport, fix_send_buffer
 from giftstream.settings import Settings
-from giftstream.store import accounts, chests, rooms
+from giftstream.store import accounts, rooms
 from giftstream.store.connection import STORE_UNAVAILABLE, Redis
 from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
 from giftstream.wire.requests import (
@@ -72,6 +72,7 @@ class Session:
         redis: Redis,
         hub: Hub,
         gifting: Gifting,
+        chests: Chests,
         secret: tokens.Keyring,
         settings: Settings,
         limits: ConnectionLimits,
@@ -81,6 +82,7 @@ class Session:
         self.redis = redis
         self.hub = hub
         self.gifting = gifting
+        self.chests = chests
         self.secret = secret
         self.settings = settings
         self.limits = limits
@@ -356,71 +358,25 @@ class Session:
     async def _drop_chest(self, request: DropChest) -> None:
         assert self.sender is not None
         self._live_member(request.room)
-        s = self.settings
-        try:
-            funded = await chests.fund(
-                self.redis,
-                self.sender.user,
-                self.sender.name,
-                request.id,
-                request.room,
-                request.coins,
-                s.chest_countdown_ms,
-                s.chest_claim_ms,
-            )
-        except Refused as e:
-            raise e.said(
-                {
-                    ErrorCode.INSUFFICIENT_COINS: (
-                        f"a chest of {request.coins} coins needs more than your {e.value}"
-                    ),
-                    ErrorCode.IDEMPOTENCY_CONFLICT: (
-                        f"the id '{request.id}' was already used for another chest"
-                    ),
-                    ErrorCode.FORBIDDEN: "this account is frozen",
-                    ErrorCode.NOT_FOUND: "your account no longer exists",
-                }
-            ) from e
-        if funded.payload is not None:
-            chest = await chests.create(self.redis, funded.payload)
-        else:  # a retry of a drop already made: answered as the first time
-            chest = await chests.times(self.redis, request.room, funded.chest)
-        frame = {
+        dropped = await self.chests.drop(self.sender, request)
+        frame: dict[str, Any] = {
             "t": "dropped",
             "id": request.id,
             "room": request.room,
-            "chest": funded.chest,
-            "coins": funded.balance,
-            "opens_at": chest.get("opens_at"),
-            "closes_at": chest.get("closes_at"),
+            "chest": dropped.chest,
+            "coins": dropped.coins,
         }
-        self.send({k: v for k, v in frame.items() if v is not None})
+        if dropped.window is not None:
+            frame["opens_at"] = dropped.window.opens_at
+            frame["closes_at"] = dropped.window.closes_at
+        self.send(frame)
 
     async def _claim(self, request: Claim) -> None:
         assert self.sender is not None
         member = self.members.get(request.room)
         if member is None:
             raise NotInRoom(f"join room '{request.room}' first")
-        try:
-            order = await chests.claim(
-                self.redis,
-                request.room,
-                request.chest,
-                self.sender.user,
-                self.sender.name,
-                member.joined_ms,
-            )
-        except Refused as e:
-            chest = request.chest
-            raise e.said(
-                {
-                    ErrorCode.CHEST_NOT_OPEN: f"chest '{chest}' is not open yet",
-                    ErrorCode.CHEST_CLOSED: f"chest '{chest}' can no longer be claimed",
-                    ErrorCode.ALREADY_CLAIMED: f"you already claimed chest '{chest}'",
-                    ErrorCode.FORBIDDEN: "you cannot claim your own chest",
-                    ErrorCode.NOT_FOUND: f"there is no chest '{chest}' in this room",
-                }
-            ) from e
+        order = await self.chests.claim(self.sender, request, member.joined_ms)
         self.send(
             _with_id(
                 {"t": "claimed", "room": request.room, "chest": request.chest, "order": order},

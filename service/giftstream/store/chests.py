@@ -13,6 +13,14 @@ from giftstream.store.gifts import settle
 
 
 @dataclass(frozen=True, slots=True)
+class Window:
+    """When a chest opens and when its claims close (ms since 1970, the store's clock)."""
+
+    opens_at: int
+    closes_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Funded:
     chest: str
     balance: int
@@ -57,7 +65,7 @@ async def fund(
     raise refusal(reply)  # conflict | insufficient (balance) | frozen | no_user
 
 
-async def create(r: Redis, payload: bytes) -> dict[str, object]:
+async def create(r: Redis, payload: bytes) -> Window:
     """Create the chest in its room (idempotent) and put it on the list of chests to settle."""
     p = msgpack.unpackb(payload, raw=False)
     room, chest = str(p["room"]), str(p["chest"])
@@ -71,15 +79,15 @@ async def create(r: Redis, payload: bytes) -> dict[str, object]:
         raise refusal(reply)
     await r.zadd(keys.CHESTS_DUE, {f"{room} {chest}": int(p["closes_at"])})
     await settle(r, str(p["from"]), chest)
-    return dict(p)
+    return Window(int(p["opens_at"]), int(p["closes_at"]))
 
 
-async def times(r: Redis, room: str, chest: str) -> dict[str, object]:
-    """When a created chest opens and closes (ms)."""
+async def window(r: Redis, room: str, chest: str) -> Window | None:
+    """When a created chest opens and closes; None if it is not (or no longer) there."""
     opens, closes = await r.hmget(keys.chest(room, chest), ["opens_at", "closes_at"])
     if opens is None or closes is None:
-        return {}
-    return {"opens_at": int(opens), "closes_at": int(closes)}
+        return None
+    return Window(int(opens), int(closes))
 
 
 async def claim(r: Redis, room: str, chest: str, user: str, name: str, joined_ms: int) -> int:
