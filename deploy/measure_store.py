@@ -4,9 +4,10 @@
 
 Starts the bundled Valkey (AOF on, everysec) in a temporary directory, loads the Functions,
 creates users and live rooms, and runs the service's store calls for every gift, one half at a
-time, from many concurrent tasks: `gift_debit` on the viewer's slot, then `gift_credit` on the
-room's slot (which appends the events and SPUBLISHes them), then the settle (`outbox_settle`:
-the outbox entry, and the user from the slot's pending index). `--subscribers K` opens K
+time, from many concurrent tasks: `giftstream_gift_debit` on the viewer's slot, then
+`giftstream_gift_credit` on the room's slot (which appends the events and SPUBLISHes them), then
+the settle (`giftstream_outbox_settle`: the outbox entry, and the user from the slot's pending
+index). `--subscribers K` opens K
 pub/sub connections that each hold a sharded subscription to every room, as K service workers
 with members in every room do, so the room fan-out inside Valkey is counted too. Prints
 Valkey's CPU time per call of each half (INFO cpu), the ceiling it implies for one primary and

@@ -18,7 +18,7 @@ def diamonds_for(coins: int, carry: int, rate: DiamondRate) -> tuple[int, int]:
 
     Returns (diamonds, new carry). The carry is in units of 1/denominator diamond, so the sum of
     all diamonds credited plus carry/denominator equals coins * rate exactly.
-    Mirrored by `gift_credit` in store/functions/gifts.lua.
+    Mirrored by `giftstream_gift_credit` in store/functions/gifts.lua.
     """
     units = coins * rate.numerator + carry
     return units // rate.denominator, units % rate.denominator

@@ -33,7 +33,7 @@ async def create_user(
     """Create an account holding `coins` granted for free (dev mode); returns the balance."""
     reply = await fcall(
         r,
-        "user_create",
+        "giftstream_user_create",
         _user_keys(user),
         [user, name, region, role, created_ms, coins, f"create:{user}", age],
     )
@@ -44,7 +44,7 @@ async def create_user(
 
 async def grant_coins(r: Redis, user: str, grant_id: str, coins: int, kind: str) -> int:
     """Add coins, once per grant id; returns the balance."""
-    reply = await fcall(r, "grant_coins", _user_keys(user), [grant_id, coins, kind])
+    reply = await fcall(r, "giftstream_grant_coins", _user_keys(user), [grant_id, coins, kind])
     if reply[0] not in (b"ok", b"replay"):
         raise refusal(reply)
     return int(reply[1])
@@ -103,7 +103,7 @@ async def purchase(
     state = "pending" if pending_until_ms is not None else "paid"
     reply = await fcall(
         r,
-        "purchase",
+        "giftstream_purchase",
         _user_keys(user),
         [
             receipt,
@@ -137,7 +137,7 @@ def _purchase_result(reply: list[Any]) -> PurchaseResult:
 
 async def settle_purchase(r: Redis, user: str, receipt: str, paid: bool) -> PurchaseResult:
     reply = await fcall(
-        r, "purchase_settle", _user_keys(user), [receipt, "paid" if paid else "declined"]
+        r, "giftstream_purchase_settle", _user_keys(user), [receipt, "paid" if paid else "declined"]
     )
     return _purchase_result(reply)
 
@@ -159,7 +159,7 @@ class Refund:
 
 
 async def refund_purchase(r: Redis, user: str, receipt: str) -> Refund:
-    reply = await fcall(r, "purchase_refund", _user_keys(user), [receipt])
+    reply = await fcall(r, "giftstream_purchase_refund", _user_keys(user), [receipt])
     status = reply[0]
     if status in (b"ok", b"replay"):
         return Refund(int(reply[1]), int(reply[2]), int(reply[3]), replayed=status == b"replay")
@@ -167,7 +167,7 @@ async def refund_purchase(r: Redis, user: str, receipt: str) -> Refund:
 
 
 async def flag(r: Redis, user: str, reason: str, ref: str) -> None:
-    await fcall(r, "flag", _user_keys(user), [reason, ref])
+    await fcall(r, "giftstream_flag", _user_keys(user), [reason, ref])
 
 
 # -- spending controls -----------------------------------------------------------------------
@@ -178,7 +178,7 @@ async def set_limits(
 ) -> None:
     reply = await fcall(
         r,
-        "set_limits",
+        "giftstream_set_limits",
         [keys.account(user)],
         ["" if daily_cap is None else daily_cap, guardian_hash, new_guardian_hash],
     )
@@ -191,7 +191,7 @@ async def set_limits(
 
 async def grant_points(r: Redis, user: str, ref: str, points: int, source: str) -> tuple[int, bool]:
     """Add points once per reference; returns (points balance, whether this call added them)."""
-    reply = await fcall(r, "points_grant", _user_keys(user), [ref, points, source])
+    reply = await fcall(r, "giftstream_points_grant", _user_keys(user), [ref, points, source])
     if reply[0] == b"no_user":
         raise refusal(reply)
     return int(reply[1]), reply[0] == b"ok"
@@ -210,7 +210,7 @@ async def exchange_points(
     r: Redis, user: str, request_id: str, points: int, points_per_coin: int
 ) -> Exchange:
     reply = await fcall(
-        r, "points_exchange", _user_keys(user), [request_id, points, points_per_coin]
+        r, "giftstream_points_exchange", _user_keys(user), [request_id, points, points_per_coin]
     )
     status = reply[0]
     if status in (b"ok", b"replay"):
@@ -220,6 +220,8 @@ async def exchange_points(
 
 
 async def set_frozen(r: Redis, user: str, frozen: bool, reason: str) -> None:
-    reply = await fcall(r, "set_frozen", _user_keys(user), ["1" if frozen else "0", reason])
+    reply = await fcall(
+        r, "giftstream_set_frozen", _user_keys(user), ["1" if frozen else "0", reason]
+    )
     if reply[0] != b"ok":
         raise refusal(reply)

@@ -326,7 +326,9 @@ class Archiver:
     async def aclose(self) -> None:
         if self.fence:
             try:
-                await fcall(self.redis, "archive_release", [keys.ARCHIVE_LEASE], [self.token])
+                await fcall(
+                    self.redis, "giftstream_archive_release", [keys.ARCHIVE_LEASE], [self.token]
+                )
             except Exception as e:
                 log.warning("could not release the archive lease: %r", e)
         if self.pool is not None:
@@ -360,7 +362,7 @@ class Archiver:
             fence = int(
                 await fcall(
                     self.redis,
-                    "archive_lease",
+                    "giftstream_archive_lease",
                     [keys.ARCHIVE_LEASE, keys.ARCHIVE_FENCE],
                     [self.token, s.archive_lease_ms, 0],
                 )
@@ -376,7 +378,7 @@ class Archiver:
         fence = int(
             await fcall(
                 self.redis,
-                "archive_lease",
+                "giftstream_archive_lease",
                 [keys.ARCHIVE_LEASE, keys.ARCHIVE_FENCE],
                 [self.token, s.archive_lease_ms, floor],
             )

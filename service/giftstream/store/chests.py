@@ -54,7 +54,7 @@ async def fund(
 ) -> Funded:
     reply = await fcall(
         r,
-        "chest_fund",
+        "giftstream_chest_fund",
         _user_keys(user),
         [request_id, new_chest_id(), room, coins, name, countdown_ms, claim_ms],
     )
@@ -71,7 +71,7 @@ async def create(r: Redis, payload: bytes) -> Window:
     room, chest = str(p["room"]), str(p["chest"])
     reply = await fcall(
         r,
-        "chest_create",
+        "giftstream_chest_create",
         [keys.room(room), keys.chest(room, chest)],
         [payload, keys.room_channel(room)],
     )
@@ -93,7 +93,7 @@ async def window(r: Redis, room: str, chest: str) -> Window | None:
 async def claim(r: Redis, room: str, chest: str, user: str, name: str, joined_ms: int) -> int:
     reply = await fcall(
         r,
-        "chest_claim",
+        "giftstream_chest_claim",
         [keys.chest(room, chest), keys.chest_claimants(room, chest), keys.room_names(room)],
         [user, name, joined_ms],
     )
@@ -109,7 +109,7 @@ async def settle_and_pay(r: Redis, room: str, chest: str) -> bool:
     Every step is idempotent, so a pass interrupted by a crash is simply run again."""
     reply = await fcall(
         r,
-        "chest_settle",
+        "giftstream_chest_settle",
         [
             keys.chest(room, chest),
             keys.chest_claimants(room, chest),
@@ -126,8 +126,8 @@ async def settle_and_pay(r: Redis, room: str, chest: str) -> bool:
     for user_raw, coins in zip(flat[::2], flat[1::2], strict=True):
         user = text(user_raw)
         kind = "return" if user == dropper else "share"
-        await fcall(r, "chest_payout", _user_keys(user)[:3], [chest, int(coins), kind])
-    await fcall(r, "chest_done", [keys.chest(room, chest)], [keys.room_channel(room)])
+        await fcall(r, "giftstream_chest_payout", _user_keys(user)[:3], [chest, int(coins), kind])
+    await fcall(r, "giftstream_chest_done", [keys.chest(room, chest)], [keys.room_channel(room)])
     return True
 
 

@@ -22,7 +22,7 @@ async def payout(
 ) -> Payout:
     reply = await fcall(
         r,
-        "payout",
+        "giftstream_payout",
         [keys.room(room), keys.room_payouts(room), keys.room_ledger(room)],
         [request_id, host, diamonds, minimum, amount],
     )

@@ -54,7 +54,7 @@ class DebitRules:
 async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
     reply = await fcall(
         r,
-        "gift_debit",
+        "giftstream_gift_debit",
         [
             keys.account(req.viewer),
             keys.gift_request(req.viewer, req.request_id),
@@ -127,7 +127,7 @@ class CreditRules:
 async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> Credited:
     reply = await fcall(
         r,
-        "gift_credit",
+        "giftstream_gift_credit",
         [
             keys.room(room),
             keys.room_credited(room),
@@ -160,14 +160,16 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
 async def settle(r: Commands, user: str, *events: str) -> None:
     """Remove credited entries (gifts, chests) from the user's outbox, and the user from the
     pending index once nothing is left; with no events, only that tidying."""
-    await fcall(r, "outbox_settle", _outbox_keys(user), [user, *events])
+    await fcall(r, "giftstream_outbox_settle", _outbox_keys(user), [user, *events])
 
 
 def settle_later(pipeline: AutoPipeline, viewer: str, event: str) -> None:
     """Settle with the next pipeline: until then the entry is a pending credit that the relay
     would find credited already (harmless), so nobody waits for this."""
     outbox_keys = _outbox_keys(viewer)
-    pipeline.defer("FCALL", "outbox_settle", len(outbox_keys), *outbox_keys, viewer, event)
+    pipeline.defer(
+        "FCALL", "giftstream_outbox_settle", len(outbox_keys), *outbox_keys, viewer, event
+    )
 
 
 def _outbox_keys(user: str) -> list[str]:

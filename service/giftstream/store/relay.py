@@ -27,8 +27,8 @@ from giftstream.store.gifts import CreditRules, credit, settle
 
 log = logging.getLogger(__name__)
 
-# Index keys per EXISTS and `outbox_pending` call (each blocks the store for ~1-2 ms with 2M
-# keys), and users read per index key per pass (the rest wait for the next pass).
+# Index keys per EXISTS and `giftstream_outbox_pending` call (each blocks the store for ~1-2 ms
+# with 2M keys), and users read per index key per pass (the rest wait for the next pass).
 INDEX_KEYS_PER_CALL = 1024
 USERS_PER_INDEX = 100
 SCAN_COUNT = 1000
@@ -81,7 +81,13 @@ async def pending_users(r: Redis, oldest_ms: int) -> AsyncIterator[str]:
     for node, index_keys in _index_keys_by_node(r):
         for i in range(0, len(index_keys), INDEX_KEYS_PER_CALL):
             chunk = index_keys[i : i + INDEX_KEYS_PER_CALL]
-            args: list[Any] = ["FCALL_RO", "outbox_pending", 0, oldest_ms, USERS_PER_INDEX]
+            args: list[Any] = [
+                "FCALL_RO",
+                "giftstream_outbox_pending",
+                0,
+                oldest_ms,
+                USERS_PER_INDEX,
+            ]
             if node is None:
                 # Most slots have nothing pending, and one EXISTS checks many keys (a single
                 # server only: a cluster refuses a command across slots).

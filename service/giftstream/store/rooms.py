@@ -59,13 +59,13 @@ async def open_room(
     r: Redis, host: str, receives: bool, region: str, host_name: str = ""
 ) -> Opened:
     """Open (or reopen) the host's room and set it live, starting a session if it was not."""
-    reply = await fcall(r, "room_claim", [keys.account(host)], [new_room_id()])
+    reply = await fcall(r, "giftstream_room_claim", [keys.account(host)], [new_room_id()])
     if reply[0] != b"ok":
         raise refusal(reply)
     room = reply[1].decode()
     reply = await fcall(
         r,
-        "room_open",
+        "giftstream_room_open",
         [*_session_keys(room), keys.room_events(room)],
         [host, new_epoch(), keys.room_channel(room), "1" if receives else "0", region, host_name],
     )
@@ -80,7 +80,7 @@ async def end_room(r: Redis, room: str, host: str, history_ttl_s: int) -> dict[s
     room's event history is deleted `history_ttl_s` later unless the room goes live again."""
     reply = await fcall(
         r,
-        "room_end",
+        "giftstream_room_end",
         [*_session_keys(room), keys.room_names(room), keys.room_events(room)],
         [host, keys.room_channel(room), history_ttl_s * 1000],
     )
@@ -151,7 +151,7 @@ async def update_presence(r: Redis, room: str, worker: str, members: int, expire
     """Record this worker's member count in the room; returns the room's viewer count."""
     reply = await fcall(
         r,
-        "presence",
+        "giftstream_presence",
         [keys.room(room), keys.room_presence(room), keys.room_session(room)],
         [worker, members, expires_ms, keys.room_channel(room)],
     )

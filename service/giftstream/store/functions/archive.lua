@@ -3,12 +3,14 @@
 The archiver's lease: one archiver active per deployment, with a fencing token that PostgreSQL
 checks on every batch (a batch from an older holder is refused there).
 
-archive_lease    KEYS: lease (string 'token fence', expiring), fence (counter); one slot
+giftstream_archive_lease
+                 KEYS: lease (string 'token fence', expiring), fence (counter); one slot
                  ARGV: token, lease ms, floor (the highest fence PostgreSQL has accepted)
                  -> fence (> 0)   the caller holds the lease (renewed, or newly acquired with a
                                   new fence above the counter and above floor)
                     0             another archiver holds it
-archive_release  KEYS: lease   ARGV: token
+giftstream_archive_release
+                 KEYS: lease   ARGV: token
                  -> 1 released, 0 not the holder
 ]]
 
@@ -39,5 +41,5 @@ local function archive_release(keys, args)
   return 0
 end
 
-redis.register_function('archive_lease', archive_lease)
-redis.register_function('archive_release', archive_release)
+redis.register_function('giftstream_archive_lease', archive_lease)
+redis.register_function('giftstream_archive_release', archive_release)

@@ -7,32 +7,32 @@ among the claimants and paid to them. Coins in a chest sit in the escrow account
 Split rule: each of k claimants gets floor(N / k); the remainder r = N - k * floor(N / k) goes one
 coin each to the r earliest claimants. If nobody claims, all N coins go back to the dropper.
 
-chest_fund     (dropper's slot {u:<id>})
+giftstream_chest_fund     (dropper's slot {u:<id>})
   KEYS: acct, records, ledger, outbox, pending (the slot's index of pending outboxes)
   ARGV: request id, chest id, room, coins, display name, countdown (ms), claim window (ms)
   -> {'ok', chest, balance, payload} | {'replay', chest, balance, payload|nil}
      | {'conflict'} | {'insufficient', balance} | {'no_user'} | {'frozen'}
   Debits the dropper (user -N, platform:chests +N) and leaves the chest's creation in the outbox
   (idempotent on the request id, like a gift).
-chest_create   (room slot {r:<room>})
-  KEYS: room, chest    ARGV: payload (from chest_fund), channel
+giftstream_chest_create   (room slot {r:<room>})
+  KEYS: room, chest    ARGV: payload (from giftstream_chest_fund), channel
   -> {'ok'} | {'dup'} | {'no_room'}        publishes a `chest` frame
-chest_claim    (room slot)
+giftstream_chest_claim    (room slot)
   KEYS: chest, claimants (zset user -> claim order), names
   ARGV: user, display name, when the user joined the room (ms)
   -> {'ok', order} | {'not_found'} | {'not_open', opens_at} | {'closed'} | {'not_present'}
      | {'already', order} | {'own_chest'} (the dropper cannot claim its own chest)
-chest_settle   (room slot)
+giftstream_chest_settle   (room slot)
   KEYS: chest, claimants, plan (user -> coins to pay), names
   ARGV: channel
   -> {'ok', plan as flat list} | {'settled', plan as flat list} | {'not_due', closes_at}
      | {'not_found'}
   Splits the coins (see the rule above), stores the plan and the `chest_result` frame.
-chest_payout   (a claimant's or the dropper's slot)
+giftstream_chest_payout   (a claimant's or the dropper's slot)
   KEYS: acct, records, ledger    ARGV: chest, coins, kind ('share' | 'return')
   -> {'ok', balance} | {'replay', balance} | {'no_user'}
   platform:chests -coins, user +coins; once per (chest, user).
-chest_done     (room slot)
+giftstream_chest_done     (room slot)
   KEYS: chest    ARGV: channel    -> {'ok'}
   Marks a settled chest as fully paid and publishes its `chest_result` frame (once).
 ]]
@@ -169,9 +169,9 @@ local function chest_done(keys, args)
   return {'ok'}
 end
 
-redis.register_function('chest_fund', chest_fund)
-redis.register_function('chest_create', chest_create)
-redis.register_function('chest_claim', chest_claim)
-redis.register_function('chest_settle', chest_settle)
-redis.register_function('chest_payout', chest_payout)
-redis.register_function('chest_done', chest_done)
+redis.register_function('giftstream_chest_fund', chest_fund)
+redis.register_function('giftstream_chest_create', chest_create)
+redis.register_function('giftstream_chest_claim', chest_claim)
+redis.register_function('giftstream_chest_settle', chest_settle)
+redis.register_function('giftstream_chest_payout', chest_payout)
+redis.register_function('giftstream_chest_done', chest_done)

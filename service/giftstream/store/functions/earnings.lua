@@ -2,7 +2,8 @@
 --[[
 A host's diamonds, which live in the slot of the host's room ({r:<room>}).
 
-payout   KEYS: room, payouts (request id -> record), ledger
+giftstream_payout
+         KEYS: room, payouts (request id -> record), ledger
          ARGV: request id, host id, diamonds, minimum diamonds, amount (USD, decimal string)
          -> {'ok', diamonds left, record}         the diamonds are debited now
             {'replay', diamonds left, record}     this request id was paid out before
@@ -38,4 +39,4 @@ local function payout(keys, args)
   return {'ok', left, record}
 end
 
-redis.register_function('payout', payout)
+redis.register_function('giftstream_payout', payout)

@@ -4,7 +4,7 @@ The two halves of a gift. Each touches exactly one slot, so viewer and host may 
 shards; the outbox on the viewer's slot carries the gift from the first half to the second.
 Payloads are msgpack maps (cmsgpack keeps integers exact).
 
-gift_debit   (viewer slot {u:<viewer>})
+giftstream_gift_debit   (viewer slot {u:<viewer>})
   KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today),
         bucket (the gift rate limit: tokens, at), pending (the slot's index of pending outboxes:
         a key with a hash tag of the viewer's slot)
@@ -26,11 +26,11 @@ gift_debit   (viewer slot {u:<viewer>})
   The streak (id, repeat) is assigned here, atomically with the debit: a tap is counted once.
   Ledger: user:<viewer> coins -cost, platform:spent coins +cost.
 
-gift_credit  (room slot {r:<room>})
+giftstream_gift_credit  (room slot {r:<room>})
   KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger,
         session, session gifts (gift -> count), session top (zset user -> coins),
         all-time top (zset), names (user -> display name)
-  ARGV: 1 payload (from gift_debit), 2 diamonds per coin numerator, 3 denominator,
+  ARGV: 1 payload (from giftstream_gift_debit), 2 diamonds per coin numerator, 3 denominator,
         4 history length kept, 5 pub/sub channel of the room, 6 coins that make a long-time
         supporter, 7 coins that make a big gift, 8 leaderboard size
   -> {'ok', gift offset, credit offset, diamonds, total}
@@ -45,12 +45,13 @@ gift_credit  (room slot {r:<room>})
   `leaderboard` frame is published when the sender is on the session's board.
   Ledger: platform:diamonds diamonds -d, host:<host> diamonds +d.
 
-outbox_settle  (a user's slot {u:<user>})
+giftstream_outbox_settle  (a user's slot {u:<user>})
   KEYS: outbox, pending (the slot's index)    ARGV: 1 user, 2.. event ids (none: only tidy)
   -> entries removed
   Removes credited entries from the outbox; the user leaves the index once the outbox is empty.
 
-outbox_pending  (read-only; the index keys of many slots of one node: the one cross-slot call)
+giftstream_outbox_pending
+  (read-only; the index keys of many slots of one node: the one cross-slot call)
   KEYS: none    ARGV: 1 oldest time (ms) to report, 2 most users per index, 3.. index keys
   Each key is checked by its own command: a cluster refuses one command across slots (and in
   Valkey 9 that refusal inside a script breaks the scripts run after it).
@@ -244,8 +245,8 @@ local function outbox_pending(keys, args)
   return found
 end
 
-redis.register_function('gift_debit', gift_debit)
-redis.register_function('gift_credit', gift_credit)
-redis.register_function('outbox_settle', outbox_settle)
-redis.register_function{function_name = 'outbox_pending', callback = outbox_pending,
+redis.register_function('giftstream_gift_debit', gift_debit)
+redis.register_function('giftstream_gift_credit', gift_credit)
+redis.register_function('giftstream_outbox_settle', outbox_settle)
+redis.register_function{function_name = 'giftstream_outbox_pending', callback = outbox_pending,
   flags = {'no-writes', 'allow-cross-slot-keys'}}

@@ -1,21 +1,22 @@
 #!lua name=giftstream_rooms
 --[[
 Live rooms and their live sessions. A host has one room; each time it goes live a new session
-starts (same epoch; offsets go on). Everything but room_claim runs on the room's slot {r:<room>}.
+starts (same epoch; offsets go on). Everything but giftstream_room_claim runs on the room's slot
+{r:<room>}.
 
-room_claim  (host's slot {u:<host>})
+giftstream_room_claim  (host's slot {u:<host>})
   KEYS: acct    ARGV: proposed room id
   -> {'ok', room id} | {'no_user'}     the host's room: the one it had, or the proposed one
 
-room_open
+giftstream_room_open
   KEYS: room, session, session gifts, session top, sessions, events (the room's history)
   ARGV: host id, new epoch, channel, host may receive gifts '1'|'0', host region,
         host display name ('' keeps the one stored)
   -> {'ok', epoch, session id} | {'forbidden'} (the room belongs to another host)
   Creates the room if needed; if it is not live, starts a new session. Publishes a `room` frame.
-  The history no longer expires (see room_end).
+  The history no longer expires (see giftstream_room_end).
 
-room_end
+giftstream_room_end
   KEYS: room, session, session gifts, session top, sessions, names, events (the room's history)
   ARGV: host id, channel, how long the history is kept after the end (ms; 0: for ever)
   -> {'ok', summary (msgpack)} | {'not_found'} | {'forbidden'} (not the room's host)
@@ -150,7 +151,7 @@ local function presence(keys, args)
   return {'ok', total}
 end
 
-redis.register_function('room_claim', room_claim)
-redis.register_function('room_open', room_open)
-redis.register_function('room_end', room_end)
-redis.register_function('presence', presence)
+redis.register_function('giftstream_room_claim', room_claim)
+redis.register_function('giftstream_room_open', room_open)
+redis.register_function('giftstream_room_end', room_end)
+redis.register_function('giftstream_presence', presence)

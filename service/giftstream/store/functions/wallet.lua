@@ -4,11 +4,14 @@ A user's coins and reward points. Every function touches one user's slot ({u:<id
 everything before its first write, and posts a balanced ledger entry with every change.
 KEYS for all: acct, records (grants/purchases/exchanges by reference), ledger.
 
-user_create      ARGV: id, name, region, role, created_ms, coins, grant ref, age
+giftstream_user_create
+                 ARGV: id, name, region, role, created_ms, coins, grant ref, age
                  -> {'ok', coins} | {'exists'}
-grant_coins      ARGV: ref, coins > 0, source               (dev grants)
+giftstream_grant_coins
+                 ARGV: ref, coins > 0, source               (dev grants)
                  -> {'ok', balance} | {'replay', balance} | {'conflict'} | {'no_user'}
-purchase         ARGV: receipt, fingerprint, coins, bonus, state ('paid'|'pending'), settle_at_ms,
+giftstream_purchase
+                 ARGV: receipt, fingerprint, coins, bonus, state ('paid'|'pending'), settle_at_ms,
                        price, currency, package, channel, region
                  -> {'ok', balance, credited}       paid now: coins + bonus credited
                     {'pending', settle_at_ms}       the store has not settled yet
@@ -16,24 +19,31 @@ purchase         ARGV: receipt, fingerprint, coins, bonus, state ('paid'|'pendin
                                                     (the balance right after it was credited)
                     {'conflict'}                    this receipt was used for another purchase
                     {'no_user'} | {'frozen'}        (a frozen account buys nothing)
-purchase_settle  ARGV: receipt, outcome ('paid'|'declined')
+giftstream_purchase_settle
+                 ARGV: receipt, outcome ('paid'|'declined')
                  -> {'ok', balance, credited} | {'replay', balance, credited, state}
                     | {'declined', balance} | {'not_found'}
-purchase_refund  ARGV: receipt
+giftstream_purchase_refund
+                 ARGV: receipt
                  -> {'ok', balance, clawed back, unrecovered} | {'replay', balance, clawed back,
                     unrecovered} | {'not_found'} | {'not_paid'}
                  Claws back only unspent coins (never below zero); gifts already sent stay final.
-flag             ARGV: reason, ref      -> {'ok', flags}    (a ledger entry without postings)
-set_limits       ARGV: daily cap ('' = none), guardian code hash given ('' = none),
+giftstream_flag
+                 ARGV: reason, ref      -> {'ok', flags}    (a ledger entry without postings)
+giftstream_set_limits
+                 ARGV: daily cap ('' = none), guardian code hash given ('' = none),
                        new guardian hash ('' = keep)
                  -> {'ok', cap} | {'guardian_required'} | {'no_user'}
                  With a guardian lock, raising or removing the cap, or changing the lock, needs
                  the guardian's code; lowering it never does.
-points_grant     ARGV: ref, points > 0, source     -> {'ok', points} | {'replay', points} | {'no_user'}
-set_frozen       ARGV: '1' | '0', reason      -> {'ok'} | {'no_user'}
+giftstream_points_grant
+                 ARGV: ref, points > 0, source     -> {'ok', points} | {'replay', points} | {'no_user'}
+giftstream_set_frozen
+                 ARGV: '1' | '0', reason      -> {'ok'} | {'no_user'}
                  An admin freezes or thaws the account (a ledger entry without postings); a
                  frozen account can neither buy, nor send gifts, nor drop chests.
-points_exchange  ARGV: ref, points > 0, points per coin
+giftstream_points_exchange
+                 ARGV: ref, points > 0, points per coin
                  -> {'ok', coins balance, points balance, coins credited, points spent}
                     | {'replay', ...same} | {'conflict'} | {'insufficient_points', points} | {'too_few'}
 ]]
@@ -237,13 +247,13 @@ local function set_frozen(keys, args)
   return {'ok'}
 end
 
-redis.register_function('user_create', user_create)
-redis.register_function('set_frozen', set_frozen)
-redis.register_function('grant_coins', grant_coins)
-redis.register_function('purchase', purchase)
-redis.register_function('purchase_settle', purchase_settle)
-redis.register_function('purchase_refund', purchase_refund)
-redis.register_function('flag', flag)
-redis.register_function('set_limits', set_limits)
-redis.register_function('points_grant', points_grant)
-redis.register_function('points_exchange', points_exchange)
+redis.register_function('giftstream_user_create', user_create)
+redis.register_function('giftstream_set_frozen', set_frozen)
+redis.register_function('giftstream_grant_coins', grant_coins)
+redis.register_function('giftstream_purchase', purchase)
+redis.register_function('giftstream_purchase_settle', purchase_settle)
+redis.register_function('giftstream_purchase_refund', purchase_refund)
+redis.register_function('giftstream_flag', flag)
+redis.register_function('giftstream_set_limits', set_limits)
+redis.register_function('giftstream_points_grant', points_grant)
+redis.register_function('giftstream_points_exchange', points_exchange)
