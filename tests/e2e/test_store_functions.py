@@ -1,12 +1,19 @@
 """The Redis Functions as a server loads them: every name prefixed `giftstream_` (no collision in
-a shared server's namespace), an upgrade in place that leaves none of the old names."""
+a shared server's namespace), an upgrade in place that leaves none of the old names, and the
+relay's lock released by compare-and-delete."""
 
+import asyncio
 import re
+import secrets
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 
-from giftstream.store.connection import Redis, connect, function_sources, text
+from giftstream.domain.catalog import load_catalog
+from giftstream.gifting import credit_rules
+from giftstream.settings import Settings
+from giftstream.store import keys, relay
+from giftstream.store.connection import Redis, connect, function_sources, load_functions, text
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from support import ServerProcess, raw_connected, serving, store
 
@@ -43,6 +50,7 @@ async def function_list(r: Redis) -> dict[str, set[str]]:
 
 def test_every_function_the_lua_files_register_is_prefixed() -> None:
     names = declared_functions()
+    assert "giftstream_lock_release" in names
     assert [n for n in names if not n.startswith(PREFIX)] == []
 
 
@@ -96,3 +104,38 @@ async def test_every_primary_of_a_cluster_holds_only_prefixed_functions(
             assert functions == declared_functions(), node.name
     finally:
         await client.aclose()
+
+
+async def test_a_lock_taken_over_by_another_holder_is_not_deleted_by_the_old_holders_release(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    key = f"gs:test:lock:{secrets.token_hex(4)}"
+    async with store(fresh_valkey.url) as r:
+        await load_functions(r)
+        assert await r.set(key, "old", nx=True, px=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LAPSE_S
+        while await r.exists(key):
+            assert loop.time() < deadline, "the lease did not lapse"
+            await asyncio.sleep(0.01)
+        assert await r.set(key, "new", nx=True, px=60_000)
+
+        assert await relay.release_lock(r, key, "old") is False
+        assert await r.get(key) == b"new"
+        assert await relay.release_lock(r, key, "new") is True
+        assert await r.exists(key) == 0
+        assert await relay.release_lock(r, key, "new") is False
+
+
+async def test_the_relay_releases_its_own_lock_after_a_pass_and_not_another_workers(
+    fresh_valkey: EmbeddedValkey,
+) -> None:
+    rules = credit_rules(load_catalog(None), Settings())
+    async with store(fresh_valkey.url) as r:
+        await load_functions(r)
+        await relay.relay_if_leader(r, rules, grace_ms=0, lease_ms=60_000)
+        assert await r.exists(keys.RELAY_LOCK) == 0
+
+        assert await r.set(keys.RELAY_LOCK, "another-worker", px=60_000)
+        assert await relay.relay_if_leader(r, rules, grace_ms=0, lease_ms=60_000) == 0
+        assert await r.get(keys.RELAY_LOCK) == b"another-worker"

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from giftstream.errors import Refused
 from giftstream.store import chests, keys, rooms
-from giftstream.store.connection import Redis, read_hash, text
+from giftstream.store.connection import Redis, fcall, read_hash, text
 from giftstream.store.gifts import CreditRules, credit, settle
 
 log = logging.getLogger(__name__)
@@ -160,5 +160,10 @@ async def relay_if_leader(
             return 0
         return await relay_once(r, rules, grace_ms, stop)
     finally:
-        if await r.get(keys.RELAY_LOCK) == token.encode():
-            await r.delete(keys.RELAY_LOCK)
+        await release_lock(r, keys.RELAY_LOCK, token)
+
+
+async def release_lock(r: Redis, key: str, token: str) -> bool:
+    """Delete the lock `key` if `token` still holds it (compare and delete in one call); False
+    if another worker took it over once it lapsed, or it is gone."""
+    return bool(await fcall(r, "giftstream_lock_release", [key], [token]))
