@@ -21,105 +21,37 @@ by the time its room is read, either credited or still in that outbox (the credi
 the outbox entry is removed). A credit whose debit came after its viewer's picture is looked up
 again past it before being called a problem.
 
-Across both stores: the archiver trims a ledger stream in Valkey only up to the cursor it has
-committed in PostgreSQL, so a ledger is read as PostgreSQL's rows up to a cursor fixed first,
-then Valkey's entries strictly after it. If the cursor has moved by the time the Valkey tail is
-read, the archiver may have trimmed some of that tail meanwhile: the read goes round again from
-the cursor it fixed (every row up to it was read once). No entry is counted twice or missed.
-Without PostgreSQL (`ledger=None`) only Valkey is read, and a ledger trimmed there is a problem.
+Across both stores, a ledger is read as PostgreSQL's archived rows and then Valkey's tail
+(store/audit_reading.py); the report is store/audit_report.py. This module is the checks of one
+pass, which read best together (~350 lines).
 """
 
-import json
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass
 
 import asyncpg
-from redis.exceptions import ResponseError
 
 from giftstream.store import keys
-from giftstream.store.connection import HashReply, Redis, read_stream, text
+from giftstream.store.audit_reading import (
+    Picture,
+    Reader,
+    archive_lag,
+    no_entries,
+    read_picture,
+)
+from giftstream.store.audit_report import AuditReport
+from giftstream.store.connection import HashReply, Redis, text
 
-# Platform accounts into which an asset flows and stays (the rest of the platform's accounts
-# are sources, whose balances are negative: what they issued).
 # Ledger entries read per XRANGE: a read of a whole ledger held the server up (131 ms for one
 # call) and the audit's memory grew with the ledgers (229 MB for 220k gifts).
 LEDGER_PAGE = 1000
+# Platform accounts into which an asset flows and stays (the rest of the platform's accounts
+# are sources, whose balances are negative: what they issued).
 SINKS = {
     "coins": ("platform:spent", "platform:refunds", "platform:chests"),
     "diamonds": ("platform:payouts",),
     "points": ("platform:points_redeemed",),
 }
-
-
-@dataclass
-class AuditReport:
-    users: int = 0
-    rooms: int = 0
-    entries: int = 0
-    coins_granted: int = 0
-    coins_held: int = 0
-    coins_spent: int = 0
-    coins_refunded: int = 0
-    coins_in_chests: int = 0
-    diamonds_issued: int = 0
-    diamonds_held: int = 0
-    diamonds_paid_out: int = 0
-    points_issued: int = 0
-    points_held: int = 0
-    points_redeemed: int = 0
-    gifts_debited: int = 0
-    gifts_credited: int = 0
-    gifts_in_flight: int = 0
-    # Debited after their viewer's account was read, and credited before their room was.
-    gifts_during_audit: int = 0
-    # Ledger entries read from PostgreSQL (archived) and from Valkey (the tail not yet trimmed).
-    entries_archived: int = 0
-    entries_in_valkey: int = 0
-    # The archive's lag when the audit started: entries and seconds behind (None: no ledger).
-    lag_entries: int | None = None
-    lag_seconds: float | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not self.problems
-
-    @property
-    def diamonds_credited(self) -> int:
-        return self.diamonds_issued
-
-    def summary(self) -> str:
-        lines = [
-            f"users {self.users}, rooms {self.rooms}, ledger entries {self.entries}",
-            f"coins granted {self.coins_granted} = held {self.coins_held}"
-            f" + spent {self.coins_spent} + refunded {self.coins_refunded}"
-            f" + in chests {self.coins_in_chests}",
-            f"gifts debited {self.gifts_debited}: credited {self.gifts_credited},"
-            f" in flight {self.gifts_in_flight}"
-            + (
-                f"; {self.gifts_during_audit} more debited and credited while the audit ran"
-                if self.gifts_during_audit
-                else ""
-            ),
-            f"diamonds credited {self.diamonds_issued} = held {self.diamonds_held}"
-            f" + paid out {self.diamonds_paid_out}",
-            f"points issued {self.points_issued} = held {self.points_held}"
-            f" + redeemed {self.points_redeemed}",
-        ]
-        if self.lag_entries is not None:
-            lines.append(
-                f"ledger entries read: {self.entries_archived} archived in PostgreSQL"
-                f" + {self.entries_in_valkey} in Valkey; archive lag {self.lag_entries} entries,"
-                f" {self.lag_seconds or 0:.1f} s"
-            )
-        if self.clean:
-            lines.append("audit clean: every coin, diamond and point is accounted for")
-        else:
-            lines.append(f"audit FAILED: {len(self.problems)} problem(s)")
-            lines.extend(f"  - {p}" for p in self.problems)
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +68,13 @@ class _Credit:
     sender: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Picture:
-    """One account (or room) as it stood at one moment, with its ledger's last id then (None:
-    no ledger yet) and whether Valkey still holds every entry of it."""
-
-    state: HashReply
-    last_id: bytes | None
-    outbox: frozenset[str] = frozenset()
-    whole: bool = True
+# Per archived ledger stream: the entries its cursor says were copied, and the rows held up to
+# it (one snapshot: rows and cursor commit together). A difference is a row gone missing.
+COUNTS_SQL = (
+    "SELECT c.stream, c.entries, (SELECT count(*) FROM ledger_entries l WHERE l.stream = c.stream"
+    " AND (l.entry_ms, l.entry_seq) <= (c.last_ms, c.last_seq)) AS rows"
+    " FROM archive_cursors c WHERE c.stream LIKE '%:ledger' ORDER BY c.stream"
+)
 
 
 Postings = list[tuple[str, str, int]]
@@ -195,162 +125,7 @@ class _Books:
         }
 
 
-async def _picture(r: Redis, state: str, ledger: str, outbox: str | None = None) -> _Picture:
-    """The hash `state`, the last id of `ledger` and the events in `outbox`, at one moment. The
-    last id is the stream's last generated one: a stream trimmed to nothing still has it."""
-    async with r.pipeline(transaction=True) as pipe:
-        pipe.hgetall(state)
-        pipe.xinfo_stream(ledger)
-        if outbox is not None:
-            pipe.hkeys(outbox)
-        replies = await pipe.execute(raise_on_error=False)
-    for reply in (replies[0], *replies[2:]):
-        if isinstance(reply, Exception):
-            raise reply
-    info = replies[1]
-    if isinstance(info, Exception):  # no such stream: no ledger entry yet
-        last, whole = None, True
-    else:
-        last, whole = info["last-generated-id"], info["entries-added"] == info["length"]
-    return _Picture(
-        cast(HashReply, replies[0]),
-        last,
-        frozenset(text(e) for e in replies[2]) if outbox is not None else frozenset(),
-        whole,
-    )
-
-
-Position = tuple[int, int]
-BEFORE_ALL: Position = (0, 0)
-CURSOR_SQL = "SELECT last_ms, last_seq FROM archive_cursors WHERE stream = $1"
-ROWS_SQL = (
-    "SELECT entry_ms, entry_seq, fields FROM ledger_entries WHERE stream = $1 "
-    "AND (entry_ms, entry_seq) > ($2, $3) AND (entry_ms, entry_seq) <= ($4, $5) "
-    "ORDER BY entry_ms, entry_seq LIMIT $6"
-)
-LAG_SQL = "SELECT stream, last_ms, last_seq, entries FROM archive_cursors"
-# Per archived ledger stream: the entries its cursor says were copied, and the rows held up to
-# it (one snapshot: rows and cursor commit together). A difference is a row gone missing.
-COUNTS_SQL = (
-    "SELECT c.stream, c.entries, (SELECT count(*) FROM ledger_entries l WHERE l.stream = c.stream"
-    " AND (l.entry_ms, l.entry_seq) <= (c.last_ms, c.last_seq)) AS rows"
-    " FROM archive_cursors c WHERE c.stream LIKE '%:ledger' ORDER BY c.stream"
-)
-
-
-def _position(entry_id: bytes | str) -> Position:
-    ms, _, seq = text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _fields(raw: str) -> HashReply:
-    """A row's `fields` (the entry as Valkey held it) as Valkey returns an entry."""
-    loaded: dict[str, str] = json.loads(raw)
-    return {k.encode(): v.encode() for k, v in loaded.items()}
-
-
-class _Reader:
-    """Reads a ledger across both stores: PostgreSQL's rows up to a cursor, Valkey after it."""
-
-    def __init__(self, r: Redis, ledger: asyncpg.Pool | None, report: AuditReport) -> None:
-        self.r = r
-        self.ledger = ledger
-        self.report = report
-
-    async def cursor(self, key: str) -> Position:
-        assert self.ledger is not None
-        row = await self.ledger.fetchrow(CURSOR_SQL, key)
-        return BEFORE_ALL if row is None else (row["last_ms"], row["last_seq"])
-
-    async def entries(
-        self, key: str, after: bytes | None, upto: bytes | None, page: int
-    ) -> AsyncIterator[tuple[bytes, HashReply]]:
-        """The entries of the ledger `key` after `after` (None: from the first) up to `upto`
-        (None: the end), in order, each once, `page` at a time (no read holds a server up)."""
-        position = BEFORE_ALL if after is None else _position(after)
-        if upto is None:
-            # To the end as it is now: a fixed end, so that the reads below cannot chase a
-            # ledger that keeps growing.
-            try:
-                upto = (await self.r.xinfo_stream(key))["last-generated-id"]
-            except ResponseError:  # no such stream
-                return
-        end = _position(upto)
-        if self.ledger is None:
-            async for entry in self._valkey(key, position, end, page):
-                self.report.entries_in_valkey += 1
-                yield entry
-            return
-        while True:
-            fixed = await self.cursor(key)
-            archived_to = min(fixed, end)
-            async for entry in self._postgres(key, position, archived_to, page):
-                self.report.entries_archived += 1
-                yield entry
-            position = max(position, archived_to)
-            if fixed >= end:
-                return
-            tail = [entry async for entry in self._valkey(key, position, end, page)]
-            if await self.cursor(key) == fixed:
-                # Nothing past `fixed` can have been trimmed: the tail is whole.
-                self.report.entries_in_valkey += len(tail)
-                for entry in tail:
-                    yield entry
-                return
-
-    async def _postgres(
-        self, key: str, after: Position, upto: Position, page: int
-    ) -> AsyncIterator[tuple[bytes, HashReply]]:
-        assert self.ledger is not None
-        while after < upto:
-            rows = await self.ledger.fetch(ROWS_SQL, key, *after, *upto, page)
-            for row in rows:
-                yield f"{row['entry_ms']}-{row['entry_seq']}".encode(), _fields(row["fields"])
-            if len(rows) < page:
-                return
-            after = (rows[-1]["entry_ms"], rows[-1]["entry_seq"])
-
-    async def _valkey(
-        self, key: str, after: Position, upto: Position, page: int
-    ) -> AsyncIterator[tuple[bytes, HashReply]]:
-        start = "-" if after == BEFORE_ALL else f"({after[0]}-{after[1]}"
-        end = f"{upto[0]}-{upto[1]}"
-        while True:
-            batch = await read_stream(self.r, key, start, count=page, end=end)
-            for entry in batch:
-                yield entry
-            if len(batch) < page:
-                return
-            start = f"({text(batch[-1][0])}"
-
-
-async def archive_lag(r: Redis, ledger: asyncpg.Pool) -> tuple[int, float]:
-    """Entries of the ledger streams not yet archived, and the age of the oldest (s)."""
-    rows = await ledger.fetch(LAG_SQL)
-    cursors = {row["stream"]: row for row in rows}
-    streams: list[str] = []
-    for pattern in (keys.USER_LEDGER_PATTERN, keys.ROOM_LEDGER_PATTERN):
-        async for key in r.scan_iter(match=pattern, count=1000, _type="stream"):
-            streams.append(text(key))
-    entries, oldest = 0, None
-    for key in sorted(set(streams)):
-        info: dict[str, Any] = await r.xinfo_stream(key)
-        row = cursors.get(key)
-        done = (row["last_ms"], row["last_seq"]) if row is not None else BEFORE_ALL
-        behind = int(info["entries-added"]) - (row["entries"] if row is not None else 0)
-        if behind <= 0 or _position(info["last-generated-id"]) <= done:
-            continue
-        entries += behind
-        first = await read_stream(r, key, f"({done[0]}-{done[1]}", count=1)
-        if first:
-            ms = _position(first[0][0])[0]
-            oldest = ms if oldest is None else min(oldest, ms)
-    now_s, micros = await r.time()
-    now = int(now_s) * 1000 + int(micros) // 1000
-    return entries, 0.0 if oldest is None else max(0.0, (now - oldest) / 1000)
-
-
-def _whole(reader: _Reader, key: str, picture: _Picture) -> None:
+def _whole(reader: Reader, key: str, picture: Picture) -> None:
     if reader.ledger is None and not picture.whole:
         reader.report.problems.append(
             f"{key} is trimmed in Valkey (archived in PostgreSQL): audit with --database-url"
@@ -358,15 +133,15 @@ def _whole(reader: _Reader, key: str, picture: _Picture) -> None:
 
 
 async def _audit_user(
-    reader: _Reader,
+    reader: Reader,
     user: str,
     report: AuditReport,
     books: _Books,
     debits: dict[str, _Debit],
     page: int,
-) -> _Picture:
+) -> Picture:
     r = reader.r
-    picture = await _picture(r, keys.account(user), keys.user_ledger(user), keys.outbox(user))
+    picture = await read_picture(r, keys.account(user), keys.user_ledger(user), keys.outbox(user))
     _whole(reader, keys.user_ledger(user), picture)
     acct = picture.state
     coins, points = _int(acct, b"coins"), _int(acct, b"points")
@@ -379,7 +154,9 @@ async def _audit_user(
     running = {"coins": 0, "points": 0}
     first_broken: str | None = None
     ledger = keys.user_ledger(user)
-    entries = reader.entries(ledger, None, picture.last_id, page) if picture.last_id else _none()
+    entries = (
+        reader.entries(ledger, None, picture.last_id, page) if picture.last_id else no_entries()
+    )
     async for entry_id, e in entries:
         report.entries += 1
         postings = _postings(e)
@@ -409,14 +186,14 @@ async def _audit_user(
 
 
 async def _audit_room(
-    reader: _Reader,
+    reader: Reader,
     room: str,
     report: AuditReport,
     books: _Books,
     credits: dict[str, _Credit],
     page: int,
 ) -> None:
-    picture = await _picture(reader.r, keys.room(room), keys.room_ledger(room))
+    picture = await read_picture(reader.r, keys.room(room), keys.room_ledger(room))
     _whole(reader, keys.room_ledger(room), picture)
     state = picture.state
     diamonds = _int(state, b"diamonds")
@@ -428,7 +205,9 @@ async def _audit_room(
     running = carry = 0
     first_broken: str | None = None
     ledger = keys.room_ledger(room)
-    entries = reader.entries(ledger, None, picture.last_id, page) if picture.last_id else _none()
+    entries = (
+        reader.entries(ledger, None, picture.last_id, page) if picture.last_id else no_entries()
+    )
     async for entry_id, e in entries:
         report.entries += 1
         postings = _postings(e)
@@ -481,15 +260,8 @@ def _conservation(report: AuditReport, books: _Books) -> None:
             )
 
 
-async def _none() -> AsyncIterator[tuple[bytes, HashReply]]:
-    """No entries (a ledger with none yet)."""
-    nothing: list[tuple[bytes, HashReply]] = []
-    for entry in nothing:
-        yield entry
-
-
 async def _debited_since(
-    reader: _Reader, credits: dict[str, _Credit], pictures: dict[str, _Picture], page: int
+    reader: Reader, credits: dict[str, _Credit], pictures: dict[str, Picture], page: int
 ) -> dict[str, _Debit]:
     """The debits of these credits that came after their viewer's picture (or in an account
     created after the scan passed), read from the ledgers again: gifts sent during the audit."""
@@ -519,7 +291,7 @@ async def run_audit(
     """Audit the store behind `r` with the ledger of record `ledger` (its archived entries),
     reading the ledgers `page` entries at a time."""
     report = AuditReport()
-    reader = _Reader(r, ledger, report)
+    reader = Reader(r, ledger, report)
     if ledger is not None:
         report.lag_entries, report.lag_seconds = await archive_lag(r, ledger)
         for row in await ledger.fetch(COUNTS_SQL):
@@ -531,7 +303,7 @@ async def run_audit(
     books = _Books()
     debits: dict[str, _Debit] = {}
     credits: dict[str, _Credit] = {}
-    pictures: dict[str, _Picture] = {}
+    pictures: dict[str, Picture] = {}
     in_flight: set[str] = set()
     # SCAN may return a key more than once while the keyspace grows: each is audited once.
     async for key in r.scan_iter(match=keys.USER_ACCOUNT_PATTERN, count=1000, _type="hash"):
