@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from giftstream.store.connection import Redis, connect
-from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
+from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded_cluster import EmbeddedCluster
 from proxy import Proxy
 from support import SHARED_ENV, Api, ServerProcess, running
 

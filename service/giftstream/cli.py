@@ -23,7 +23,8 @@ from giftstream.settings import Settings, SettingsError
 from giftstream.store import ledger
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
-from giftstream.store.embedded import EmbeddedCluster, store_url
+from giftstream.store.embedded import store_url
+from giftstream.store.embedded_cluster import EmbeddedCluster
 from giftstream.store.postgres import close_pool, connect_pool, database_url
 
 

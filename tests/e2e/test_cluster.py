@@ -14,7 +14,7 @@ import redis
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, connect
-from giftstream.store.embedded import EmbeddedCluster, command_to_node
+from giftstream.store.embedded_cluster import EmbeddedCluster, command_to_node
 from support import SHARED_ENV, Api, Client, Frame, ServerProcess, User, audit_flags, running
 
 GIFT_PRICE = 1

@@ -30,7 +30,8 @@ from giftstream.store import keys
 from giftstream.store.archive import Archiver, Fenced
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import Redis, load_functions, read_stream, text
-from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
+from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded_cluster import EmbeddedCluster
 from giftstream.store.ledger import EXPORT_COLUMNS
 from giftstream.store.postgres import (
     close_pool,

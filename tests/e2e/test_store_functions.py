@@ -14,7 +14,8 @@ from giftstream.gifting import credit_rules
 from giftstream.settings import Settings
 from giftstream.store import keys, relay
 from giftstream.store.connection import Redis, connect, function_sources, load_functions, text
-from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
+from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded_cluster import EmbeddedCluster
 from support import ServerProcess, raw_connected, serving, store
 
 PREFIX = "giftstream_"
