@@ -23,15 +23,11 @@ from giftstream.http import admin, core, history, money
 from giftstream.http.common import Handler, handles_errors
 from giftstream.keyring import load_keyring
 from giftstream.payments import no_provider_verdict, simulated_verdict
+from giftstream.realtime.connection import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits, origin_allowed
 from giftstream.realtime.outbound import TRANSPORT_KEY, KeepTransport
-from giftstream.realtime.session import (
-    CLOSE_INTERNAL,
-    CLOSE_POLICY,
-    CLOSE_TRY_AGAIN_LATER,
-    Session,
-)
+from giftstream.realtime.session import Session
 from giftstream.runtime import Runtime
 from giftstream.settings import Settings
 from giftstream.shutdown import exit_if_abandoned, finish, stop_task

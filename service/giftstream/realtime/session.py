@@ -1,12 +1,13 @@
-"""One WebSocket connection: authentication, rooms, gifts, and what it sends."""
+"""What a WebSocket connection asks, and its answers: authentication, rooms, gifts and chests
+(the connection's sending, deadlines and closes are connection.py's). ~330 lines: the requests
+share one state (sender, members, gifts in flight), which reads best in one class."""
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket
 
 from giftstream import metrics, tokens
 from giftstream.chests import Chests
@@ -20,18 +21,18 @@ from giftstream.errors import (
     RoomNotLive,
     Unauthenticated,
     Unavailable,
-    UnsupportedMediaType,
 )
 from giftstream.gifting import Gifting, Sender
+from giftstream.realtime.connection import CLOSE_POLICY, Connection
 from giftstream.realtime.frames import single
 from giftstream.realtime.hub import Hub
 from giftstream.realtime.limits import ConnectionLimits
 from giftstream.realtime.member import Member
-from giftstream.realtime.outbound import Outbound, Transport, fix_send_buffer
+from giftstream.realtime.outbound import Transport
 from giftstream.settings import Settings
 from giftstream.store import accounts, rooms
 from giftstream.store.connection import STORE_UNAVAILABLE, Redis
-from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
+from giftstream.wire.codec import Codec
 from giftstream.wire.requests import (
     Auth,
     Claim,
@@ -44,25 +45,18 @@ from giftstream.wire.requests import (
     parse_request,
     request_id,
 )
-from giftstream.wire.wsframe import server_frame
 
 log = logging.getLogger(__name__)
 
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
 # Concurrent gifts in flight per connection: a client may pipeline, within bounds.
 MAX_GIFTS_IN_FLIGHT = 64
 # How long a closing connection waits for its gifts in flight to finish.
 GIFT_DRAIN_S = 10.0
-# How long a slow consumer has to take the close frame before its connection is dropped.
-SLOW_CONSUMER_ABORT_S = 10.0
-# How often a connection checks that it keeps up (its reader) and can still close (its socket).
-WATCH_INTERVAL_S = 1.0
 
 
-class Session:
+class Session(Connection):
+    """A connection's requests: authentication, rooms, gifts and chests."""
+
     def __init__(
         self,
         ws: WebSocket,
@@ -77,152 +71,40 @@ class Session:
         settings: Settings,
         limits: ConnectionLimits,
     ) -> None:
-        self.ws = ws
-        self.codec = codec
+        super().__init__(ws, transport, codec, settings)
         self.redis = redis
         self.hub = hub
         self.gifting = gifting
         self.chests = chests
         self.secret = secret
-        self.settings = settings
         self.limits = limits
-        self.outbound = Outbound(
-            transport,
-            settings.send_queue_bytes,
-            on_overflow=self._on_overflow,
-            kernel_bytes=fix_send_buffer(transport, settings.socket_send_buffer_bytes),
-        )
-        self._watch: asyncio.TimerHandle | None = None
-        self._closing_seen: float | None = None
-        self._closing: asyncio.Task[None] | None = None
         self.sender: Sender | None = None
         self.extras = False
         self.members: dict[str, Member] = {}
         self._gift_slots = asyncio.Semaphore(MAX_GIFTS_IN_FLIGHT)
         self._gift_tasks: set[asyncio.Task[None]] = set()
-        self._close: tuple[int, str] | None = None
 
-    # -- the connection ----------------------------------------------------------------------
+    # -- what the connection asks of its session ----------------------------------------------
 
-    async def run(self) -> None:
-        metrics.CONNECTIONS.inc()
-        loop = asyncio.get_running_loop()
-        auth_deadline = loop.call_later(self.settings.auth_timeout_s, self._on_auth_deadline)
-        self._watch = loop.call_later(WATCH_INTERVAL_S, self._on_watch)
-        try:
-            await self._read_forever()
-        finally:
-            auth_deadline.cancel()
-            self._watch.cancel()
-            # Gifts already taken are finished, not cut in half (their ack may find the socket
-            # gone; a retry of the same id gets it then), within a bound.
-            if self._gift_tasks:
-                _, late = await asyncio.wait(list(self._gift_tasks), timeout=GIFT_DRAIN_S)
-                for task in late:
-                    task.cancel()
-            for member in list(self.members.values()):
-                await self._leave(member.room)
-            if self.sender is not None:
-                self.limits.close_user(self.sender.user)
-            self.outbound.close()
-            if self._closing is None:
-                await self._send_close()
-            # Closed, the transport still waits to send what it holds: not for ever.
-            loop.call_later(SLOW_CONSUMER_ABORT_S, self.outbound.abort_if_stuck)
-            metrics.CONNECTIONS.dec()
+    @property
+    def user(self) -> str | None:
+        return self.sender.user if self.sender is not None else None
 
-    async def _read_forever(self) -> None:
-        while self._close is None and not self.outbound.overflowed:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            metrics.FRAMES_IN.inc()
-            try:
-                decoded = self.codec.decode(message.get("text"), message.get("bytes"))
-            except WrongFrameKind as e:
-                self.send_error(UnsupportedMediaType(str(e)), None)
-                return
-            except Undecodable as e:
-                self._close_with(CLOSE_INVALID_PAYLOAD, str(e)[:120])
-                return
-            await self._handle(decoded)
-
-    def _close_with(self, code: int, reason: str) -> None:
-        metrics.CLOSES.labels(str(code)).inc()
-        self._close = (code, reason[:120])
-        self.outbound.close()
-
-    def _on_auth_deadline(self) -> None:
-        if self.sender is not None or self._close is not None:
-            return
-        metrics.LIMITED.labels("auth_timeout").inc()
-        self._close_with(
-            CLOSE_POLICY, f"authenticate within {self.settings.auth_timeout_s:g} s of connecting"
-        )
-        # The read loop waits for a frame: the close wakes it (as a disconnect).
-        self._closing = asyncio.create_task(self._send_close())
-
-    def _on_watch(self) -> None:
-        """Every WATCH_INTERVAL_S: close a reader that stays behind, and drop a connection
-        whose transport is closing (uvicorn's keepalive timeout, say) but cannot send what it
-        holds to a peer that does not read."""
-        now = time.monotonic()
-        self._watch = asyncio.get_running_loop().call_later(WATCH_INTERVAL_S, self._on_watch)
-        if self.outbound.closing:
-            if self._closing_seen is None:
-                self._closing_seen = now
-            elif now - self._closing_seen > SLOW_CONSUMER_ABORT_S:
-                self.outbound.abort()
-            return
-        behind = self.outbound.behind_for(now)
-        if self._close is None and behind > self.settings.slow_reader_timeout_s:
-            self._close_slow_consumer(f"behind for {behind:.0f} s")
-
-    def _on_overflow(self) -> None:
-        self._close_slow_consumer("a lossless frame did not fit")
-
-    def _close_slow_consumer(self, why: str) -> None:
-        """Close now (the close frame follows what the socket already holds); a client that
-        does not read even that is cut off after a while."""
-        metrics.CLOSES.labels("slow_consumer").inc()
-        log.warning(
-            "closing a slow consumer (user %s, %d bytes queued): %s",
-            self.sender.user if self.sender else "-",
-            self.outbound.queued_bytes,
-            why,
-        )
-        self._close = (CLOSE_POLICY, "slow consumer: resume from your last offset")
-        self.outbound.close()
-        self._closing = asyncio.create_task(self._send_close())
-        asyncio.get_running_loop().call_later(SLOW_CONSUMER_ABORT_S, self.outbound.abort)
-
-    async def _send_close(self) -> None:
-        if self._close is None or self.ws.client_state is not WebSocketState.CONNECTED:
-            return
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            await self.ws.close(*self._close)
-
-    def send(self, frame: dict[str, Any]) -> None:
-        self.outbound.put(server_frame(self.codec.encode(frame)), lossless=True)
-
-    def send_error(self, error: GiftstreamError, rid: str | None) -> None:
-        """Answer an error as the table says: an `error` frame, or a close for a
-        connection-level one."""
-        spec = ERRORS[error.code]
-        if spec.ws_close is not None:
-            self._close_with(spec.ws_close, error.message)
-            return
-        metrics.ERRORS.labels(error.code.value).inc()
-        frame: dict[str, Any] = {"t": "error", "code": error.code.value, "message": error.message}
-        if rid is not None:
-            frame["id"] = rid
-        if error.retry:
-            frame["retry"] = True
-        self.send(frame)
+    async def finish(self) -> None:
+        # Gifts already taken are finished, not cut in half (their ack may find the socket
+        # gone; a retry of the same id gets it then), within a bound.
+        if self._gift_tasks:
+            _, late = await asyncio.wait(list(self._gift_tasks), timeout=GIFT_DRAIN_S)
+            for task in late:
+                task.cancel()
+        for member in list(self.members.values()):
+            await self._leave(member.room)
+        if self.sender is not None:
+            self.limits.close_user(self.sender.user)
 
     # -- requests ----------------------------------------------------------------------------
 
-    async def _handle(self, decoded: Any) -> None:
+    async def handle(self, decoded: Any) -> None:
         rid = request_id(decoded)
         try:
             request = parse_request(decoded)
@@ -268,7 +150,7 @@ class Session:
         if self.sender is None and not self.limits.open_user(account.id):
             limit = self.settings.max_connections_per_user
             self.send_error(RateLimited(f"at most {limit} connections per user"), request.id)
-            self._close_with(CLOSE_POLICY, "too many connections for this user")
+            self.close_with(CLOSE_POLICY, "too many connections for this user")
             return
         self.sender = Sender(account.id, account.name, account.region, account.age)
         self.extras = request.extras
