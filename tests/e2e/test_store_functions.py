@@ -5,6 +5,7 @@ relay's lock released by compare-and-delete."""
 import asyncio
 import re
 import secrets
+from importlib import resources
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -13,7 +14,14 @@ from giftstream.domain.catalog import load_catalog
 from giftstream.gifting import credit_rules
 from giftstream.settings import Settings
 from giftstream.store import keys, relay
-from giftstream.store.connection import Redis, connect, function_sources, load_functions, text
+from giftstream.store.connection import (
+    FUNCTION_FILES,
+    Redis,
+    connect,
+    function_sources,
+    load_functions,
+    text,
+)
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.embedded_cluster import EmbeddedCluster
 from support import ServerProcess, raw_connected, serving, store
@@ -49,10 +57,21 @@ async def function_list(r: Redis) -> dict[str, set[str]]:
     return loaded(await r.execute_command("FUNCTION", "LIST"))
 
 
-def test_every_function_the_lua_files_register_is_prefixed() -> None:
+def test_every_library_and_function_the_lua_files_register_is_prefixed() -> None:
     names = declared_functions()
     assert "giftstream_lock_release" in names
     assert [n for n in names if not n.startswith(PREFIX)] == []
+    libraries = [src.partition("\n")[0] for src in function_sources().values()]
+    assert [lib for lib in libraries if not lib.startswith(f"#!lua name={PREFIX}")] == []
+
+
+def test_every_function_is_described_by_name_in_its_files_header() -> None:
+    folder = resources.files("giftstream.store") / "functions"
+    for file in FUNCTION_FILES:
+        src = folder.joinpath(file).read_text("utf-8")
+        header = src[src.index("--[[") : src.index("]]")]
+        for name in REGISTERED.findall(src):
+            assert re.search(rf"^{name}\b", header, re.M), f"{file}: {name}"
 
 
 async def test_a_server_started_on_a_store_with_the_old_names_leaves_only_prefixed_ones(

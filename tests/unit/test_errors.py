@@ -11,8 +11,9 @@ from giftstream.errors import ERRORS, LUA_STATUS, ErrorCode, GiftstreamError, Re
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOCOL = ROOT / "docs" / "protocol.md"
-# Statuses of a Function's answers that are not refusals: results, replays, and user_create's
-# `exists` (a generated user id taken: an internal error, which no client can cause).
+# Statuses of a Function's answers that are not refusals: results, replays, and
+# giftstream_user_create's `exists` (a generated user id taken: an internal error, which no client
+# can cause).
 ANSWERS = {"ok", "replay", "pending", "declined", "dup", "settled", "not_due", "not_live", "exists"}
 
 

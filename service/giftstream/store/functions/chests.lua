@@ -135,8 +135,8 @@ local function chest_settle(keys, args)
     if i <= remainder then amount = amount + 1 end
     shares[i] = {user = ordered[i], name = redis.call('HGET', names, ordered[i]), coins = amount}
   end
-  -- Announced by chest_done, once everyone is paid: a claimant who reads its wallet on the
-  -- announcement finds its share there.
+  -- Announced by giftstream_chest_done, once everyone is paid: a claimant who reads its wallet
+  -- on the announcement finds its share there.
   local result = cmsgpack.pack({{t = 'chest_result', room = room_id(chest), chest = c[5],
     from = c[4], coins = coins, claimants = k, share = share, remainder = remainder,
     returned = returned, shares = shares}})

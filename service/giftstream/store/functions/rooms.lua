@@ -25,7 +25,7 @@ giftstream_room_end
   Members stay until they leave. The history expires after the given time (members may still
   replay it meanwhile) unless the room goes live again.
 
-presence
+giftstream_presence
   KEYS: room, presence (worker -> 'count:expires_ms'), session
   ARGV: worker id, this worker's member count, its entry's expiry (ms), channel
   -> {'ok', viewers}
