@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from client_venv import install_client
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from proxy import Proxy
@@ -94,3 +95,9 @@ async def proxy(server: ServerProcess) -> AsyncIterator[Proxy]:
     p = await Proxy(server.port).start()
     yield p
     await p.close()
+
+
+@pytest.fixture(scope="session")
+def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv outside the checkout holding `pip install clients/python` alone."""
+    return install_client(tmp_path_factory.mktemp("client-user"))
