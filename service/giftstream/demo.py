@@ -89,6 +89,10 @@ class _Refused(Exception):
         self.retry = frame.get("retry") is True
 
 
+# The frames that answer a bot's requests; the room's frames (gifts, credits...) are dropped.
+_ANSWERS = frozenset({"welcome", "joined", "ack", "error"})
+
+
 class _BotLink:
     """One connection of a bot: one request at a time, answered by its `id`; the room's frames
     are read (so the server never sees a slow reader) and dropped."""
@@ -103,12 +107,7 @@ class _BotLink:
                 text = message if isinstance(message, str) else None
                 data = message if isinstance(message, bytes) else None
                 frame = MSGPACK.decode(text, data)
-                if isinstance(frame, dict) and frame.get("t") in (
-                    "welcome",
-                    "joined",
-                    "ack",
-                    "error",
-                ):
+                if isinstance(frame, dict) and frame.get("t") in _ANSWERS:
                     self._answers.put_nowait(frame)
         except (ConnectionClosed, Undecodable, WrongFrameKind) as e:
             log.debug("demo bot connection ended: %r", e)
@@ -127,7 +126,7 @@ class _BotLink:
                 return answer
 
 
-class _Bot:
+class DemoBot:
     """A viewer who joins a room and gifts now and then, for as long as the demo runs."""
 
     def __init__(self, name: str, token: str, room: str) -> None:
@@ -195,7 +194,7 @@ async def _bot(base: str, ws_url: str, room: str, n: int) -> None:
     user = await asyncio.to_thread(
         _http, base, "POST", "/v1/dev/users", {"name": name, "region": region, "coins": BOT_COINS}
     )
-    await _Bot(name, user["token"], room).run(ws_url)
+    await DemoBot(name, user["token"], room).run(ws_url)
 
 
 # The links' frame: no wider than a terminal's usual 80 columns (a host token is longer).

@@ -11,11 +11,13 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from support import free_port
 
@@ -60,6 +62,17 @@ def test_the_wheel_holds_every_lua_function_static_file_and_data_file(dist: Path
         names = set(wheel.namelist())
     assert resources_in_checkout() <= names, resources_in_checkout() - names
     assert "giftstream/py.typed" in names
+
+
+def test_the_wheel_holds_no_client_its_own_distribution_has_it(dist: Path) -> None:
+    with zipfile.ZipFile(only(dist, "giftstream-*.whl")) as wheel:
+        names = wheel.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = Parser().parsestr(wheel.read(metadata).decode()).get_all("Requires-Dist")
+
+    assert not [n for n in names if n.startswith(("giftstream/client/", "giftstream_client/"))]
+    names_required = {Requirement(r).name for r in requires or []}
+    assert "starlette" in names_required and "giftstream-client" not in names_required
 
 
 def test_the_sdist_holds_every_lua_function_static_file_and_the_lock(dist: Path) -> None:
