@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from client_venv import install_client
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
+from installs import install_client
 from proxy import Proxy
 from support import SHARED_ENV, Api, ServerProcess, running
 

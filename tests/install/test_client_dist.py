@@ -6,7 +6,6 @@ quickstart runs from that venv in tests/e2e/test_quickstarts.py."""
 import json
 import re
 import subprocess
-import sys
 import tarfile
 import zipfile
 from email.parser import Parser
@@ -15,29 +14,15 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from client_venv import CLIENT
+from installs import CLIENT, build, only
 
 PACKAGE = CLIENT / "giftstream_client"
-BUILD_TIMEOUT_S = 300
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m build clients/python`: the sdist, then the wheel built from the sdist."""
-    out = tmp_path_factory.mktemp("client-dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(CLIENT)],
-        check=True,
-        capture_output=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    return out
-
-
-def only(folder: Path, pattern: str) -> Path:
-    (found,) = folder.glob(pattern)
-    return found
+    return build(CLIENT, tmp_path_factory.mktemp("client-dist"))
 
 
 def modules_in_checkout() -> set[str]:

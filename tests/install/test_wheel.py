@@ -19,13 +19,13 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
+from installs import build, only
 from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "giftstream"
 # Files the service reads at run time, beside its modules.
 RESOURCES = ("store/functions", "store/migrations", "static", "data")
-BUILD_TIMEOUT_S = 300
 DEMO_READY_S = 90.0
 pytestmark = pytest.mark.timeout(600)
 
@@ -41,20 +41,7 @@ def resources_in_checkout() -> set[str]:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m build`: the sdist, then the wheel built from the sdist."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    return out
-
-
-def only(folder: Path, pattern: str) -> Path:
-    (found,) = folder.glob(pattern)
-    return found
+    return build(ROOT, tmp_path_factory.mktemp("dist"))
 
 
 def test_the_wheel_holds_every_lua_function_static_file_and_data_file(dist: Path) -> None:

@@ -1,9 +1,10 @@
-"""The Python client as a user installs it: `pip install clients/python` into a venv of its own,
-outside the checkout, with nothing but what the client's own metadata asks for.
+"""What the install tests share: a distribution built as a user builds it, and the Python client
+as a user installs it: `pip install clients/python` into a venv of its own, outside the checkout,
+with nothing but what the client's own metadata asks for.
 
-The install is offline: pip may only take packages from a wheelhouse downloaded from the lock's
-pins (websockets, msgpack, and setuptools for the build), so a dependency the client should not
-have (uvicorn, redis...) fails the install instead of being fetched."""
+The client's install is offline: pip may only take packages from a wheelhouse downloaded from
+the lock's pins (websockets, msgpack, and setuptools for the build), so a dependency the client
+should not have (uvicorn, redis...) fails the install instead of being fetched."""
 
 import re
 import shutil
@@ -19,8 +20,26 @@ CLIENT = ROOT / "clients" / "python"
 # What the client needs, and what pip needs to build it from its source.
 WHEELHOUSE = ("websockets", "msgpack", "setuptools")
 INSTALL_TIMEOUT_S = 300
+BUILD_TIMEOUT_S = 300
 # One pinned entry of a lock: `name==version [; marker] \` then its `--hash=` lines.
 ENTRY = re.compile(r"^([A-Za-z0-9][^\\\n]*?)\s*\\\n((?:[ \t]+--hash=\S+(?:\s*\\)?\n?)+)", re.M)
+
+
+def build(source: Path, out: Path) -> Path:
+    """`python -m build` of a project: its sdist, then the wheel built from the sdist, in `out`."""
+    subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=BUILD_TIMEOUT_S,
+    )
+    return out
+
+
+def only(folder: Path, pattern: str) -> Path:
+    """The one file of `folder` matching `pattern`."""
+    (found,) = folder.glob(pattern)
+    return found
 
 
 def locked(names: tuple[str, ...]) -> str:
