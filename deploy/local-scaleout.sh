@@ -23,7 +23,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 python=${PYTHON:-$root/.venv/bin/python}
 [ -x "$python" ] || python=$(command -v python3)
-demo=(env PYTHONPATH="$root/service${PYTHONPATH:+:$PYTHONPATH}" "$python" "$here/scaleout_demo.py")
+demo=(env PYTHONPATH="$root/service:$root/clients/python${PYTHONPATH:+:$PYTHONPATH}" "$python" "$here/scaleout_demo.py")
 giftstream=(env PYTHONPATH="$root/service${PYTHONPATH:+:$PYTHONPATH}" "$python" -m giftstream.cli)
 
 cluster=0 keep=0 viewers=6 gifts=5 loadtest=0

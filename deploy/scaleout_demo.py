@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from giftstream.client import Client, CreditEvent, GiftEvent, StreakEnded
+from giftstream_client import Client, CreditEvent, GiftEvent, StreakEnded
 
 WAIT_TIMEOUT_S = 30.0
 LOAD_TIMEOUT_S = 60.0

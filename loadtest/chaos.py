@@ -2,7 +2,7 @@
 during the load; afterwards, what the senders saw acknowledged against the store's ledgers.
 
 The service runs with two workers on a store started apart from it (so that the store can be
-killed and started again on its data). The senders are `giftstream.client.Client`s, which
+killed and started again on its data). The senders are `giftstream_client.Client`s, which
 re-send an unanswered gift with the same id after a reconnect or an `unavailable`; the hosts and
 viewers reconnect and join again with `since`. Every gift acknowledged must be in its sender's
 ledger once and credited to the host once; none may be debited or credited twice.

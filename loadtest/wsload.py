@@ -4,7 +4,7 @@ their answers, hosts that time their credits.
 Modes: `service` speaks protocol v1 (auth, join, gift → ack); `echo` and `broadcast` are the bare
 baseline servers (no auth or join; a gift's answer is its own frame coming back, matched by `id`
 like an ack). Viewers and hosts are the minimal client of `wsclient.py` in all three, so that a
-thousand viewers cost little; the senders to the service are `giftstream.client.Client`, as a
+thousand viewers cost little; the senders to the service are `giftstream_client.Client`, as a
 program sends gifts (one `send_gift` per gift, with its idempotency id and its retries), and the
 senders to the bare servers, which speak no protocol, the minimal client. Latency, errors and
 acks are counted alike for both kinds of sender (`Sender`).
@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from giftstream.client import Client, ClientClosed, ClientError, ServerError
+from giftstream_client import Client, ClientClosed, ClientError, ServerError
 from loadtest.procs import Link
 from loadtest.tally import Tally
 from loadtest.wsclient import HandshakeError, OnMessage, WsClient, connect
@@ -171,7 +171,7 @@ class Sender:
 
 
 class ClientSender(Sender):
-    """A sender of protocol v1 through `giftstream.client.Client`, as a program would send
+    """A sender of protocol v1 through `giftstream_client.Client`, as a program would send
     gifts: each gift is one `send_gift` with its idempotency id, re-sent with that id after a
     reconnect until it is answered. The client keeps no events and does not ask for the
     extension frames (`receive_events=False`), so the server sends it what it sends a minimal

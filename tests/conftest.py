@@ -10,6 +10,7 @@ import pytest
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.embedded_cluster import EmbeddedCluster
+from installs import install_client
 from proxy import Proxy
 from support import SHARED_ENV, Api, ServerProcess, running
 
@@ -95,3 +96,9 @@ async def proxy(server: ServerProcess) -> AsyncIterator[Proxy]:
     p = await Proxy(server.port).start()
     yield p
     await p.close()
+
+
+@pytest.fixture(scope="session")
+def client_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv outside the checkout holding `pip install clients/python` alone."""
+    return install_client(tmp_path_factory.mktemp("client-user"))

@@ -1,6 +1,6 @@
 """Helpers for tests that run the real service: processes, HTTP and WebSocket clients.
 
-Two WebSocket clients: `connected()` gives `giftstream.client.Client`, as a program uses the
+Two WebSocket clients: `connected()` gives `giftstream_client.Client`, as a program uses the
 service (typed acks, events and errors); `Client` here speaks raw frames, for the tests whose
 subject is the wire itself (exact frames, fields, error codes, batches, extension frames).
 """
@@ -29,7 +29,7 @@ import msgpack
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-import giftstream.client
+import giftstream_client
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
@@ -374,16 +374,16 @@ async def raw_connected(
 @contextlib.asynccontextmanager
 async def connected(
     server: ServerProcess, user: User, **options: Any
-) -> AsyncIterator[giftstream.client.Client]:
-    """`giftstream.client.Client` of `user` on `server`, connected (`options` go to the
+) -> AsyncIterator[giftstream_client.Client]:
+    """`giftstream_client.Client` of `user` on `server`, connected (`options` go to the
     client); closed when the block ends."""
-    async with giftstream.client.Client(server.ws_url, user.token, **options) as client:
+    async with giftstream_client.Client(server.ws_url, user.token, **options) as client:
         yield client
 
 
 async def gift_burst(
     server: ServerProcess, user: User, room: str, connections: int, per_connection: int, tag: str
-) -> list[giftstream.client.Ack | giftstream.client.ServerError]:
+) -> list[giftstream_client.Ack | giftstream_client.ServerError]:
     """`per_connection` roses in flight at once on each of `connections` connections of `user`
     joined to `room` (ids `<tag>-<connection>-<n>`): every answer, an ack or its refusal."""
     async with contextlib.AsyncExitStack() as stack:
@@ -395,11 +395,11 @@ async def gift_burst(
             await client.join(room)
 
         async def attempt(
-            client: giftstream.client.Client, rid: str
-        ) -> giftstream.client.Ack | giftstream.client.ServerError:
+            client: giftstream_client.Client, rid: str
+        ) -> giftstream_client.Ack | giftstream_client.ServerError:
             try:
                 return await client.send_gift(room, "rose", id=rid)
-            except giftstream.client.ServerError as refused:
+            except giftstream_client.ServerError as refused:
                 return refused
 
         return await asyncio.gather(
@@ -412,12 +412,12 @@ async def gift_burst(
 
 
 async def first_event(
-    client: giftstream.client.Client,
-    match: Callable[[giftstream.client.Event], bool],
+    client: giftstream_client.Client,
+    match: Callable[[giftstream_client.Event], bool],
     timeout: float = RECV_TIMEOUT_S,
-) -> tuple[giftstream.client.Event, list[giftstream.client.Event]]:
+) -> tuple[giftstream_client.Event, list[giftstream_client.Event]]:
     """The client's first event matching, and every event it yielded before that one."""
-    skipped: list[giftstream.client.Event] = []
+    skipped: list[giftstream_client.Event] = []
     events = client.events()
     async with asyncio.timeout(timeout):
         async for event in events:

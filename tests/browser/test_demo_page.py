@@ -26,8 +26,8 @@ from browser_kit import (
     screenshot,
     settle,
 )
-from giftstream.client import Client
 from giftstream.store.embedded import EmbeddedValkey
+from giftstream_client import Client
 from support import Api, ServerProcess, User, bearer, running
 from support import Client as RawClient
 

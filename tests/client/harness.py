@@ -6,9 +6,9 @@ from typing import Any
 
 import msgpack
 
-from giftstream.client import Backoff, CreditEvent, Event, GiftEvent
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream
+from giftstream_client import Backoff, CreditEvent, Event, GiftEvent
 
 # Reconnects within a tenth of a second, and keeps trying through a test's offline windows.
 QUICK = Backoff(base_s=0.01, max_delay_s=0.1, max_attempts=10_000, max_elapsed_s=30.0)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from giftstream.client import Backoff, Client, ConnectionFailed
+from giftstream_client import Backoff, Client, ConnectionFailed
 from proxy import Proxy
 from support import Api, free_port
 

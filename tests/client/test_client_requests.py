@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from giftstream.client import (
+from giftstream.errors import ErrorCode
+from giftstream_client import (
     Ack,
     Backoff,
     Client,
@@ -17,7 +18,6 @@ from giftstream.client import (
     StreakEnded,
     Unauthenticated,
 )
-from giftstream.errors import ErrorCode
 from harness import GIFT, GIFT_COINS, QUICK, WAIT_S, eventually
 from proxy import Proxy
 from support import Api, ServerProcess

@@ -7,7 +7,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from giftstream.client import (
+from giftstream.store import keys
+from giftstream.store.connection import Redis
+from giftstream_client import (
     Ack,
     Client,
     CreditEvent,
@@ -17,8 +19,6 @@ from giftstream.client import (
     RoomState,
     StreakEnded,
 )
-from giftstream.store import keys
-from giftstream.store.connection import Redis
 from harness import (
     GIFT,
     GIFT_COINS,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from giftstream.client import Client, CreditEvent, GiftEvent
 from giftstream.wire.codec import MSGPACK, MSGPACK_SUBPROTOCOL
+from giftstream_client import Client, CreditEvent, GiftEvent
 from harness import WAIT_S
 
 Frame = dict[str, Any]

@@ -14,13 +14,13 @@ import asyncpg
 import msgpack
 import pytest
 
-from giftstream.client import IdempotencyConflict, InsufficientCoins
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
 from giftstream.store.audit import run_audit
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
 from giftstream.store.postgres import close_pool, connect_pool
+from giftstream_client import IdempotencyConflict, InsufficientCoins
 from support import (
     SHARED_ENV,
     TRIMMING_ARCHIVE,

@@ -18,7 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
-from giftstream.client import (
+from giftstream.domain.economy import Economy, load_economy
+from giftstream.payments import DECLINES
+from giftstream.store import keys
+from giftstream.store.connection import Redis, read_stream, text
+from giftstream.store.embedded import EmbeddedValkey
+from giftstream_client import (
     Ack,
     CreditEvent,
     Forbidden,
@@ -27,11 +32,6 @@ from giftstream.client import (
     ServerError,
     SpendingLimit,
 )
-from giftstream.domain.economy import Economy, load_economy
-from giftstream.payments import DECLINES
-from giftstream.store import keys
-from giftstream.store.connection import Redis, read_stream, text
-from giftstream.store.embedded import EmbeddedValkey
 from support import (
     Api,
     ServerProcess,

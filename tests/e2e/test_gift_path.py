@@ -1,6 +1,6 @@
 """A gift end to end: debit, credit, fan-out, acks, over real WebSockets and a real Valkey."""
 
-from giftstream.client import Ack, CreditEvent, GiftEvent
+from giftstream_client import Ack, CreditEvent, GiftEvent
 from support import Api, ServerProcess, connected, first_event, on_both_stores
 
 server = on_both_stores()

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from giftstream.client import Ack, NotInRoom, ServerError
 from giftstream.store import keys
 from giftstream.store.connection import Redis
+from giftstream_client import Ack, NotInRoom, ServerError
 from support import (
     Api,
     Client,

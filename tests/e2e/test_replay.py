@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import msgpack
 
-from giftstream.client import Ack
-from giftstream.client import Client as UserClient
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
+from giftstream_client import Ack
+from giftstream_client import Client as UserClient
 from support import Api, Client, Frame, ServerProcess, connected, on_both_stores, raw_connected
 
 server = on_both_stores()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from giftstream.client import Backoff
 from giftstream.store.embedded import EmbeddedValkey
+from giftstream_client import Backoff
 from support import (
     SHARED_ENV,
     Api,

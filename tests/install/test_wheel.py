@@ -11,19 +11,21 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
+from installs import build, only
 from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "giftstream"
 # Files the service reads at run time, beside its modules.
 RESOURCES = ("store/functions", "store/migrations", "static", "data")
-BUILD_TIMEOUT_S = 300
 DEMO_READY_S = 90.0
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,20 +41,7 @@ def resources_in_checkout() -> set[str]:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m build`: the sdist, then the wheel built from the sdist."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=BUILD_TIMEOUT_S,
-    )
-    return out
-
-
-def only(folder: Path, pattern: str) -> Path:
-    (found,) = folder.glob(pattern)
-    return found
+    return build(ROOT, tmp_path_factory.mktemp("dist"))
 
 
 def test_the_wheel_holds_every_lua_function_static_file_and_data_file(dist: Path) -> None:
@@ -60,6 +49,17 @@ def test_the_wheel_holds_every_lua_function_static_file_and_data_file(dist: Path
         names = set(wheel.namelist())
     assert resources_in_checkout() <= names, resources_in_checkout() - names
     assert "giftstream/py.typed" in names
+
+
+def test_the_wheel_holds_no_client_its_own_distribution_has_it(dist: Path) -> None:
+    with zipfile.ZipFile(only(dist, "giftstream-*.whl")) as wheel:
+        names = wheel.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = Parser().parsestr(wheel.read(metadata).decode()).get_all("Requires-Dist")
+
+    assert not [n for n in names if n.startswith(("giftstream/client/", "giftstream_client/"))]
+    names_required = {Requirement(r).name for r in requires or []}
+    assert "starlette" in names_required and "giftstream-client" not in names_required
 
 
 def test_the_sdist_holds_every_lua_function_static_file_and_the_lock(dist: Path) -> None:

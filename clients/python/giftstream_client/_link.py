@@ -5,8 +5,8 @@ import asyncio
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from giftstream.client.events import Frame
-from giftstream.wire.codec import Codec
+from giftstream_client._codec import Codec
+from giftstream_client.events import Frame
 
 
 class Dropped(Exception):

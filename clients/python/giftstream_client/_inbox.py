@@ -4,8 +4,8 @@ a bounded amount of memory (room events beyond the bound are re-fetched from the
 import asyncio
 from collections import deque
 
-from giftstream.client.errors import ClientError
-from giftstream.client.events import Event
+from giftstream_client.errors import ClientError
+from giftstream_client.events import Event
 
 
 class Inbox:

@@ -1,7 +1,7 @@
 """An asyncio client for giftstream that never loses nor doubles a gift.
 
 ```python
-from giftstream.client import Client, GiftEvent
+from giftstream_client import Client, GiftEvent
 
 async with Client("ws://127.0.0.1:8000/v1/ws", token) as client:
     await client.join(room)
@@ -13,12 +13,13 @@ async with Client("ws://127.0.0.1:8000/v1/ws", token) as client:
 See docs/client.md for the guarantees, reconnect semantics and error handling.
 """
 
-from giftstream.client._client import Client
-from giftstream.client.backoff import Backoff
-from giftstream.client.errors import (
+from giftstream_client._client import Client
+from giftstream_client.backoff import Backoff
+from giftstream_client.errors import (
     ClientClosed,
     ClientError,
     ConnectionFailed,
+    ErrorCode,
     Forbidden,
     IdempotencyConflict,
     InsufficientCoins,
@@ -34,7 +35,7 @@ from giftstream.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from giftstream.client.events import (
+from giftstream_client.events import (
     Ack,
     CreditEvent,
     EpochChanged,
@@ -56,6 +57,7 @@ __all__ = [
     "ConnectionFailed",
     "CreditEvent",
     "EpochChanged",
+    "ErrorCode",
     "Event",
     "Forbidden",
     "GiftEvent",

@@ -22,19 +22,52 @@
 A code this version does not know raises a plain `ServerError` with that code.
 """
 
+from enum import StrEnum
 from typing import Any
 
-from giftstream.errors import ErrorCode
+
+class ErrorCode(StrEnum):
+    """Every error code of the protocol (docs/protocol.md's error table); a server test holds
+    this list to the server's own, so the two cannot drift apart."""
+
+    BAD_FRAME = "bad_frame"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FIELD = "invalid_field"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    INSUFFICIENT_COINS = "insufficient_coins"
+    UNKNOWN_GIFT = "unknown_gift"
+    UNAVAILABLE_IN_REGION = "unavailable_in_region"
+    ROOM_NOT_LIVE = "room_not_live"
+    NOT_IN_ROOM = "not_in_room"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    RATE_LIMITED = "rate_limited"
+    SPENDING_LIMIT = "spending_limit"
+    PAYMENT_DECLINED = "payment_declined"
+    BELOW_MINIMUM = "below_minimum"
+    INSUFFICIENT_DIAMONDS = "insufficient_diamonds"
+    CHEST_NOT_OPEN = "chest_not_open"
+    CHEST_CLOSED = "chest_closed"
+    NOT_PRESENT = "not_present"
+    ALREADY_CLAIMED = "already_claimed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REQUEST_TIMEOUT = "request_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    LEDGER_UNAVAILABLE = "ledger_unavailable"
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
 
 
 class ClientError(Exception):
-    """Base class of every exception raised by `giftstream.client`."""
+    """Base class of every exception raised by `giftstream_client`."""
 
 
 class ServerError(ClientError):
     """The server answered a request with an `error` frame.
 
-    `code` is the protocol's error code (compare with `giftstream.errors.ErrorCode`),
+    `code` is the protocol's error code (compare with `ErrorCode`),
     `message` its human sentence, `request_id` the id of the request it answers, if any. For a
     gift, re-sending with `id=request_id` is always safe: it can never charge twice.
     """
