@@ -126,3 +126,13 @@ def test_encoded_frames_are_shared_between_members() -> None:
         live(member(sink=sink)).deliver([(one, False)])
     assert sinks[0].writes[0][0][0] is sinks[1].writes[0][0][0]
     assert isinstance(one, Encoded)
+
+
+def test_a_member_resumes_after_an_offset_of_the_rooms_epoch_and_from_the_start_after_a_reset() -> (
+    None
+):
+    same, other = member(is_host=True), member(is_host=True)
+    assert same.resume_after("ep1", 7, room_epoch="ep1") == 7
+    assert same.last_offsets == {"gift": 7, "credit": 7}
+    assert other.resume_after("old", 7, room_epoch="ep1") == 0
+    assert other.last_offsets == {"gift": 0, "credit": 0}

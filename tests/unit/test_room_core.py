@@ -4,12 +4,15 @@ clock, with no server. The property tests play any interleaving of gifts, ticks,
 lost links against a model of the store's gift Function and check what each viewer ends up with.
 """
 
+import ast
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from giftstream import realtime
 from giftstream.realtime.member import Member
 from giftstream.realtime.room import Delivery, Room
 from room_kit import ROOM, Sink, credit, flattened, gift, live, member
@@ -478,3 +481,24 @@ def test_across_lost_links_every_lossless_frame_arrives_once_and_in_order(
         world.play(action)
     world.finish()
     world.check_lossless()
+
+
+def test_the_realtime_layer_imports_no_store_client() -> None:
+    """Pub/sub and its recovery live in the store layer (store/subscriber.py)."""
+    folder = Path(realtime.__file__).parent
+    imported = {
+        (path.name, name.split(".")[0])
+        for path in folder.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        for name in _imported(node)
+    }
+    assert {(module, top) for module, top in imported if top == "redis"} == set()
+    assert ("room.py", "giftstream") in imported
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module is not None:
+        return [node.module]
+    return []

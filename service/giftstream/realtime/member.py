@@ -41,6 +41,14 @@ class Member:
     def resume_from(self, offset: int) -> None:
         self.last_offsets = {"gift": offset, "credit": offset}
 
+    def resume_after(self, epoch: str, offset: int, room_epoch: str) -> int:
+        """Resume after the client's last offset in `epoch`; returns the offset to replay the
+        history after. An offset of another epoch (the room's history was reset) means nothing:
+        the whole history is replayed."""
+        start = offset if epoch == room_epoch else 0
+        self.resume_from(start)
+        return start
+
     @property
     def last_offset(self) -> int:
         return min(self.last_offsets.values(), default=0)
