@@ -128,7 +128,8 @@ class Hub:
         if room.presence_due:  # a big room's last leave: clear this worker's share now
             await self._update_presence(room)
         metrics.ROOMS_SUBSCRIBED.set(len(self._rooms))
-        await self._subscriber.unsubscribe(member.room)
+        if member.room not in self._rooms:  # joined again meanwhile: the subscription serves it
+            await self._subscriber.unsubscribe(member.room)
 
     # -- presence ----------------------------------------------------------------------------
 
