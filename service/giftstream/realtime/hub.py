@@ -67,7 +67,8 @@ class Hub:
     async def stop(self) -> None:
         self._stopping.set()
         timeout_s = self._settings.shutdown_timeout_s
-        for task in [t for t in [self._ticker] if t is not None] + list(self._resyncs):
+        tasks = [self._ticker] if self._ticker is not None else []
+        for task in tasks + list(self._resyncs):
             await stop_task(task, timeout_s, f"the hub's {task.get_name()}")
         await self._subscriber.stop()
         for room in list(self._rooms.values()):
