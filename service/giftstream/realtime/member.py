@@ -4,14 +4,22 @@ Offsets make delivery exactly once: per history kind (`gift`, `credit`), an even
 the last offset delivered is a duplicate (the replay and the live stream overlap at the seam)
 and is dropped. While the membership replays history, live frames wait in `pending` and are
 released in order after.
+
+No I/O here: what passes the filter goes to the member's `Sink` (the connection's Outbound).
 """
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from giftstream.realtime.frames import Encoded, batch, history_offset
-from giftstream.realtime.outbound import Outbound
 from giftstream.wire.codec import Codec
+
+
+class Sink(Protocol):
+    """Where a member's framed messages go (realtime.outbound.Outbound)."""
+
+    def put(self, frame: bytes, lossless: bool) -> None: ...
+    def put_all(self, frames: list[tuple[bytes, bool]]) -> None: ...
 
 
 @dataclass(eq=False)
@@ -21,7 +29,7 @@ class Member:
     name: str
     is_host: bool
     codec: Codec
-    outbound: Outbound
+    outbound: Sink
     # Receives the room frames beyond protocol v1, and `batch` frames.
     extras: bool = False
     # When it joined (ms since 1970): only members present when a chest opens may claim it.
@@ -32,6 +40,14 @@ class Member:
 
     def resume_from(self, offset: int) -> None:
         self.last_offsets = {"gift": offset, "credit": offset}
+
+    def resume_after(self, epoch: str, offset: int, room_epoch: str) -> int:
+        """Resume after the client's last offset in `epoch`; returns the offset to replay the
+        history after. An offset of another epoch (the room's history was reset) means nothing:
+        the whole history is replayed."""
+        start = offset if epoch == room_epoch else 0
+        self.resume_from(start)
+        return start
 
     @property
     def last_offset(self) -> int:

@@ -213,8 +213,7 @@ class Session(Connection):
         member.resume_from(state.offset)
         since = request.since
         if since is not None:
-            start = since.offset if since.epoch == state.epoch else 0
-            member.resume_from(start)
+            start = member.resume_after(since.epoch, since.offset, state.epoch)
             for frame in await rooms.history_after(self.redis, request.room, start):
                 if member.wants(frame.get("t")):
                     # Asked-for history is lossless: if it cannot fit, the client resumes again.

@@ -209,3 +209,9 @@ async def history_after(
             return frames
         last = int(entries[-1][0].split(b"-")[0])
         start = f"{last + 1}-0"
+
+
+async def publish(r: Redis, room: str, frames: list[dict[str, Any]]) -> None:
+    """Send live-only frames (not kept in the history, e.g. `presence`) to every worker with
+    members in the room."""
+    await r.spublish(keys.room_channel(room), msgpack.packb(frames))
