@@ -1,0 +1,81 @@
+"""Helpers for tests that run the real service, one module a job:
+
+- servers: `giftstream serve` in child processes (ServerProcess, running, serving, free_port) and
+  the settings test servers share;
+- stores: the session's PostgreSQL, clients of a Valkey, crashing one;
+- api: the HTTP API as a client program uses it; users: the users it hands out;
+- frames: the raw-frame WebSocket `Client`; connections: `connected()` (`giftstream.client`) and
+  `raw_connected()`;
+- waiting: polling with a deadline (eventually, settles, poll);
+- audit: `giftstream audit` in a child process and the ledgers the archiver trims.
+
+Tests import from here (`from support import ...`): tests/ is on pytest's pythonpath.
+"""
+
+from .api import Api, metric
+from .audit import (
+    LEDGER_PATTERNS,
+    TRIMMING_ARCHIVE,
+    audit,
+    audit_flags,
+    ledger_lengths,
+    run_audit,
+    wait_ledgers_trimmed,
+)
+from .connections import connected, first_event, gift_burst, raw_connected
+from .frames import RECV_TIMEOUT_S, Client, Frame
+from .servers import (
+    KEEP_ARCHIVED,
+    READY_TIMEOUT_S,
+    SHARED_ENV,
+    TEST_SECRET,
+    ServerProcess,
+    free_port,
+    on_both_stores,
+    running,
+    serving,
+)
+from .stores import crash, database_for, fresh_database, shared_postgres, store, user_accounts
+from .users import User, bearer
+from .waiting import POLL_S, WAIT_S, eventually, poll, settles
+
+__all__ = [
+    "KEEP_ARCHIVED",
+    "LEDGER_PATTERNS",
+    "POLL_S",
+    "READY_TIMEOUT_S",
+    "RECV_TIMEOUT_S",
+    "SHARED_ENV",
+    "TEST_SECRET",
+    "TRIMMING_ARCHIVE",
+    "WAIT_S",
+    "Api",
+    "Client",
+    "Frame",
+    "ServerProcess",
+    "User",
+    "audit",
+    "audit_flags",
+    "bearer",
+    "connected",
+    "crash",
+    "database_for",
+    "eventually",
+    "first_event",
+    "free_port",
+    "fresh_database",
+    "gift_burst",
+    "ledger_lengths",
+    "metric",
+    "on_both_stores",
+    "poll",
+    "raw_connected",
+    "run_audit",
+    "running",
+    "serving",
+    "settles",
+    "shared_postgres",
+    "store",
+    "user_accounts",
+    "wait_ledgers_trimmed",
+]
