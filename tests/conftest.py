@@ -57,9 +57,8 @@ def server(valkey_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture
 async def api(server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(server.base_url)
-    yield client
-    await client.aclose()
+    async with Api(server.base_url) as client:
+        yield client
 
 
 @pytest.fixture

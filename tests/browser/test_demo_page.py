@@ -61,9 +61,8 @@ def page_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def page_api(page_server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(page_server.base_url)
-    yield client
-    await client.aclose()
+    async with Api(page_server.base_url) as client:
+        yield client
 
 
 @pytest.fixture

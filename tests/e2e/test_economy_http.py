@@ -3,12 +3,9 @@ regions and ages, daily caps and the guardian lock, rewards, gifts to videos, ca
 and the audit after all of it."""
 
 import asyncio
-import contextlib
-import os
 import secrets
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,12 +33,13 @@ from support import (
     Api,
     ServerProcess,
     User,
-    audit_flags,
+    audit,
     bearer,
     connected,
     first_event,
     gift_burst,
     running,
+    serving,
 )
 
 RECV_S = 15.0
@@ -153,15 +151,6 @@ async def eventually(
             return answer
         assert loop.time() < deadline, f"condition not met in {deadline_s}s: {answer}"
         await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def client_of(server: ServerProcess) -> AsyncIterator[Api]:
-    api = Api(server.base_url)
-    try:
-        yield api
-    finally:
-        await api.aclose()
 
 
 async def video_of(api: Api, host: User) -> str:
@@ -362,7 +351,7 @@ async def test_a_custom_amount_in_a_region_where_coins_are_not_sold_is_unavailab
 async def test_the_price_list_in_a_promotion_window_shows_the_bonus_and_the_promotion(
     promo: PromoServer,
 ) -> None:
-    async with client_of(promo.server) as api:
+    async with Api(promo.server.base_url) as api:
         web = ok_list(await get(api, "/v1/packages?region=US&channel=web"))
         ios = ok_list(await get(api, "/v1/packages?region=US&channel=ios"))
         br = ok_list(await get(api, "/v1/packages?region=BR&channel=web"))
@@ -442,7 +431,7 @@ async def test_a_recharge_of_a_custom_amount_on_ios_is_refused_and_credits_nothi
 async def test_a_recharge_in_a_promotion_window_credits_the_package_plus_its_bonus(
     promo: PromoServer, channel: str, region: str, package: str, bonus: int
 ) -> None:
-    async with client_of(promo.server) as api:
+    async with Api(promo.server.base_url) as api:
         viewer = await make_user(api, region=region)
         coins = BUNDLED.packages[package].coins
 
@@ -460,7 +449,7 @@ async def test_a_recharge_in_a_promotion_window_credits_the_package_plus_its_bon
 async def test_a_promotion_bonus_is_posted_to_the_promotions_account_in_the_ledger(
     promo: PromoServer, redis: Redis
 ) -> None:
-    async with client_of(promo.server) as api:
+    async with Api(promo.server.base_url) as api:
         viewer = await make_user(api)
         receipt = unique("promo")
         ok(await recharge(api, viewer, receipt, "coins_700"))
@@ -969,7 +958,7 @@ async def test_the_daily_check_in_grants_points_once_per_day(api: Api, redis: Re
 async def test_exchanging_250_points_gives_2_coins_and_keeps_50_points_idempotently(
     promo: PromoServer,
 ) -> None:
-    async with client_of(promo.server) as api:
+    async with Api(promo.server.base_url) as api:
         viewer = await make_user(api, coins=1)
         assert ok(await post(api, "/v1/rewards/checkin", viewer, {}))["points"] == 250
         request = unique("swap")
@@ -1255,38 +1244,6 @@ async def test_refunds_of_unknown_or_unpaid_receipts_change_nothing(api: Api) ->
 
 
 # --- the audit --------------------------------------------------------------------------------
-
-
-async def audit(url: str) -> tuple[int, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "giftstream.cli",
-        "audit",
-        *audit_flags(url),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    try:
-        await asyncio.to_thread(server.start)
-        async with client_of(server) as api:
-            yield server, api
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_the_audit_is_clean_after_purchases_refunds_caps_rewards_videos_and_payouts(

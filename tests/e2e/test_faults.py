@@ -17,7 +17,6 @@ import os
 import random
 import signal
 import socket
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -41,7 +40,7 @@ from support import (
     Frame,
     ServerProcess,
     User,
-    audit_flags,
+    audit,
     crash,
     metric,
     serving,
@@ -107,25 +106,6 @@ def own_valkey(data_dir: Path, aof_fsync: str) -> Iterator[EmbeddedValkey]:
         valkey.stop()
         if valkey.process is not None and valkey.process.poll() is None:
             valkey.kill()
-
-
-async def audit(url: str) -> tuple[int, str]:
-    """`giftstream audit --redis-url URL`: its exit code and its report."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def ready(api: Api) -> bool:

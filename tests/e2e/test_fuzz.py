@@ -19,14 +19,10 @@ by the gifts acked, every acked gift is in the viewer's ledger (and nothing else
 """
 
 import asyncio
-import contextlib
 import json
-import os
 import random
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +35,7 @@ from giftstream.domain.catalog import load_catalog
 from giftstream.store import keys
 from giftstream.store.connection import connect, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, audit_flags
+from support import Client, Frame, ServerProcess, User, audit, serving
 
 SEED = 20_261_122
 SHORT_FRAMES = 10_000
@@ -744,38 +740,6 @@ def _replays_history(value: Any) -> bool:
 
 
 # -- the test --------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-async def audit(url: str) -> tuple[int, str]:
-    """`giftstream audit --redis-url URL`: its exit code and its report."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def ledger_gift_events(url: str, user: User) -> list[str]:

@@ -3,12 +3,12 @@ and badges, presence across workers, and broadcast gifts — real processes, rea
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, bearer
+from support import Api, Client, Frame, ServerProcess, User, bearer, serving
 
 # A deadline for conditions that settle in the background (presence expiry, pub/sub hops).
 SETTLE_S = 15.0
@@ -17,21 +17,6 @@ UNLIMITED_GIFTS = {"GIFTSTREAM_GIFT_RATE_PER_S": "100000", "GIFTSTREAM_GIFT_BURS
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def serving(redis_url: str, env: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A server of the test's own (settings in `env`) and an HTTP client of it."""
-    server = ServerProcess(redis_url, env={**UNLIMITED_GIFTS, **env})
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def member(
@@ -311,8 +296,8 @@ async def test_watchers_on_two_workers_see_the_same_streak_end_exactly_once(
 ) -> None:
     env = {"GIFTSTREAM_STREAK_TIMEOUT_MS": "400"}
     async with (
-        serving(valkey.url, env) as (one, api),
-        serving(valkey.url, env) as (two, _),
+        serving(ServerProcess(valkey.url, env=env)) as (one, api),
+        serving(ServerProcess(valkey.url, env=env)) as (two, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -400,7 +385,10 @@ async def test_a_fast_streak_costs_each_viewer_a_bounded_number_of_frames_per_se
         "GIFTSTREAM_COALESCE_TICK_MS": str(TICK_MS),
         "GIFTSTREAM_STREAK_TIMEOUT_MS": str(STREAK_QUIET_MS),
     }
-    async with serving(valkey.url, env) as (server, api), contextlib.AsyncExitStack() as stack:
+    async with (
+        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
         host = await api.user(role="host")
         tapper = await api.user(coins=TAPS)
         other = await api.user(coins=100)
@@ -613,7 +601,10 @@ async def test_a_viewer_becomes_a_supporter_once_all_time_coins_reach_the_settin
     valkey: EmbeddedValkey,
 ) -> None:
     env = {"GIFTSTREAM_SUPPORTER_COINS": "300"}
-    async with serving(valkey.url, env) as (server, api), contextlib.AsyncExitStack() as stack:
+    async with (
+        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
         host = await api.user(role="host")
         fan = await api.user(coins=5000)
         rivals = [await api.user(coins=1000) for _ in range(3)]
@@ -660,8 +651,8 @@ async def test_viewer_counts_and_presence_frames_add_up_across_two_workers(
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(valkey.url, env) as (one, api),
-        serving(valkey.url, env) as (two, _),
+        serving(ServerProcess(valkey.url, env=env)) as (one, api),
+        serving(ServerProcess(valkey.url, env=env)) as (two, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -700,8 +691,8 @@ async def test_a_killed_worker_stops_counting_once_its_presence_expires(
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(valkey.url, env) as (survivor, api),
-        serving(valkey.url, env) as (doomed, _),
+        serving(ServerProcess(valkey.url, env=env)) as (survivor, api),
+        serving(ServerProcess(valkey.url, env=env)) as (doomed, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -744,8 +735,8 @@ async def test_a_room_served_only_by_a_killed_worker_counts_nobody_once_its_pres
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(valkey.url, env) as (_survivor, api),
-        serving(valkey.url, env) as (doomed, _),
+        serving(ServerProcess(valkey.url, env=env)) as (_survivor, api),
+        serving(ServerProcess(valkey.url, env=env)) as (doomed, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -769,7 +760,10 @@ async def test_a_big_room_that_everyone_leaves_at_once_counts_nobody(
         "GIFTSTREAM_PRESENCE_FRAMES_MAX_VIEWERS": "3",
         "GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
     }
-    async with serving(valkey.url, env) as (server, api), contextlib.AsyncExitStack() as stack:
+    async with (
+        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
         host = await api.user(role="host")
         room = await api.open_room(host)
         clients = [await member(stack, server, await api.user(), room) for _ in range(6)]
@@ -784,7 +778,10 @@ async def test_presence_frames_stop_once_the_room_is_above_the_threshold(
     valkey: EmbeddedValkey,
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_FRAMES_MAX_VIEWERS": "3"}
-    async with serving(valkey.url, env) as (server, api), contextlib.AsyncExitStack() as stack:
+    async with (
+        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
         host = await api.user(role="host")
         gifter = await api.user(coins=10)
         room = await api.open_room(host)
@@ -822,7 +819,10 @@ async def test_a_universe_is_announced_in_the_live_rooms_of_its_region_on_every_
         for name in ("own", "us1", "us2", "gb", "ended")
     }
     rooms = {name: await api.open_room(host) for name, host in hosts.items()}
-    async with serving(valkey.url, {}) as (second, _), contextlib.AsyncExitStack() as stack:
+    async with (
+        serving(ServerProcess(valkey.url)) as (second, _),
+        contextlib.AsyncExitStack() as stack,
+    ):
         # Room us2 is watched from another worker: every worker hears every region.
         watch = {
             name: await member(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from giftstream.store.connection import connect
 from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import Api, Client, Frame, ServerProcess, User
+from support import Client, Frame, ServerProcess, User, serving
 
 RECV_S = 15.0
 
@@ -72,20 +72,6 @@ async def connected(server: ServerProcess, user: User) -> AsyncIterator[Conn]:
         yield conn
     finally:
         await client.close()
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A started server and an HTTP client of it; both stopped when the block ends."""
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_a_room_spans_two_server_processes_sharing_one_store(

@@ -2,8 +2,6 @@
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgpack
@@ -13,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Client, Frame, ServerProcess, User, audit_flags, serving, store
+from support import Client, Frame, ServerProcess, User, audit, serving, store
 
 RECV_S = 15.0
 CRASH_EXIT_CODE = 70
@@ -38,25 +36,6 @@ async def eventually(condition: Callable[[], Awaitable[bool]], within_s: float =
     while not await condition():
         assert loop.time() < deadline, "the condition did not hold in time"
         await asyncio.sleep(0.05)
-
-
-async def audit(url: str) -> tuple[int, str]:
-    """`giftstream audit --redis-url URL`: its exit code and its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def coins_of(redis: Redis, user: User) -> int:

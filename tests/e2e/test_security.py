@@ -31,9 +31,8 @@ def strict_server(fresh_valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def strict_api(strict_server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(strict_server.base_url)
-    yield client
-    await client.aclose()
+    async with Api(strict_server.base_url) as client:
+        yield client
 
 
 async def metric(api: Api, name: str) -> float:

@@ -17,9 +17,9 @@ from .audit import (
     LEDGER_PATTERNS,
     TRIMMING_ARCHIVE,
     audit,
+    audit_cli,
     audit_flags,
     ledger_lengths,
-    run_audit,
     wait_ledgers_trimmed,
 )
 from .connections import connected, first_event, gift_burst, raw_connected
@@ -55,6 +55,7 @@ __all__ = [
     "ServerProcess",
     "User",
     "audit",
+    "audit_cli",
     "audit_flags",
     "bearer",
     "connected",
@@ -70,7 +71,6 @@ __all__ = [
     "on_both_stores",
     "poll",
     "raw_connected",
-    "run_audit",
     "running",
     "serving",
     "settles",

@@ -17,6 +17,12 @@ class Api:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    async def __aenter__(self) -> "Api":
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
     async def user(self, coins: int = 0, region: str = "US", role: str = "viewer") -> User:
         r = await self.http.post(
             "/v1/dev/users",

@@ -12,7 +12,7 @@ from .stores import database_for
 from .waiting import poll
 
 # How long one audit may run (a child process reading a whole store).
-AUDIT_TIMEOUT_S = 60.0
+AUDIT_TIMEOUT_S = 120.0
 # The archiver at test speed, trimming Valkey's ledgers as soon as PostgreSQL holds them.
 TRIMMING_ARCHIVE = {
     "GIFTSTREAM_ARCHIVE_INTERVAL_S": "0.05",
@@ -29,7 +29,7 @@ def audit_flags(redis_url: str) -> list[str]:
     return ["--redis-url", redis_url, "--database-url", database_for(redis_url)]
 
 
-async def run_audit(*args: str) -> tuple[int, str]:
+async def audit_cli(*args: str) -> tuple[int, str]:
     """`giftstream audit ARGS` in a child process: its exit code and its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
     proc = await asyncio.create_subprocess_exec(
@@ -50,7 +50,7 @@ async def run_audit(*args: str) -> tuple[int, str]:
 
 async def audit(redis_url: str) -> tuple[int, str]:
     """`giftstream audit` of the store at `redis_url` and its deployment's ledger."""
-    return await run_audit(*audit_flags(redis_url))
+    return await audit_cli(*audit_flags(redis_url))
 
 
 async def ledger_lengths(r: Redis) -> dict[str, tuple[int, int]]:

@@ -161,10 +161,7 @@ async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, A
     """A started server and an HTTP client of it; both stopped when the block ends."""
     try:
         await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
+        async with Api(server.base_url) as api:
             yield server, api
-        finally:
-            await api.aclose()
     finally:
         await asyncio.to_thread(server.stop)
