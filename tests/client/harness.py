@@ -1,7 +1,6 @@
 """What the client tests share: a quick backoff, polling, and the room history from the store."""
 
-import asyncio
-from collections.abc import Callable, Sized
+from collections.abc import Sized
 from typing import Any
 
 import msgpack
@@ -9,6 +8,7 @@ import msgpack
 from giftstream.client import Backoff, CreditEvent, Event, GiftEvent
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_stream
+from support import eventually
 
 # Reconnects within a tenth of a second, and keeps trying through a test's offline windows.
 QUICK = Backoff(base_s=0.01, max_delay_s=0.1, max_attempts=10_000, max_elapsed_s=30.0)
@@ -16,15 +16,6 @@ QUICK = Backoff(base_s=0.01, max_delay_s=0.1, max_attempts=10_000, max_elapsed_s
 GIFT = "confetti"
 GIFT_COINS = 100
 WAIT_S = 15.0
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = WAIT_S) -> None:
-    """Poll `condition` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.01)
 
 
 async def grown(items: Sized, by: int, within_s: float = WAIT_S) -> None:

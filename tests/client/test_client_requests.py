@@ -18,9 +18,9 @@ from giftstream.client import (
     Unauthenticated,
 )
 from giftstream.errors import ErrorCode
-from harness import GIFT, GIFT_COINS, QUICK, WAIT_S, eventually
+from harness import GIFT, GIFT_COINS, QUICK, WAIT_S
 from proxy import Proxy
-from support import Api, ServerProcess
+from support import Api, ServerProcess, eventually
 
 
 @pytest.mark.parametrize("json_mode", [False, True], ids=["msgpack", "json"])

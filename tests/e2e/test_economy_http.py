@@ -5,7 +5,7 @@ and the audit after all of it."""
 import asyncio
 import secrets
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -38,6 +38,7 @@ from support import (
     connected,
     first_event,
     gift_burst,
+    poll,
     running,
     serving,
 )
@@ -135,22 +136,6 @@ def ok_list(r: httpx.Response) -> list[Json]:
 async def ledger(redis: Redis, user: User) -> list[dict[str, str]]:
     entries = await read_stream(redis, keys.user_ledger(user.user))
     return [{text(k): text(v) for k, v in fields.items()} for _, fields in entries]
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Json]],
-    done: Callable[[Json], bool],
-    deadline_s: float = SETTLE_DEADLINE_S,
-) -> Json:
-    """Poll `probe` until `done` holds for its answer; fails at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
-    while True:
-        answer = await probe()
-        if done(answer):
-            return answer
-        assert loop.time() < deadline, f"condition not met in {deadline_s}s: {answer}"
-        await asyncio.sleep(0.05)
 
 
 async def video_of(api: Api, host: User) -> str:
@@ -491,10 +476,10 @@ async def test_a_late_payment_is_pending_then_credited_exactly_once_when_a_poll_
     assert (first["status"], first["credited"]) == ("pending", 0)
     assert await coins_of(api, viewer) == 3
 
-    async def poll() -> Json:
+    async def status() -> Json:
         return ok(await get(api, f"/v1/recharge/{receipt}", viewer))
 
-    settled = await eventually(poll, lambda s: s["status"] != "pending")
+    settled = await poll(status, lambda s: s["status"] != "pending", SETTLE_DEADLINE_S, "settled")
 
     total = 350 + BUNDLED.quote("US", "web", datetime.now(UTC), package="coins_350").bonus
     assert (settled["status"], settled["credited"], settled["coins"]) == ("paid", total, 3 + total)

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,10 @@ from support import (
     User,
     audit,
     crash,
+    eventually,
     metric,
     serving,
+    settles,
     store,
 )
 
@@ -68,31 +70,6 @@ EVERYSEC_LOSS_WINDOW_S = 2.0
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-async def until(
-    condition: Callable[[], bool | Awaitable[bool]], within_s: float, what: str
-) -> float:
-    """Poll `condition` until it holds; the time it took. Fails with `what` at the deadline."""
-    started = time.monotonic()
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.monotonic() - started
-        assert time.monotonic() - started < within_s, f"not within {within_s} s: {what}"
-        await asyncio.sleep(0.02)
-
-
-async def settles(condition: Callable[[], bool], within_s: float) -> bool:
-    """Whether `condition` comes to hold within `within_s` (polled)."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 @contextlib.contextmanager
@@ -383,7 +360,7 @@ async def test_killing_one_of_two_workers_mid_storm_loses_no_acked_gift_and_char
         storm = Storm(server.ws_url, room, gifters, rng)
         running = asyncio.create_task(storm.run())
         try:
-            await until(lambda: storm.acked >= storm.planned // 4, STORM_S, "a quarter acked")
+            await eventually(lambda: storm.acked >= storm.planned // 4, STORM_S, "a quarter acked")
             workers = await asyncio.to_thread(worker_pids, server)
             assert len(workers) == 2, workers
             held = await asyncio.to_thread(connections_by_worker, server.port, workers)
@@ -401,14 +378,14 @@ async def test_killing_one_of_two_workers_mid_storm_loses_no_acked_gift_and_char
         reconnects = sum(g.reconnects for g in gifters)
         assert reconnects >= 1, "the kill cut the connections of the killed worker's clients"
         assert all(len(g.acked) == g.planned for g in gifters), "every gift acked in the end"
-        await until(lambda: outboxes_empty(redis, viewers), 30, "every debit credited")
+        await eventually(lambda: outboxes_empty(redis, viewers), 30, "every debit credited")
         counts = await check_books(redis, url, room, host, storm)
 
         async def replaced() -> bool:
             pids = await asyncio.to_thread(worker_pids, server)
             return len(pids) == 2 and victim not in pids
 
-        await until(replaced, 30, "uvicorn starts a worker in place of the killed one")
+        await eventually(replaced, 30, "uvicorn starts a worker in place of the killed one")
     record(
         tmp_path,
         "worker-kill",
@@ -473,16 +450,16 @@ async def crash_the_store(
             storm = Storm(server.ws_url, room, gifters, rng)
             running = asyncio.create_task(storm.run())
             try:
-                await until(lambda: kill_when(storm), STORM_S, "the moment to kill")
+                await eventually(lambda: kill_when(storm), STORM_S, "the moment to kill")
                 acked_at_kill = storm.acked
                 killed_at = time.monotonic()
                 await asyncio.to_thread(crash, valkey)
                 # The server notices by itself...
-                not_ready_s = await until(lambda: not_ready(api), READY_S, "/readyz fails")
+                not_ready_s = await eventually(lambda: not_ready(api), READY_S, "/readyz fails")
                 acked_before_restart = storm.acks()
                 await asyncio.to_thread(valkey.start)
                 # ...and recovers by itself.
-                ready_again_s = await until(lambda: ready(api), READY_S, "/readyz is back")
+                ready_again_s = await eventually(lambda: ready(api), READY_S, "/readyz is back")
                 await asyncio.wait_for(running, STORM_S)
             finally:
                 running.cancel()
@@ -507,7 +484,7 @@ async def crash_the_store(
                     ledgers.update(await ledger_gifts(redis, g.user))
                 lost = sorted(set(acked_before_restart) - ledgers)
                 counts: dict[str, int] = {}
-                await until(lambda: outboxes_empty(redis, viewers), 30, "every debit credited")
+                await eventually(lambda: outboxes_empty(redis, viewers), 30, "every debit credited")
                 if not lost:
                     counts = await check_books(redis, url, room, host, storm)
                 else:  # the books must still balance, without the lost gifts
@@ -1065,25 +1042,27 @@ async def test_a_silently_lost_pubsub_connection_fails_readyz_and_missed_credits
             watcher = Reader(await joined_client(server, await api.user(), room))
             gifter = await joined_client(server, viewer, room)
             before = await gift_many(gifter, room, ["p-0", "p-1", "p-2"])
-            await until(lambda: set(before) <= set(reader.credits), 10, "live credits")
+            await eventually(lambda: set(before) <= set(reader.credits), 10, "live credits")
 
             proxy.partition()
             # Detected: /readyz fails on the pub/sub check while the store itself answers.
-            detected_s = await until(lambda: not_ready(api), 20, "/readyz fails")
+            detected_s = await eventually(lambda: not_ready(api), 20, "/readyz fails")
             checks = (await api.http.get("/readyz")).json()["checks"]
             missed = await gift_many(gifter, room, [f"q-{i}" for i in range(OUTAGE_GIFTS)])
             delivered_during_outage = set(missed) & set(reader.credits)
             proxy.heal()
-            recovered_s = await until(lambda: ready(api), 30, "/readyz is back")
+            recovered_s = await eventually(lambda: ready(api), 30, "/readyz is back")
             after = await gift_many(gifter, room, ["r-0", "r-1", "r-2"])
             await gifter.close()
 
             every = set(before) | set(missed) | set(after)
-            await until(lambda: every <= set(reader.credits), 15, "every credit at the host")
-            await until(lambda: every <= set(watcher.gifts), 15, "every gift at the viewer")
+            await eventually(lambda: every <= set(reader.credits), 15, "every credit at the host")
+            await eventually(lambda: every <= set(watcher.gifts), 15, "every gift at the viewer")
             # Once each, in offset order, and nothing after the last one.
             await reader.client.send({"t": "ping", "id": "fence"})
-            await until(lambda: any(f.get("id") == "fence" for f in reader.frames), 10, "the fence")
+            await eventually(
+                lambda: any(f.get("id") == "fence" for f in reader.frames), 10, "the fence"
+            )
             credits = [f for f in reader.frames if f["t"] == "credit"]
             offsets = [f["offset"] for f in credits]
             await reader.close()

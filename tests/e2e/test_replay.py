@@ -10,7 +10,16 @@ from giftstream.client import Ack
 from giftstream.client import Client as UserClient
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
-from support import Api, Client, Frame, ServerProcess, connected, on_both_stores, raw_connected
+from support import (
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    connected,
+    eventually,
+    on_both_stores,
+    raw_connected,
+)
 
 server = on_both_stores()
 
@@ -34,15 +43,6 @@ async def join(ws: Client, room: str, since: Frame | None = None) -> Frame:
 async def until(ws: Client, match: Callable[[Frame], bool]) -> tuple[Frame, list[Frame]]:
     """The first frame matching, and every frame received before it."""
     return await ws.recv_until(match, RECV_S)
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 15.0) -> None:
-    """Poll `condition` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.01)
 
 
 async def room_history(redis: Redis, room: str) -> list[Frame]:
