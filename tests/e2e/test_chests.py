@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, audit, running, serving
+from support import Api, Client, Frame, ServerProcess, User, audit, member, running, serving
 
 COUNTDOWN_MS = 800
 CLAIM_MS = 2500
@@ -35,22 +35,6 @@ def chest_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 async def chest_api(chest_server: ServerProcess) -> AsyncIterator[Api]:
     async with Api(chest_server.base_url) as client:
         yield client
-
-
-async def member(
-    stack: contextlib.AsyncExitStack,
-    server: ServerProcess,
-    user: User,
-    room: str,
-    *,
-    extras: bool = False,
-) -> Client:
-    """A connection authenticated as `user` and joined to `room`, closed with the stack."""
-    client = await Client.open(server.ws_url)
-    stack.push_async_callback(client.close)
-    await client.auth(user, extras=extras)
-    await client.join(room)
-    return client
 
 
 async def drop(client: Client, room: str, rid: str, coins: int) -> Frame:

@@ -27,7 +27,7 @@ from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.requests import MAX_GIFT_COUNT as MAX_COUNT
-from support import Client, Frame, ServerProcess, User, audit, bearer, running
+from support import Client, ServerProcess, User, audit, bearer, running
 
 ECONOMY = load_economy()
 CATALOG = load_catalog()
@@ -295,24 +295,6 @@ class World:
         return f"{prefix}-{self.tag}-{self.counter}"
 
 
-def unbatch(frame: Frame) -> list[Frame]:
-    if frame.get("t") == "batch":
-        return [inner for f in frame["frames"] for inner in unbatch(f)]
-    return [frame]
-
-
-async def ws_answer(ws: Client, pending: list[Frame], request_id: str) -> Frame:
-    """The ack or error to the gift `request_id`; other frames are dropped."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RECV_S
-    while True:
-        while pending:
-            frame = pending.pop(0)
-            if frame["t"] in ("ack", "error") and frame.get("id") == request_id:
-                return frame
-        pending.extend(unbatch(await ws.recv(max(deadline - loop.time(), 0.001))))
-
-
 async def create_user(http: httpx.AsyncClient, coins: int, role: str = "viewer") -> User:
     r = await http.post(
         "/v1/dev/users", json={"name": f"m-{role}", "region": "US", "role": role, "coins": coins}
@@ -349,7 +331,6 @@ class Replay:
         self.w = w
         self.m = model
         self.seen = seen
-        self.frames: list[Frame] = []
 
     async def post(self, path: str, user: User | None, body: Json) -> httpx.Response:
         headers = bearer(user) if user is not None else {}
@@ -500,7 +481,7 @@ class Replay:
         await self.w.ws.send(
             {"t": "gift", "id": request_id, "room": self.w.room, "gift": gift, "count": count}
         )
-        frame = await ws_answer(self.w.ws, self.frames, request_id)
+        frame = await self.w.ws.answer(request_id, RECV_S)
         return {"ok": frame["t"] == "ack", **frame}
 
     def expect_gift(self, answer: Json, expected: Expected, what: str) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, bearer, serving
+from support import Api, Client, Frame, ServerProcess, User, bearer, member, serving
 
 # A deadline for conditions that settle in the background (presence expiry, pub/sub hops).
 SETTLE_S = 15.0
@@ -17,24 +17,6 @@ UNLIMITED_GIFTS = {"GIFTSTREAM_GIFT_RATE_PER_S": "100000", "GIFTSTREAM_GIFT_BURS
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def member(
-    stack: contextlib.AsyncExitStack,
-    server: ServerProcess,
-    user: User,
-    room: str | None = None,
-    *,
-    extras: bool = False,
-    json_mode: bool = False,
-) -> Client:
-    """A connection authenticated as `user` (and joined to `room`), closed with the stack."""
-    client = await Client.open(server.ws_url, json_mode=json_mode)
-    stack.push_async_callback(client.close)
-    await client.auth(user, extras=extras)
-    if room is not None:
-        await client.join(room)
-    return client
 
 
 def streak_of(frame: Frame) -> dict[str, Any] | None:

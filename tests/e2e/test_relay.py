@@ -1,8 +1,6 @@
 """A worker dying between the debit and the credit of a gift: the outbox and the relay."""
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -11,24 +9,22 @@ from websockets.exceptions import ConnectionClosed
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Client, Frame, ServerProcess, User, audit, eventually, serving, store
+from support import (
+    Frame,
+    ServerProcess,
+    User,
+    audit,
+    eventually,
+    raw_connected,
+    serving,
+    store,
+)
 
 RECV_S = 15.0
 # What the relay repairs in the background, on a busy machine too.
 RELAY_S = 20.0
 CRASH_EXIT_CODE = 70
 GIFT, GIFT_COINS = "confetti", 100
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Client]:
-    """An authenticated connection of `user`, closed when the block ends."""
-    client = await Client.open(server.ws_url)
-    try:
-        await client.auth(user)
-        yield client
-    finally:
-        await client.close()
 
 
 async def coins_of(redis: Redis, user: User) -> int:
@@ -67,7 +63,7 @@ async def crash_a_gift(
         viewer = await api.user(coins=1000)
         room = await api.open_room(host)
         received: list[Frame] = []
-        async with connected(server, viewer) as ws:
+        async with raw_connected(server, viewer) as ws:
             await ws.join(room)
             await ws.send({"t": "gift", "id": "crash-1", "room": room, "gift": GIFT})
             with pytest.raises(ConnectionClosed):
@@ -110,7 +106,10 @@ async def test_a_crash_after_the_debit_is_credited_once_by_the_relay_of_a_new_se
         assert await history(redis, room) == [("gift", 1, event), ("credit", 2, event)]
 
         epoch = (await read_hash(redis, keys.room(room)))[b"epoch"].decode()
-        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+        async with (
+            raw_connected(server, host) as host_ws,
+            raw_connected(server, viewer) as retry_ws,
+        ):
             await host_ws.join(room, since={"epoch": epoch, "offset": 0})
             await retry_ws.join(room)
             retried = await retry_ws.gift(room, GIFT, "crash-1")
@@ -142,7 +141,10 @@ async def test_a_retry_after_a_crash_credits_the_pending_gift_once_without_the_r
     env = {"GIFTSTREAM_RELAY_GRACE_MS": "3600000", "GIFTSTREAM_RELAY_INTERVAL_S": "0.1"}
     async with serving(ServerProcess(url, env=env)) as (server, api), store(url) as redis:
         assert (await api.wallet(host))["diamonds"] == 0
-        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+        async with (
+            raw_connected(server, host) as host_ws,
+            raw_connected(server, viewer) as retry_ws,
+        ):
             await host_ws.join(room)
             await retry_ws.join(room)
             retried = await retry_ws.gift(room, GIFT, "crash-1")

@@ -22,7 +22,7 @@ from .audit import (
     ledger_lengths,
     wait_ledgers_trimmed,
 )
-from .connections import connected, first_event, gift_burst, raw_connected
+from .connections import connected, first_event, gift_burst, member, raw_connected, raw_opened
 from .frames import RECV_TIMEOUT_S, Client, Frame
 from .servers import (
     KEEP_ARCHIVED,
@@ -67,10 +67,12 @@ __all__ = [
     "fresh_database",
     "gift_burst",
     "ledger_lengths",
+    "member",
     "metric",
     "on_both_stores",
     "poll",
     "raw_connected",
+    "raw_opened",
     "running",
     "serving",
     "settles",

@@ -15,16 +15,45 @@ from .users import User
 
 
 @contextlib.asynccontextmanager
+async def raw_opened(
+    server: ServerProcess, *, json_mode: bool = False, **options: Any
+) -> AsyncIterator[Client]:
+    """A raw-frame connection to `server`, not authenticated yet (`options` go to the websockets
+    client); closed when the block ends."""
+    client = await Client.open(server.ws_url, json_mode=json_mode, **options)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
 async def raw_connected(
     server: ServerProcess, user: User, *, extras: bool = False, json_mode: bool = False
 ) -> AsyncIterator[Client]:
     """A raw-frame connection of `user` on `server`, authenticated; closed when the block ends."""
-    client = await Client.open(server.ws_url, json_mode=json_mode)
-    try:
+    async with raw_opened(server, json_mode=json_mode) as client:
         await client.auth(user, extras=extras)
         yield client
-    finally:
-        await client.close()
+
+
+async def member(
+    stack: contextlib.AsyncExitStack,
+    server: ServerProcess,
+    user: User,
+    room: str | None = None,
+    *,
+    extras: bool = False,
+    json_mode: bool = False,
+) -> Client:
+    """A raw-frame connection authenticated as `user` (and joined to `room`), closed with the
+    stack."""
+    client = await stack.enter_async_context(
+        raw_connected(server, user, extras=extras, json_mode=json_mode)
+    )
+    if room is not None:
+        await client.join(room)
+    return client
 
 
 @contextlib.asynccontextmanager

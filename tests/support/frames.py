@@ -27,6 +27,8 @@ class Client:
         # Frames of a `batch` not yet handed out: a batch is handled as its frames, in order.
         self.unbatched: deque[Frame] = deque()
         self.batches = 0
+        # The `welcome` of `auth` (empty before it).
+        self.welcome: Frame = {}
 
     @classmethod
     async def open(cls, ws_url: str, json_mode: bool = False, **kwargs: Any) -> "Client":
@@ -94,6 +96,7 @@ class Client:
             frame["extras"] = True
         answer = await self.request(frame, "welcome")
         assert answer["t"] == "welcome", answer
+        self.welcome = answer
         return answer
 
     async def join(self, room: str, since: Frame | None = None) -> Frame:
