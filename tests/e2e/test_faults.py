@@ -34,6 +34,7 @@ from giftstream.store import keys
 from giftstream.store.connection import Redis, command, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
+from proxy import Forwarder, Pair
 from support import (
     Api,
     Client,
@@ -917,30 +918,18 @@ async def test_while_viewers_never_read_the_others_get_every_frame_in_time(
 # -- (e) the pub/sub connection lost silently ------------------------------------------------
 
 
-class _Pair:
-    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
-        self.client = client
-        self.upstream = upstream
-        self.pubsub = False
-
-    def cut(self) -> None:
-        self.client.transport.abort()
-        self.upstream.transport.abort()
-
-
-class StoreProxy:
+class StoreProxy(Forwarder):
     """A unix-socket proxy in front of Valkey that can partition the pub/sub connections: their
     bytes stop flowing both ways, and neither side sees a close (as when a network drops
     packets), while the command connections go on. `heal` cuts the partitioned connections."""
 
     def __init__(self, target: Path, path: Path) -> None:
+        super().__init__()
         self.target = target
         self.path = path
         self.partitioned = False
         self.pubsub_connections = 0
-        self._server: asyncio.Server | None = None
-        self._pairs: set[_Pair] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._pubsub: set[Pair] = set()
 
     @property
     def url(self) -> str:
@@ -955,59 +944,18 @@ class StoreProxy:
 
     def heal(self) -> None:
         self.partitioned = False
-        for pair in list(self._pairs):
-            if pair.pubsub:
-                pair.cut()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for pair in list(self._pairs):
+        for pair in list(self._pubsub & self._pairs):
             pair.cut()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(str(self.target))
-        except OSError:
-            writer.transport.abort()
-            self._handlers.discard(task)
-            return
-        pair = _Pair(writer, up_writer)
-        self._pairs.add(pair)
-        try:
-            await asyncio.gather(
-                self._pump(reader, up_writer, pair, upstream=True),
-                self._pump(up_reader, writer, pair, upstream=False),
-            )
-        finally:
-            self._pairs.discard(pair)
-            self._handlers.discard(task)
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(str(self.target))
 
-    async def _pump(
-        self,
-        source: asyncio.StreamReader,
-        sink: asyncio.StreamWriter,
-        pair: _Pair,
-        upstream: bool,
-    ) -> None:
-        try:
-            while chunk := await source.read(65_536):
-                if upstream and not pair.pubsub and b"SUBSCRIBE" in chunk.upper():
-                    pair.pubsub = True
-                    self.pubsub_connections += 1
-                if pair.pubsub and self.partitioned:
-                    continue  # lost in the partition
-                sink.write(chunk)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            pair.cut()
+    def _passes(self, pair: Pair, chunk: bytes, from_server: bool) -> bool:
+        if not from_server and pair not in self._pubsub and b"SUBSCRIBE" in chunk.upper():
+            self._pubsub.add(pair)
+            self.pubsub_connections += 1
+        # A pub/sub connection's bytes are lost in the partition.
+        return not (pair in self._pubsub and self.partitioned)
 
 
 OUTAGE_GIFTS = 120
