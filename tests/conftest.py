@@ -10,17 +10,13 @@ import pytest
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from proxy import Proxy
-from support import SHARED_ENV, Api, ServerProcess, running
+from support import SHARED_ENV, Api, ServerProcess, running, temporary_cluster, temporary_valkey
 
 
 @pytest.fixture(scope="session")
 def valkey() -> Iterator[EmbeddedValkey]:
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    server = EmbeddedValkey(path / "data")
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_valkey() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -33,12 +29,8 @@ def valkey_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[EmbeddedCluster]:
     """A 3-primary Valkey Cluster with a replica each, on loopback."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster")
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster() as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,7 @@ from giftstream.client import IdempotencyConflict, InsufficientCoins
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
 from giftstream.store.audit import run_audit
-from giftstream.store.connection import connect
-from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
+from giftstream.store.embedded import EmbeddedValkey, is_running
 from giftstream.store.postgres import close_pool, connect_pool
 from support import (
     SHARED_ENV,
@@ -30,6 +29,7 @@ from support import (
     connected,
     database_for,
     serving,
+    shut_down_leftover_valkey,
     store,
     wait_ledgers_trimmed,
 )
@@ -86,25 +86,6 @@ async def traffic(server: ServerProcess, api: Api) -> Traffic:
         with pytest.raises(InsufficientCoins):
             await poor_ws.send_gift(rooms[1], "finger_heart", id="too-much-2")
     return Traffic(rich, poor, rooms)
-
-
-async def shut_down_leftover_valkey(data: Path) -> None:
-    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
-
-    `giftstream serve` is meant to stop its embedded Valkey itself; this makes sure the
-    store is really stopped whether or not it does (test_processes checks that it does)."""
-    if not is_running(data):
-        return
-    client = connect(url_for(data))
-    try:
-        await client.shutdown()
-    finally:
-        await client.aclose()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15.0
-    while is_running(data):
-        assert loop.time() < deadline, "the leftover Valkey did not stop"
-        await asyncio.sleep(0.05)
 
 
 def assert_clean(code: int, report: str) -> None:

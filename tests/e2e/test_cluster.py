@@ -2,10 +2,7 @@
 a primary's fail-over in the middle of gifting that loses and doubles nothing."""
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -13,7 +10,17 @@ import redis
 from giftstream.store import keys
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, command_to_node
-from support import SHARED_ENV, Api, Client, Frame, ServerProcess, User, audit, running
+from support import (
+    SHARED_ENV,
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    User,
+    audit,
+    running,
+    temporary_cluster,
+)
 
 GIFT_PRICE = 1
 GIFTS_PER_VIEWER = 40
@@ -24,12 +31,8 @@ DEADLINE_S = 60.0
 @pytest.fixture
 def own_cluster() -> Iterator[EmbeddedCluster]:
     """A cluster of the test's own: a fail-over changes its topology."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster")
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster() as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from support import (
     raw_connected,
     serving,
     store,
+    temporary_cluster,
     wait_ledgers_trimmed,
 )
 
@@ -486,12 +486,8 @@ async def test_serve_runs_an_embedded_postgresql_in_the_data_dir_that_the_export
 @pytest.fixture
 def own_cluster() -> Iterator[EmbeddedCluster]:
     """A cluster of the test's own (one deployment: its lease, its database), no replicas."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster", replicas_each=0)
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster(replicas_each=0) as nodes:
+        yield nodes
 
 
 async def test_on_a_cluster_every_stream_of_every_shard_is_archived_with_its_own_cursor(

