@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +47,7 @@ from support import (
     connected,
     eventually,
     fresh_database,
+    giftstream_cli,
     ledger_lengths,
     raw_connected,
     serving,
@@ -289,16 +289,8 @@ async def test_history_needs_a_token(server: ServerProcess, api: Api) -> None:
 
 
 async def ledger_cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "ledger", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`giftstream ledger ARGS`: its exit code, its output and its error output."""
+    return await giftstream_cli("ledger", *args, apart=True)
 
 
 async def test_the_exports_csv_sums_match_the_wallets_and_the_summary_the_day(

@@ -3,7 +3,6 @@ a quickstart that drifts from the service fails here."""
 
 import ast
 import asyncio
-import os
 import re
 import shutil
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ServerProcess
+from support import ServerProcess, run_child
 
 ROOT = Path(__file__).resolve().parents[2]
 # The complete programs of each document (a fragment such as an `except` clause is not one).
@@ -45,23 +44,10 @@ async def demo() -> AsyncIterator[ServerProcess]:
 async def run(program: str, tmp_path: Path, server: ServerProcess) -> str:
     path = tmp_path / "quickstart.py"
     path.write_text(program)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    env["DEMO_URL"] = server.base_url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
+    code, text, _ = await run_child(
+        [sys.executable, str(path)], env={"DEMO_URL": server.base_url}, timeout_s=RUN_TIMEOUT_S
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text
+    assert code == 0, text
     return text
 
 

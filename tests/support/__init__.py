@@ -22,6 +22,7 @@ from .audit import (
     ledger_lengths,
     wait_ledgers_trimmed,
 )
+from .children import giftstream_cli, run_child
 from .connections import connected, first_event, gift_burst, member, raw_connected, raw_opened
 from .frames import RECV_TIMEOUT_S, Client, Frame
 from .servers import (
@@ -76,6 +77,7 @@ __all__ = [
     "free_port",
     "fresh_database",
     "gift_burst",
+    "giftstream_cli",
     "ledger_lengths",
     "member",
     "metric",
@@ -83,6 +85,7 @@ __all__ = [
     "poll",
     "raw_connected",
     "raw_opened",
+    "run_child",
     "running",
     "serving",
     "settles",

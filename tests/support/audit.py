@@ -1,18 +1,13 @@
 """`giftstream audit` and the archiver as tests see them: the audit's flags for a store, the audit
 in a child process, and the ledger streams in Valkey that the archiver trims."""
 
-import asyncio
-import os
-import sys
-
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 
+from .children import giftstream_cli
 from .stores import database_for
 from .waiting import poll
 
-# How long one audit may run (a child process reading a whole store).
-AUDIT_TIMEOUT_S = 120.0
 # The archiver at test speed, trimming Valkey's ledgers as soon as PostgreSQL holds them.
 TRIMMING_ARCHIVE = {
     "GIFTSTREAM_ARCHIVE_INTERVAL_S": "0.05",
@@ -31,21 +26,8 @@ def audit_flags(redis_url: str) -> list[str]:
 
 async def audit_cli(*args: str) -> tuple[int, str]:
     """`giftstream audit ARGS` in a child process: its exit code and its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), AUDIT_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+    code, out, _ = await giftstream_cli("audit", *args)
+    return code, out
 
 
 async def audit(redis_url: str) -> tuple[int, str]:
