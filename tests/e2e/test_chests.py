@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, audit, member, running, serving
+from support import Api, Client, Frame, ServerProcess, User, audit, member, poll, running, serving
 
 COUNTDOWN_MS = 800
 CLAIM_MS = 2500
@@ -71,14 +71,12 @@ def chest_result(chest: str) -> Callable[[Frame], bool]:
 
 async def coins_become(api: Api, expected: dict[str, tuple[User, int]]) -> None:
     """Poll the wallets until each user holds the expected coins (payouts follow the result)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S
-    while True:
-        held = {name: (await api.wallet(user))["coins"] for name, (user, _) in expected.items()}
-        if held == {name: coins for name, (_, coins) in expected.items()}:
-            return
-        assert loop.time() < deadline, held
-        await asyncio.sleep(POLL_S)
+
+    async def held() -> dict[str, int]:
+        return {name: (await api.wallet(user))["coins"] for name, (user, _) in expected.items()}
+
+    wanted = {name: coins for name, (_, coins) in expected.items()}
+    await poll(held, lambda coins: coins == wanted, SETTLE_S, "the payouts")
 
 
 def assert_audit_clean(code: int, report: str) -> None:

@@ -49,6 +49,7 @@ from support import (
     fresh_database,
     giftstream_cli,
     ledger_lengths,
+    metric,
     raw_connected,
     serving,
     store,
@@ -148,14 +149,6 @@ def kill9(server: ServerProcess) -> None:
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
-
-
-async def metric(api: Api, name: str) -> float:
-    body = (await api.http.get("/metrics")).text
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 async def test_every_ledger_entry_and_room_event_reaches_postgresql_exactly_once(

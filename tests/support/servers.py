@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,15 @@ class ServerProcess:
     def wait_exit(self, timeout_s: float = 20.0) -> int:
         assert self.process is not None
         return self.process.wait(timeout_s)
+
+
+def logged(server: ServerProcess, text: str) -> Callable[[], Awaitable[bool]]:
+    """A check (for `eventually`) that holds once the end of the server's log shows `text`."""
+
+    async def check() -> bool:
+        return text in await asyncio.to_thread(server.log)
+
+    return check
 
 
 @contextlib.contextmanager

@@ -7,9 +7,9 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis
@@ -23,6 +23,7 @@ from .waiting import eventually
 # when imported.
 use_own_runtime_dir()
 
+S = TypeVar("S", EmbeddedValkey, EmbeddedCluster)
 # How long a Valkey asked to shut down may take to flush its AOF and stop.
 SHUTDOWN_S = 15.0
 
@@ -89,10 +90,9 @@ def crash(valkey: EmbeddedValkey) -> None:
 
 
 @contextlib.contextmanager
-def temporary_valkey() -> Iterator[EmbeddedValkey]:
-    """An embedded Valkey in a temporary directory; stopped and removed when the block ends."""
+def _in_temporary_dir(make: Callable[[Path], S]) -> Iterator[S]:
     path = Path(tempfile.mkdtemp(prefix="gs-"))
-    server = EmbeddedValkey(path / "data")
+    server = make(path)
     server.start()
     try:
         yield server
@@ -101,18 +101,15 @@ def temporary_valkey() -> Iterator[EmbeddedValkey]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def temporary_cluster(**options: Any) -> Iterator[EmbeddedCluster]:
+def temporary_valkey() -> contextlib.AbstractContextManager[EmbeddedValkey]:
+    """An embedded Valkey in a temporary directory; stopped and removed when the block ends."""
+    return _in_temporary_dir(lambda path: EmbeddedValkey(path / "data"))
+
+
+def temporary_cluster(**options: Any) -> contextlib.AbstractContextManager[EmbeddedCluster]:
     """An embedded Valkey Cluster in a temporary directory (`options` go to EmbeddedCluster);
     stopped and removed when the block ends."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster", **options)
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.stop()
-        shutil.rmtree(path, ignore_errors=True)
+    return _in_temporary_dir(lambda path: EmbeddedCluster(path / "cluster", **options))
 
 
 async def shut_down_leftover_valkey(data: Path) -> bool:
