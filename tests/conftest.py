@@ -3,14 +3,17 @@
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from giftstream.domain.economy import load_economy
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
 from proxy import Proxy
 from support import SHARED_ENV, Api, ServerProcess, running, temporary_cluster, temporary_valkey
+from support.economy import PromoServer, promo_economy_text
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +88,20 @@ async def proxy(server: ServerProcess) -> AsyncIterator[Proxy]:
     p = await Proxy(server.port).start()
     yield p
     await p.close()
+
+
+# The coin economy's tests (e2e/economy/): a server whose promotions are active now.
+
+
+@pytest.fixture(scope="module")
+def promo_economy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("economy") / "economy.toml"
+    path.write_text(promo_economy_text(datetime.now(UTC)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def promo(valkey: EmbeddedValkey, promo_economy_path: Path) -> Iterator[PromoServer]:
+    env = {"GIFTSTREAM_ECONOMY_PATH": str(promo_economy_path)}
+    with running(ServerProcess(valkey.url, env=env)) as server:
+        yield PromoServer(server, load_economy(promo_economy_path), promo_economy_path)
