@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, bearer, member, serving
+from support import Api, Client, Frame, ServerProcess, User, bearer, member, poll, serving
 
 # A deadline for conditions that settle in the background (presence expiry, pub/sub hops).
 SETTLE_S = 15.0
@@ -705,11 +705,12 @@ async def listed_viewers(api: Api, room: str) -> int | None:
 
 
 async def listed_viewers_become(api: Api, room: str, count: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S
-    while (listed := await listed_viewers(api, room)) != count:
-        assert loop.time() < deadline, f"GET /v1/rooms still lists {listed} viewers, not {count}"
-        await asyncio.sleep(0.05)
+    await poll(
+        lambda: listed_viewers(api, room),
+        lambda listed: listed == count,
+        SETTLE_S,
+        f"GET /v1/rooms listing {count} viewers",
+    )
 
 
 async def test_a_room_served_only_by_a_killed_worker_counts_nobody_once_its_presence_expires(
