@@ -3,9 +3,7 @@
 import asyncio
 from collections import Counter
 
-from support import (
-    Api,
-)
+from support import Api
 from support.economy import (
     diamonds_of,
     error,

@@ -4,16 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from giftstream.client import (
-    InsufficientCoins,
-)
+from giftstream.client import InsufficientCoins
 from giftstream.store.embedded import EmbeddedValkey
-from support import (
-    ServerProcess,
-    audit,
-    connected,
-    serving,
-)
+from support import ServerProcess, audit, connected, serving
 from support.economy import (
     error,
     make_user,

@@ -6,18 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from support import (
-    Api,
-)
-from support.economy import (
-    BUNDLED,
-    Json,
-    PromoServer,
-    error,
-    get,
-    ok,
-    ok_list,
-)
+from support import Api
+from support.economy import BUNDLED, Json, PromoServer, error, get, ok, ok_list
 
 # --- prices -----------------------------------------------------------------------------------
 

@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-)
+from support import Api
 from support.economy import (
     BUNDLED,
     Json,

@@ -7,10 +7,7 @@ import pytest
 
 from giftstream.payments import DECLINES
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-    poll,
-)
+from support import Api, poll
 from support.economy import (
     BUNDLED,
     SETTLE_DEADLINE_S,

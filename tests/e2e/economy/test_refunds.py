@@ -3,9 +3,7 @@
 from datetime import UTC, datetime
 
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-)
+from support import Api
 from support.economy import (
     BUNDLED,
     coins_of,

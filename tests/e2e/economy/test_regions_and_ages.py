@@ -3,15 +3,9 @@ age."""
 
 import pytest
 
-from giftstream.client import (
-    Forbidden,
-)
+from giftstream.client import Forbidden
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-    ServerProcess,
-    connected,
-)
+from support import Api, ServerProcess, connected
 from support.economy import (
     coins_of,
     diamonds_of,

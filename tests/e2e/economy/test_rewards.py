@@ -1,19 +1,8 @@
 """The coin economy against the real server: the daily check-in and the points exchange."""
 
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-)
-from support.economy import (
-    PromoServer,
-    error,
-    get,
-    ledger,
-    make_user,
-    ok,
-    post,
-    unique,
-)
+from support import Api
+from support.economy import PromoServer, error, get, ledger, make_user, ok, post, unique
 
 # --- rewards ----------------------------------------------------------------------------------
 

@@ -4,18 +4,9 @@ from collections import Counter
 
 import pytest
 
-from giftstream.client import (
-    Ack,
-    ServerError,
-    SpendingLimit,
-)
+from giftstream.client import Ack, ServerError, SpendingLimit
 from giftstream.store.connection import Redis
-from support import (
-    Api,
-    ServerProcess,
-    connected,
-    gift_burst,
-)
+from support import Api, ServerProcess, connected, gift_burst
 from support.economy import (
     coins_of,
     diamonds_of,

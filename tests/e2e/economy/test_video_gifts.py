@@ -1,15 +1,7 @@
 """The coin economy against the real server: gifts to a host's videos."""
 
-from giftstream.client import (
-    CreditEvent,
-    GiftEvent,
-)
-from support import (
-    Api,
-    ServerProcess,
-    connected,
-    first_event,
-)
+from giftstream.client import CreditEvent, GiftEvent
+from support import Api, ServerProcess, connected, first_event
 from support.economy import (
     RECV_S,
     coins_of,

@@ -5,14 +5,7 @@ import contextlib
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, Frame, ServerProcess, member, serving
-from support.rooms import (
-    acked,
-    end_room,
-    gift_event,
-    presence_of,
-    room_goes,
-    until,
-)
+from support.rooms import acked, end_room, gift_event, presence_of, room_goes, until
 
 # -- broadcast gifts ---------------------------------------------------------------------------
 

@@ -6,14 +6,7 @@ import contextlib
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, Frame, ServerProcess, User, member, poll, serving
-from support.rooms import (
-    SETTLE_S,
-    acked,
-    gift_event,
-    presence_of,
-    until,
-    viewers_are,
-)
+from support.rooms import SETTLE_S, acked, gift_event, presence_of, until, viewers_are
 
 # -- presence ----------------------------------------------------------------------------------
 

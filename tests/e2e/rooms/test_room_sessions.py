@@ -3,14 +3,7 @@
 import contextlib
 
 from support import Api, Frame, ServerProcess, member
-from support.rooms import (
-    acked,
-    end_room,
-    reopen,
-    room_goes,
-    session,
-    until,
-)
+from support.rooms import acked, end_room, reopen, room_goes, session, until
 
 # -- sessions ----------------------------------------------------------------------------------
 
