@@ -5,6 +5,7 @@ import contextlib
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, Frame, ServerProcess, member, serving
 from support.rooms import (
+    UNLIMITED_GIFTS,
     acked,
     credit_event,
     end_room,
@@ -79,7 +80,7 @@ async def test_a_viewer_becomes_a_supporter_once_all_time_coins_reach_the_settin
 ) -> None:
     env = {"GIFTSTREAM_SUPPORTER_COINS": "300"}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")

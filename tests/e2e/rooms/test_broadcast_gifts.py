@@ -5,7 +5,15 @@ import contextlib
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, Frame, ServerProcess, member, serving
-from support.rooms import acked, end_room, gift_event, presence_of, room_goes, until
+from support.rooms import (
+    UNLIMITED_GIFTS,
+    acked,
+    end_room,
+    gift_event,
+    presence_of,
+    room_goes,
+    until,
+)
 
 # -- broadcast gifts ---------------------------------------------------------------------------
 
@@ -20,7 +28,7 @@ async def test_a_universe_is_announced_in_the_live_rooms_of_its_region_on_every_
     }
     rooms = {name: await api.open_room(host) for name, host in hosts.items()}
     async with (
-        serving(ServerProcess(valkey.url)) as (second, _),
+        serving(ServerProcess(valkey.url, env=UNLIMITED_GIFTS)) as (second, _),
         contextlib.AsyncExitStack() as stack,
     ):
         # Room us2 is watched from another worker: every worker hears every region.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from giftstream.store.embedded import EmbeddedValkey
 from support import Client, Frame, ServerProcess, member, serving
 from support.rooms import (
+    UNLIMITED_GIFTS,
     acked,
     answers,
     gift_event,
@@ -80,7 +81,7 @@ async def test_a_fast_streak_costs_each_viewer_a_bounded_number_of_frames_per_se
         "GIFTSTREAM_STREAK_TIMEOUT_MS": str(STREAK_QUIET_MS),
     }
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")

@@ -6,7 +6,15 @@ import contextlib
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, Frame, ServerProcess, User, member, poll, serving
-from support.rooms import SETTLE_S, acked, gift_event, presence_of, until, viewers_are
+from support.rooms import (
+    SETTLE_S,
+    UNLIMITED_GIFTS,
+    acked,
+    gift_event,
+    presence_of,
+    until,
+    viewers_are,
+)
 
 # -- presence ----------------------------------------------------------------------------------
 
@@ -18,8 +26,8 @@ async def test_viewer_counts_and_presence_frames_add_up_across_two_workers(
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (one, api),
-        serving(ServerProcess(valkey.url, env=env)) as (two, _),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (one, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (two, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -58,8 +66,8 @@ async def test_a_killed_worker_stops_counting_once_its_presence_expires(
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (survivor, api),
-        serving(ServerProcess(valkey.url, env=env)) as (doomed, _),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (survivor, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (doomed, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -103,8 +111,8 @@ async def test_a_room_served_only_by_a_killed_worker_counts_nobody_once_its_pres
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S)}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (_survivor, api),
-        serving(ServerProcess(valkey.url, env=env)) as (doomed, _),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (_survivor, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (doomed, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -129,7 +137,7 @@ async def test_a_big_room_that_everyone_leaves_at_once_counts_nobody(
         "GIFTSTREAM_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
     }
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
@@ -147,7 +155,7 @@ async def test_presence_frames_stop_once_the_room_is_above_the_threshold(
 ) -> None:
     env = {"GIFTSTREAM_PRESENCE_FRAMES_MAX_VIEWERS": "3"}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (server, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")

@@ -6,6 +6,7 @@ import contextlib
 from giftstream.store.embedded import EmbeddedValkey
 from support import Api, ServerProcess, member, serving
 from support.rooms import (
+    UNLIMITED_GIFTS,
     acked,
     answers,
     first_gift,
@@ -162,8 +163,8 @@ async def test_watchers_on_two_workers_see_the_same_streak_end_exactly_once(
 ) -> None:
     env = {"GIFTSTREAM_STREAK_TIMEOUT_MS": "400"}
     async with (
-        serving(ServerProcess(valkey.url, env=env)) as (one, api),
-        serving(ServerProcess(valkey.url, env=env)) as (two, _),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (one, api),
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (two, _),
         contextlib.AsyncExitStack() as stack,
     ):
         host = await api.user(role="host")
