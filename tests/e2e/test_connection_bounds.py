@@ -425,7 +425,10 @@ async def until_dropped(server: ServerProcess, writer: asyncio.StreamWriter) -> 
     async def let_go() -> bool:
         return not await server_holds(server, port)
 
-    await eventually(let_go, DROPPED_WITHIN_S, "the server to let go of a connection it gave up on")
+    # Each look runs `ss`: a few a second are enough.
+    await eventually(
+        let_go, DROPPED_WITHIN_S, "the server to let go of a connection it gave up on", 0.2
+    )
 
 
 async def test_a_viewer_that_stays_behind_is_closed_and_dropped_if_it_still_does_not_read(

@@ -23,15 +23,18 @@ async def _holds(condition: Condition) -> bool:
 
 
 async def eventually(
-    condition: Condition, within_s: float = WAIT_S, what: str = "the condition"
+    condition: Condition,
+    within_s: float = WAIT_S,
+    what: str = "the condition",
+    every_s: float = POLL_S,
 ) -> float:
-    """Poll `condition` (plain or async) until it holds: the seconds it took. Fails naming `what`
-    at the deadline."""
+    """Poll `condition` (plain or async) every `every_s` until it holds: the seconds it took.
+    Fails naming `what` at the deadline."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     while not await _holds(condition):
         assert loop.time() - started < within_s, f"not within {within_s} s: {what}"
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(every_s)
     return loop.time() - started
 
 
