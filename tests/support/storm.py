@@ -29,6 +29,7 @@ from .api import Api
 from .audit import audit
 from .frames import Client, Frame
 from .servers import ServerProcess
+from .stores import room_history
 from .users import User
 
 SEED = 4_242
@@ -84,9 +85,7 @@ async def ledger_gifts(redis: Redis, user: User) -> list[str]:
 
 async def history(redis: Redis, room: str) -> Counter[tuple[str, str]]:
     """How often each (type, event) is in the room's history."""
-    entries = await read_stream(redis, keys.room_events(room))
-    frames = [msgpack.unpackb(e[b"f"], raw=False) for _, e in entries]
-    return Counter((f["t"], f["event"]) for f in frames)
+    return Counter((f["t"], f["event"]) for f in await room_history(redis, room))
 
 
 async def outboxes_empty(redis: Redis, users: list[User]) -> bool:
