@@ -19,6 +19,7 @@ from websockets.uri import parse_uri
 
 from giftstream.store.embedded import EmbeddedValkey
 from support import (
+    BIG_NAME,
     SHARED_ENV,
     Api,
     Client,
@@ -218,8 +219,6 @@ SILENT_RSS_SLACK_MB = 60
 SILENT_GIFTS = 600
 GIFTERS = 4
 GIFTS_IN_FLIGHT = 16
-# 64 four-byte characters: bigger frames, so that fewer gifts fill a queue.
-BIG_NAME = "\U0001f339" * 64
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, ServerProcess, User, bearer, raw_opened, running
+from support import DROP, Api, ServerProcess, User, bearer, changed, raw_opened, running
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -41,27 +41,20 @@ async def metrics_page(api: Api) -> str:
 # -- POST /v1/dev/users ------------------------------------------------------------------------
 
 VALID_USER: dict[str, Any] = {"name": "alice", "region": "US", "role": "viewer", "coins": 10}
-_DROP: Any = object()
 
 
 def _user_body(**changes: Any) -> dict[str, Any]:
-    body = dict(VALID_USER)
-    for name, value in changes.items():
-        if value is _DROP:
-            del body[name]
-        else:
-            body[name] = value
-    return body
+    return changed(VALID_USER, **changes)
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(_user_body(name=_DROP), id="missing-name"),
+        pytest.param(_user_body(name=DROP), id="missing-name"),
         pytest.param(_user_body(name=""), id="empty-name"),
         pytest.param(_user_body(name=42), id="name-int"),
         pytest.param(_user_body(name="n" * 65), id="name-65-chars"),
-        pytest.param(_user_body(region=_DROP), id="missing-region"),
+        pytest.param(_user_body(region=DROP), id="missing-region"),
         pytest.param(_user_body(region="usa"), id="region-usa"),
         pytest.param(_user_body(region="us"), id="region-lowercase"),
         pytest.param(_user_body(region="U"), id="region-one-letter"),

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from giftstream import tokens
 from support import (
+    DROP,
     RECV_TIMEOUT_S,
     TEST_SECRET,
     Api,
@@ -23,6 +24,7 @@ from support import (
     ServerProcess,
     User,
     bearer,
+    changed,
     raw_opened,
 )
 
@@ -99,15 +101,9 @@ BuildFrame = Callable[[str], Any]
 
 def _gift(room: str, /, **changes: Any) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "gift", "id": "bad-1", "room": room, "gift": "rose", "count": 1}
-    for name, value in changes.items():
-        if value is _DROP:
-            del frame[name]
-        else:
-            frame[name] = value
-    return frame
+    return changed(frame, **changes)
 
 
-_DROP: Any = object()
 LONG_ID = "x" * 65
 
 # (frame built for the room, expected code, expected `id` in the error frame)
@@ -116,7 +112,7 @@ BAD_FRAMES = [
     pytest.param(lambda room: "gift", "bad_frame", None, id="string-not-map"),
     pytest.param(lambda room: 42, "bad_frame", None, id="integer-not-map"),
     pytest.param(lambda room: None, "bad_frame", None, id="null-not-map"),
-    pytest.param(lambda room: _gift(room, t=_DROP), "bad_frame", "bad-1", id="missing-t"),
+    pytest.param(lambda room: _gift(room, t=DROP), "bad_frame", "bad-1", id="missing-t"),
     pytest.param(lambda room: _gift(room, t=7), "bad_frame", "bad-1", id="t-not-string"),
     pytest.param(lambda room: {"t": "tip", "id": "u-1"}, "unknown_type", "u-1", id="unknown-t"),
     pytest.param(lambda room: {"t": "", "id": "u-2"}, "unknown_type", "u-2", id="empty-t"),
@@ -129,9 +125,9 @@ BAD_FRAMES = [
         "p-1",
         id="ping-unknown-field",
     ),
-    pytest.param(lambda room: _gift(room, gift=_DROP), "invalid_field", "bad-1", id="no-gift"),
-    pytest.param(lambda room: _gift(room, room=_DROP), "invalid_field", "bad-1", id="no-room"),
-    pytest.param(lambda room: _gift(room, id=_DROP), "invalid_field", None, id="gift-no-id"),
+    pytest.param(lambda room: _gift(room, gift=DROP), "invalid_field", "bad-1", id="no-gift"),
+    pytest.param(lambda room: _gift(room, room=DROP), "invalid_field", "bad-1", id="no-room"),
+    pytest.param(lambda room: _gift(room, id=DROP), "invalid_field", None, id="gift-no-id"),
     pytest.param(lambda room: _gift(room, count="2"), "invalid_field", "bad-1", id="count-str"),
     pytest.param(lambda room: _gift(room, count=1.5), "invalid_field", "bad-1", id="count-float"),
     pytest.param(lambda room: _gift(room, count=2.0), "invalid_field", "bad-1", id="count-2.0"),

@@ -24,7 +24,7 @@ from .audit import (
 )
 from .children import giftstream_cli, run_child
 from .connections import connected, first_event, gift_burst, member, raw_connected, raw_opened
-from .frames import RECV_TIMEOUT_S, Client, Frame
+from .frames import DROP, RECV_TIMEOUT_S, Client, Frame, changed
 from .servers import (
     KEEP_ARCHIVED,
     READY_TIMEOUT_S,
@@ -50,10 +50,12 @@ from .stores import (
     temporary_valkey,
     user_accounts,
 )
-from .users import User, bearer
+from .users import BIG_NAME, User, bearer
 from .waiting import POLL_S, WAIT_S, eventually, poll, settles
 
 __all__ = [
+    "BIG_NAME",
+    "DROP",
     "KEEP_ARCHIVED",
     "LEDGER_PATTERNS",
     "POLL_S",
@@ -72,6 +74,7 @@ __all__ = [
     "audit_cli",
     "audit_flags",
     "bearer",
+    "changed",
     "connected",
     "crash",
     "database_for",

@@ -16,6 +16,8 @@ from .users import User
 RECV_TIMEOUT_S = 5.0
 
 Frame = dict[str, Any]
+# A value of `changed()` that removes its field.
+DROP: Any = object()
 
 
 class Client:
@@ -124,3 +126,10 @@ class Client:
         """Send a gift and return its `ack` or `error`."""
         await self.send_gift(room, gift, request_id, count)
         return await self.answer(request_id, timeout)
+
+
+def changed(template: Frame, **changes: Any) -> Frame:
+    """A copy of `template` (a frame or a request body) with `changes`: a field whose value is
+    DROP is removed."""
+    body = {**template, **changes}
+    return {k: v for k, v in body.items() if v is not DROP}

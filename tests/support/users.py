@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+# A display name of 64 four-byte characters: the frames that name its user are bigger, so that
+# fewer gifts fill a queue.
+BIG_NAME = "\U0001f339" * 64
+
 
 @dataclass
 class User:

@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.wire.codec import MSGPACK_SUBPROTOCOL
-from support import Api, Client, Frame, ServerProcess, User, metric, settles
+from support import BIG_NAME, Api, Client, Frame, ServerProcess, User, metric, settles
 from support.storm import (
     FRAMES_DROPPED,
     SEED,
@@ -57,8 +57,6 @@ AFTER_CUT_GIFTS = 300
 SLOW_WINDOW = 2
 # A member that reads gets each credit within this long of its ack.
 LAG_BOUND_S = 2.0
-# 64 four-byte characters: bigger frames, so that fewer gifts fill a queue.
-BIG_NAME = "\U0001f339" * 64
 
 
 @pytest.fixture(scope="module")
