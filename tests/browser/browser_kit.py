@@ -1,5 +1,5 @@
-"""Helpers of the browser tests: Debian's Chromium, the demo page, screenshots, and a proxy that
-cuts the page's connections the way a lost network does."""
+"""Helpers of the browser tests: Debian's Chromium, the demo page and screenshots (the proxy that
+cuts the page's connections is tests/proxy.py's)."""
 
 import os
 import tempfile
