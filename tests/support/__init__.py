@@ -7,9 +7,13 @@
 - frames: the raw-frame WebSocket `Client`; connections: `connected()` (`giftstream.client`) and
   `raw_connected()`;
 - waiting: polling with a deadline (eventually, settles, poll);
-- audit: `giftstream audit` in a child process and the ledgers the archiver trims.
+- audit: `giftstream audit` in a child process and the ledgers the archiver trims;
+- children: a program or the `giftstream` command line in a child process, with a deadline.
 
-Tests import from here (`from support import ...`): tests/ is on pytest's pythonpath.
+Tests import from here (`from support import ...`): tests/ is on pytest's pythonpath. The helpers
+of one group of tests are modules of their own, imported by name and not re-exported here:
+economy (tests/e2e/economy/), rooms (tests/e2e/rooms/), storm (tests/e2e/faults/), fuzz_oracle,
+fuzz_frames and fuzzer (the fuzz run), deploy (tests/deploy/).
 """
 
 from .api import Api, metric
