@@ -3,26 +3,25 @@
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from giftstream.domain.economy import load_economy
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.embedded_cluster import EmbeddedCluster
 from installs import install_client
 from proxy import Proxy
-from support import SHARED_ENV, Api, ServerProcess, running
+from support import SHARED_ENV, Api, ServerProcess, running, temporary_cluster, temporary_valkey
+from support.economy import PromoServer, promo_economy_text
 
 
 @pytest.fixture(scope="session")
 def valkey() -> Iterator[EmbeddedValkey]:
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    server = EmbeddedValkey(path / "data")
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_valkey() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +34,8 @@ def valkey_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[EmbeddedCluster]:
     """A 3-primary Valkey Cluster with a replica each, on loopback."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster")
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster() as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="session")
@@ -59,9 +54,8 @@ def server(valkey_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture
 async def api(server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(server.base_url)
-    yield client
-    await client.aclose()
+    async with Api(server.base_url) as client:
+        yield client
 
 
 @pytest.fixture
@@ -96,6 +90,23 @@ async def proxy(server: ServerProcess) -> AsyncIterator[Proxy]:
     p = await Proxy(server.port).start()
     yield p
     await p.close()
+
+
+# The coin economy's tests (e2e/economy/): a server whose promotions are active now.
+
+
+@pytest.fixture(scope="module")
+def promo_economy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("economy") / "economy.toml"
+    path.write_text(promo_economy_text(datetime.now(UTC)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def promo(valkey: EmbeddedValkey, promo_economy_path: Path) -> Iterator[PromoServer]:
+    env = {"GIFTSTREAM_ECONOMY_PATH": str(promo_economy_path)}
+    with running(ServerProcess(valkey.url, env=env)) as server:
+        yield PromoServer(server, load_economy(promo_economy_path), promo_economy_path)
 
 
 @pytest.fixture(scope="session")

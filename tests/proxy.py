@@ -13,41 +13,28 @@ from typing import Self
 CHUNK_BYTES = 65_536
 
 
-class _Pair:
+class Pair:
     """One client connection and its connection to the server."""
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
+        # The end of the last chunk from the server: a pattern may straddle two reads.
+        self.tail = b""
 
     def cut(self) -> None:
         self.client.transport.abort()
         self.upstream.transport.abort()
 
 
-class Proxy:
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        # Connections forwarded to the server so far: one more per reconnect.
-        self.accepted = 0
-        # Connections cut at once because the proxy was offline.
-        self.refused = 0
+class Forwarder:
+    """Accepts connections and forwards each, both ways, through a connection of its own to the
+    server, until either side ends; subclasses say where the server is and what passes."""
+
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
-        self._pairs: set[_Pair] = set()
+        self._pairs: set[Pair] = set()
         self._handlers: set[asyncio.Task[None]] = set()
-        self._online = True
-        self._cut_pattern: bytes | None = None
-        self._cut_done = asyncio.Event()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
-
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
 
     async def close(self) -> None:
         """Stop listening (the port refuses connections from now on) and cut every connection."""
@@ -62,6 +49,91 @@ class Proxy:
         """Cut every current connection, as a network failure would."""
         for pair in list(self._pairs):
             pair.cut()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to the server."""
+        raise NotImplementedError
+
+    def _admits(self) -> bool:
+        """Whether a new connection is forwarded (False: it is cut at once)."""
+        return True
+
+    def _passes(self, pair: Pair, chunk: bytes, from_server: bool) -> bool:
+        """Whether `chunk` is forwarded (False: it is lost; cutting `pair` ends the
+        connection)."""
+        return True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            if not self._admits():
+                writer.transport.abort()
+                return
+            try:
+                up_reader, up_writer = await self._connect()
+            except OSError:
+                writer.transport.abort()
+                return
+            pair = Pair(writer, up_writer)
+            self._pairs.add(pair)
+            try:
+                await asyncio.gather(
+                    self._pump(reader, up_writer, pair, from_server=False),
+                    self._pump(up_reader, writer, pair, from_server=True),
+                )
+            finally:
+                self._pairs.discard(pair)
+        finally:
+            self._handlers.discard(task)
+
+    async def _pump(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        pair: Pair,
+        from_server: bool,
+    ) -> None:
+        try:
+            while chunk := await source.read(CHUNK_BYTES):
+                if self._passes(pair, chunk, from_server):
+                    sink.write(chunk)
+                    await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            # One direction ending ends the connection: both sides see it cut.
+            pair.cut()
+
+
+class Proxy(Forwarder):
+    """A TCP proxy in front of the server on 127.0.0.1:`target_port`."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__()
+        self.target_port = target_port
+        self.port = 0
+        # Connections forwarded to the server so far: one more per reconnect.
+        self.accepted = 0
+        # Connections cut at once because the proxy was offline.
+        self.refused = 0
+        self._online = True
+        self._cut_pattern: bytes | None = None
+        self._cut_done = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
 
     @contextlib.asynccontextmanager
     async def offline(self) -> AsyncIterator[None]:
@@ -80,52 +152,25 @@ class Proxy:
         self._cut_done = asyncio.Event()
         return self._cut_done
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            if not self._online:
-                self.refused += 1
-                writer.transport.abort()
-                return
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            except OSError:
-                writer.transport.abort()
-                return
-            pair = _Pair(writer, up_writer)
-            self._pairs.add(pair)
-            self.accepted += 1
-            try:
-                await asyncio.gather(
-                    self._pump(reader, up_writer, pair, watch=False),
-                    self._pump(up_reader, writer, pair, watch=True),
-                )
-            finally:
-                self._pairs.discard(pair)
-        finally:
-            self._handlers.discard(task)
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        connection = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.accepted += 1
+        return connection
 
-    async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, pair: _Pair, watch: bool
-    ) -> None:
-        # The end of the last chunk: a pattern may straddle two reads.
-        tail = b""
-        try:
-            while chunk := await source.read(CHUNK_BYTES):
-                pattern = self._cut_pattern
-                if watch and pattern is not None:
-                    window = tail + chunk
-                    if pattern in window:
-                        self._cut_pattern = None
-                        self._cut_done.set()
-                        return
-                    tail = window[-len(pattern) + 1 :] if len(pattern) > 1 else b""
-                sink.write(chunk)
-                await sink.drain()
-        except ConnectionError:
-            pass
-        finally:
-            # One direction ending ends the connection: both sides see it cut.
+    def _admits(self) -> bool:
+        if not self._online:
+            self.refused += 1
+        return self._online
+
+    def _passes(self, pair: Pair, chunk: bytes, from_server: bool) -> bool:
+        pattern = self._cut_pattern
+        if not from_server or pattern is None:
+            return True
+        window = pair.tail + chunk
+        if pattern in window:
+            self._cut_pattern = None
+            self._cut_done.set()
             pair.cut()
+            return False
+        pair.tail = window[-len(pattern) + 1 :] if len(pattern) > 1 else b""
+        return True

@@ -1,12 +1,10 @@
-"""Helpers of the browser tests: Debian's Chromium, the demo page, screenshots, and a proxy that
-cuts the page's connections the way a lost network does."""
+"""Helpers of the browser tests: Debian's Chromium, the demo page and screenshots (the proxy that
+cuts the page's connections is tests/proxy.py's)."""
 
-import asyncio
-import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 import httpx
 from playwright.async_api import BrowserContext, Page, expect
@@ -80,65 +78,3 @@ async def named_user(
     assert r.status_code == 200, r.text
     body = r.json()
     return User(body["user"], body["token"])
-
-
-class CuttableProxy:
-    """A TCP proxy in front of the server. `cut()` aborts every connection and refuses new ones
-    (the page sees its socket die and its reconnects fail) until `restore()`."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.down = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.WriteTransport] = set()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def cut(self) -> None:
-        self.down = True
-        for transport in list(self._transports):
-            transport.abort()
-        self._transports.clear()
-
-    def restore(self) -> None:
-        self.down = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.down:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer.transport, up_writer.transport}
-        self._transports |= pair
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self._transports -= pair
-            for transport in pair:
-                transport.abort()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65_536):
-            writer.write(data)
-            await writer.drain()
-    writer.transport.abort()

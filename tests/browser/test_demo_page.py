@@ -19,7 +19,6 @@ from browser_kit import (
     TIMES,
     VIEWER_COINS,
     VIEWPORT,
-    CuttableProxy,
     named_user,
     open_page,
     page_token,
@@ -28,6 +27,7 @@ from browser_kit import (
 )
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream_client import Client
+from proxy import Proxy
 from support import Api, ServerProcess, User, bearer, running
 from support import Client as RawClient
 
@@ -61,9 +61,8 @@ def page_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def page_api(page_server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(page_server.base_url)
-    yield client
-    await client.aclose()
+    async with Api(page_server.base_url) as client:
+        yield client
 
 
 @pytest.fixture
@@ -428,7 +427,7 @@ async def test_ending_the_live_shows_a_session_summary_of_the_credits(
 async def test_a_dropped_connection_recovers_every_credit_exactly_once(
     context: BrowserContext, page_server: ServerProcess, page_api: Api
 ) -> None:
-    proxy = await CuttableProxy(page_server.port).start()
+    proxy = await Proxy(page_server.port).start()
     try:
         page = await open_page(context, f"{proxy.base_url}/?host=1")
         room = await go_live(page)
@@ -439,10 +438,9 @@ async def test_a_dropped_connection_recovers_every_credit_exactly_once(
             events = [(await client.send_gift(room, "rose")).event for _ in range(2)]
             await expect(credits).to_have_count(2)
 
-            proxy.cut()
-            await expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
-            events += [(await client.send_gift(room, "finger_heart")).event for _ in range(5)]
-            proxy.restore()
+            async with proxy.offline():
+                await expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting")
+                events += [(await client.send_gift(room, "finger_heart")).event for _ in range(5)]
 
         await expect(page.locator("#conn")).to_have_attribute("data-state", "open")
         await expect(credits).to_have_count(len(events))

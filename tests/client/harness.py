@@ -1,14 +1,9 @@
 """What the client tests share: a quick backoff, polling, and the room history from the store."""
 
-import asyncio
-from collections.abc import Callable, Sized
-from typing import Any
+from collections.abc import Sized
 
-import msgpack
-
-from giftstream.store import keys
-from giftstream.store.connection import Redis, read_stream
 from giftstream_client import Backoff, CreditEvent, Event, GiftEvent
+from support import eventually
 
 # Reconnects within a tenth of a second, and keeps trying through a test's offline windows.
 QUICK = Backoff(base_s=0.01, max_delay_s=0.1, max_attempts=10_000, max_elapsed_s=30.0)
@@ -18,25 +13,10 @@ GIFT_COINS = 100
 WAIT_S = 15.0
 
 
-async def eventually(condition: Callable[[], bool], within_s: float = WAIT_S) -> None:
-    """Poll `condition` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.01)
-
-
 async def grown(items: Sized, by: int, within_s: float = WAIT_S) -> None:
     """Wait until `items` has grown by `by` from its length now."""
     target = len(items) + by
     await eventually(lambda: len(items) >= target, within_s)
-
-
-async def room_history(redis: Redis, room: str) -> list[dict[str, Any]]:
-    """Every event of the room's history, read straight from the store."""
-    entries = await read_stream(redis, keys.room_events(room))
-    return [msgpack.unpackb(fields[b"f"], raw=False) for _, fields in entries]
 
 
 def positions(events: list[Event]) -> list[tuple[str, int, str]]:
@@ -46,7 +26,3 @@ def positions(events: list[Event]) -> list[tuple[str, int, str]]:
         for e in events
         if isinstance(e, GiftEvent | CreditEvent)
     ]
-
-
-def history_positions(history: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
-    return [(f["t"], f["offset"], f["event"]) for f in history]

@@ -24,14 +24,11 @@ from harness import (
     GIFT_COINS,
     QUICK,
     WAIT_S,
-    eventually,
     grown,
-    history_positions,
     positions,
-    room_history,
 )
 from proxy import Proxy
-from support import Api, ServerProcess, bearer
+from support import Api, ServerProcess, bearer, eventually, history_positions, room_history
 
 CUTS = 3
 # Taps of one streakable gift, then another gift, which ends the streak (no waiting for the

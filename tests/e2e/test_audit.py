@@ -3,8 +3,6 @@ across both stores, with ledgers trimmed in Valkey once PostgreSQL holds them.""
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,8 +15,7 @@ import pytest
 from giftstream.domain.catalog import DiamondRate
 from giftstream.store import gifts, keys
 from giftstream.store.audit import run_audit
-from giftstream.store.connection import connect
-from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
+from giftstream.store.embedded import EmbeddedValkey, is_running
 from giftstream.store.postgres import close_pool, connect_pool
 from giftstream_client import IdempotencyConflict, InsufficientCoins
 from support import (
@@ -27,10 +24,12 @@ from support import (
     Api,
     ServerProcess,
     User,
-    audit_flags,
+    audit,
+    audit_cli,
     connected,
     database_for,
     serving,
+    shut_down_leftover_valkey,
     store,
     wait_ledgers_trimmed,
 )
@@ -54,25 +53,6 @@ class Traffic:
     rich: User
     poor: User
     rooms: list[str]
-
-
-async def audit(*args: str) -> tuple[int, str]:
-    """`giftstream audit ARGS` in a child process: its exit code and its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def traffic(server: ServerProcess, api: Api) -> Traffic:
@@ -108,25 +88,6 @@ async def traffic(server: ServerProcess, api: Api) -> Traffic:
     return Traffic(rich, poor, rooms)
 
 
-async def shut_down_leftover_valkey(data: Path) -> None:
-    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
-
-    `giftstream serve` is meant to stop its embedded Valkey itself; this makes sure the
-    store is really stopped whether or not it does (test_processes checks that it does)."""
-    if not is_running(data):
-        return
-    client = connect(url_for(data))
-    try:
-        await client.shutdown()
-    finally:
-        await client.aclose()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15.0
-    while is_running(data):
-        assert loop.time() < deadline, "the leftover Valkey did not stop"
-        await asyncio.sleep(0.05)
-
-
 def assert_clean(code: int, report: str) -> None:
     assert code == 0, report
     for line in CLEAN_SUMMARY:
@@ -138,7 +99,7 @@ async def test_audit_is_clean_after_gifts_retries_conflicts_and_refusals(
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         await traffic(server, api)
-        code, report = await audit(*audit_flags(fresh_valkey.url))
+        code, report = await audit(fresh_valkey.url)
     assert_clean(code, report)
 
 
@@ -147,11 +108,11 @@ async def test_audit_fails_and_names_the_user_whose_balance_was_changed_outside_
 ) -> None:
     async with serving(ServerProcess(fresh_valkey.url)) as (server, api):
         done = await traffic(server, api)
-    assert_clean(*await audit(*audit_flags(fresh_valkey.url)))
+    assert_clean(*await audit(fresh_valkey.url))
     async with store(fresh_valkey.url) as redis:
         await redis.hincrby(keys.account(done.rich.user), "coins", 5)
 
-    code, report = await audit(*audit_flags(fresh_valkey.url))
+    code, report = await audit(fresh_valkey.url)
 
     assert code != 0, report
     assert "audit FAILED" in report and "audit clean" not in report, report
@@ -169,7 +130,7 @@ async def test_audit_reports_a_negative_balance(fresh_valkey: EmbeddedValkey) ->
         # The poor viewer holds 2 coins.
         await redis.hincrby(keys.account(done.poor.user), "coins", -9)
 
-    code, report = await audit(*audit_flags(fresh_valkey.url))
+    code, report = await audit(fresh_valkey.url)
 
     assert code != 0, report
     assert f"user {done.poor.user}: negative balance -7" in report, report
@@ -200,7 +161,7 @@ async def test_audit_reports_a_credit_that_was_never_debited(
         credited = await gifts.credit(redis, done.rooms[0], msgpack.packb(payload), rules)
     assert not credited.duplicate and credited.diamonds == 100
 
-    code, report = await audit(*audit_flags(fresh_valkey.url))
+    code, report = await audit(fresh_valkey.url)
 
     assert code != 0, report
     assert f"event {forged} credited but never debited" in report, report
@@ -216,7 +177,7 @@ async def test_audit_data_dir_reads_a_stopped_embedded_store_clean_then_corrupte
         await shut_down_leftover_valkey(data)
         assert not is_running(data)
 
-        assert_clean(*await audit("--data-dir", str(data)))
+        assert_clean(*await audit_cli("--data-dir", str(data)))
         assert not is_running(data), "the audit must stop the Valkey it started"
 
         valkey = EmbeddedValkey(data)
@@ -227,7 +188,7 @@ async def test_audit_data_dir_reads_a_stopped_embedded_store_clean_then_corrupte
         finally:
             await asyncio.to_thread(valkey.stop)
 
-        code, report = await audit("--data-dir", str(data))
+        code, report = await audit_cli("--data-dir", str(data))
         assert code != 0, report
         assert f"user {done.rich.user}: balance" in report, report
         assert not is_running(data)
@@ -310,7 +271,7 @@ async def test_audit_is_clean_every_time_while_a_storm_of_gifts_runs(
             archived = max(archived, report.entries_archived)
             await gifting.more(50)
         assert archived > 0, "nothing was read from PostgreSQL: the audit did not span stores"
-        code, out = await audit(*audit_flags(fresh_valkey.url))
+        code, out = await audit(fresh_valkey.url)
         assert code == 0, out
         assert "audit clean" in out, out
 
@@ -346,7 +307,7 @@ async def test_audit_across_both_stores_is_clean_once_valkey_holds_no_archived_e
         await traffic(server, api)
         async with store(fresh_valkey.url) as redis:
             lengths = await wait_ledgers_trimmed(redis)
-        code, report = await audit(*audit_flags(fresh_valkey.url))
+        code, report = await audit(fresh_valkey.url)
     assert_clean(code, report)
     added = sum(added for _, added in lengths.values())
     assert f"{added} archived in PostgreSQL + 0 in Valkey; archive lag 0 entries" in report, report
@@ -373,7 +334,7 @@ async def test_audit_across_both_stores_names_a_balance_changed_outside_the_ledg
         async with store(fresh_valkey.url) as redis:
             await wait_ledgers_trimmed(redis)
             await redis.hincrby(keys.account(done.rich.user), "coins", 5)
-        code, report = await audit(*audit_flags(fresh_valkey.url))
+        code, report = await audit(fresh_valkey.url)
     assert code != 0, report
     balance = 10_000 - (SPENT - 1)
     wrong = f"user {done.rich.user}: balance {balance + 5} but the ledger replays to {balance}"
@@ -402,7 +363,7 @@ async def test_audit_across_both_stores_names_an_archived_row_gone_missing(
         await db.close()
     assert lost is not None
 
-    code, report = await audit(*audit_flags(fresh_valkey.url))
+    code, report = await audit(fresh_valkey.url)
 
     assert code != 0, report
     assert f"{stream}: {entries} entries archived but PostgreSQL holds {entries - 1}" in report
@@ -414,7 +375,7 @@ async def test_an_audit_whose_ledger_of_record_is_unreachable_says_so_and_fails(
     fresh_valkey: EmbeddedValkey, short_tmp: Path
 ) -> None:
     nowhere = f"postgresql://postgres:@/postgres?host={short_tmp}"  # no server listens there
-    code, out = await audit("--redis-url", fresh_valkey.url, "--database-url", nowhere)
+    code, out = await audit_cli("--redis-url", fresh_valkey.url, "--database-url", nowhere)
     assert code == 2, out
     assert "the ledger of record (PostgreSQL) is unreachable" in out, out
     assert "Traceback" not in out, out

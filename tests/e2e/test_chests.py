@@ -3,14 +3,12 @@ concurrent claimants, the return of an unclaimed chest, and a clean audit after.
 
 import asyncio
 import contextlib
-import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, Frame, ServerProcess, User, audit_flags, running
+from support import Api, Client, Frame, ServerProcess, User, audit, member, poll, running, serving
 
 COUNTDOWN_MS = 800
 CLAIM_MS = 2500
@@ -35,40 +33,8 @@ def chest_server(valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def chest_api(chest_server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(chest_server.base_url)
-    yield client
-    await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def serving(redis_url: str, env: dict[str, str]) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A server of the test's own and an HTTP client of it; both stopped when the block ends."""
-    server = ServerProcess(redis_url, env=env)
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
-
-
-async def member(
-    stack: contextlib.AsyncExitStack,
-    server: ServerProcess,
-    user: User,
-    room: str,
-    *,
-    extras: bool = False,
-) -> Client:
-    """A connection authenticated as `user` and joined to `room`, closed with the stack."""
-    client = await Client.open(server.ws_url)
-    stack.push_async_callback(client.close)
-    await client.auth(user, extras=extras)
-    await client.join(room)
-    return client
+    async with Api(chest_server.base_url) as client:
+        yield client
 
 
 async def drop(client: Client, room: str, rid: str, coins: int) -> Frame:
@@ -105,33 +71,12 @@ def chest_result(chest: str) -> Callable[[Frame], bool]:
 
 async def coins_become(api: Api, expected: dict[str, tuple[User, int]]) -> None:
     """Poll the wallets until each user holds the expected coins (payouts follow the result)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S
-    while True:
-        held = {name: (await api.wallet(user))["coins"] for name, (user, _) in expected.items()}
-        if held == {name: coins for name, (_, coins) in expected.items()}:
-            return
-        assert loop.time() < deadline, held
-        await asyncio.sleep(POLL_S)
 
+    async def held() -> dict[str, int]:
+        return {name: (await api.wallet(user))["coins"] for name, (user, _) in expected.items()}
 
-async def audit(redis_url: str) -> tuple[int, str]:
-    """`giftstream audit` in a child process: its exit code and its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(redis_url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+    wanted = {name: coins for name, (_, coins) in expected.items()}
+    await poll(held, lambda coins: coins == wanted, SETTLE_S, "the payouts")
 
 
 def assert_audit_clean(code: int, report: str) -> None:
@@ -273,7 +218,7 @@ async def test_thirty_concurrent_claimants_share_the_chest_exactly_by_claim_orde
         "GIFTSTREAM_CHEST_COUNTDOWN_MS": "1000",
         "GIFTSTREAM_CHEST_CLAIM_MS": "4000",
     }
-    async with serving(fresh_valkey.url, env) as (server, api):
+    async with serving(ServerProcess(fresh_valkey.url, env=env)) as (server, api):
         host = await api.user(role="host")
         dropper = await api.user(coins=1000)
         users = await asyncio.gather(*(api.user() for _ in range(CLAIMANTS)))
@@ -368,7 +313,7 @@ async def test_an_unclaimed_chest_goes_back_to_its_dropper_in_full(
     fresh_valkey: EmbeddedValkey,
 ) -> None:
     env = {**CHEST_ENV, "GIFTSTREAM_CHEST_COUNTDOWN_MS": "300", "GIFTSTREAM_CHEST_CLAIM_MS": "300"}
-    async with serving(fresh_valkey.url, env) as (server, api):
+    async with serving(ServerProcess(fresh_valkey.url, env=env)) as (server, api):
         host = await api.user(role="host")
         dropper = await api.user(coins=100)
         room = await api.open_room(host)

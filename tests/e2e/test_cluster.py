@@ -2,12 +2,7 @@
 a primary's fail-over in the middle of gifting that loses and doubles nothing."""
 
 import asyncio
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -15,7 +10,17 @@ import redis
 from giftstream.store import keys
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded_cluster import EmbeddedCluster, command_to_node
-from support import SHARED_ENV, Api, Client, Frame, ServerProcess, User, audit_flags, running
+from support import (
+    SHARED_ENV,
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    User,
+    audit,
+    running,
+    temporary_cluster,
+)
 
 GIFT_PRICE = 1
 GIFTS_PER_VIEWER = 40
@@ -26,12 +31,8 @@ DEADLINE_S = 60.0
 @pytest.fixture
 def own_cluster() -> Iterator[EmbeddedCluster]:
     """A cluster of the test's own: a fail-over changes its topology."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster")
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster() as nodes:
+        yield nodes
 
 
 @pytest.fixture
@@ -40,16 +41,6 @@ async def cluster_client(own_cluster: EmbeddedCluster) -> AsyncIterator[Redis]:
     await client.initialize()
     yield client
     await client.aclose()
-
-
-def audit(url: str) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return done.returncode, done.stdout + done.stderr
 
 
 def test_functions_are_loaded_on_every_primary(
@@ -166,5 +157,5 @@ async def test_a_primary_failing_over_during_gifting_loses_and_doubles_nothing(
     assert [w["coins"] for w in wallets] == [1000 - GIFTS_PER_VIEWER * GIFT_PRICE] * 3
     assert host_wallet["diamonds"] == len(acks) * GIFT_PRICE
     assert ready.status_code == 200, ready.text
-    code, report = audit(own_cluster.url)
+    code, report = await audit(own_cluster.url)
     assert code == 0, report

@@ -18,7 +18,19 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import SHARED_ENV, Api, Client, ServerProcess, User, metric, raw_connected, running
+from support import (
+    BIG_NAME,
+    SHARED_ENV,
+    Api,
+    Client,
+    ServerProcess,
+    User,
+    eventually,
+    logged,
+    metric,
+    raw_connected,
+    running,
+)
 
 # 200,000 gift frames pipelined on one connection grew the server by 318 MB when every frame
 # became a task at once (issue 15). Read only as the window frees, they cost the window's
@@ -207,8 +219,6 @@ SILENT_RSS_SLACK_MB = 60
 SILENT_GIFTS = 600
 GIFTERS = 4
 GIFTS_IN_FLIGHT = 16
-# 64 four-byte characters: bigger frames, so that fewer gifts fill a queue.
-BIG_NAME = "\U0001f339" * 64
 
 
 @pytest.fixture(scope="module")
@@ -398,13 +408,6 @@ async def fill_queue_of(
         assert loop.time() < deadline, f"not within {DROPPED_WITHIN_S} s: {what}"
 
 
-def logged(server: ServerProcess, text: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return text in await asyncio.to_thread(server.log)
-
-    return check
-
-
 async def dropping_frames(api: Api) -> Callable[[], Awaitable[bool]]:
     """A check that holds once the server has dropped frames for want of room."""
     before = await metric(api, "giftstream_frames_dropped_total")
@@ -417,11 +420,14 @@ async def dropping_frames(api: Api) -> Callable[[], Awaitable[bool]]:
 
 async def until_dropped(server: ServerProcess, writer: asyncio.StreamWriter) -> None:
     port = writer.get_extra_info("sockname")[1]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DROPPED_WITHIN_S
-    while await server_holds(server, port):
-        assert loop.time() < deadline, "the server still holds a connection it gave up on"
-        await asyncio.sleep(0.2)
+
+    async def let_go() -> bool:
+        return not await server_holds(server, port)
+
+    # Each look runs `ss`: a few a second are enough.
+    await eventually(
+        let_go, DROPPED_WITHIN_S, "the server to let go of a connection it gave up on", 0.2
+    )
 
 
 async def test_a_viewer_that_stays_behind_is_closed_and_dropped_if_it_still_does_not_read(

@@ -2,7 +2,6 @@
 killed with -9, and one left by a dead owner is stopped and replaced by the next start, with its
 data kept (issue #21, item 5)."""
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import sys
 from pathlib import Path
 
 from giftstream.store.embedded import OWNER_NAME, PID_NAME, EmbeddedValkey, is_running
-from support import ServerProcess, serving
+from support import ServerProcess, eventually, serving
 
 GONE_S = 15.0
 
@@ -22,15 +21,6 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-async def until(check: "object", what: str) -> None:
-    assert callable(check)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + GONE_S
-    while not check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def dead_pid() -> int:
@@ -51,7 +41,9 @@ async def test_killing_the_server_with_9_stops_its_valkey_and_the_data_survives(
         assert int((data / OWNER_NAME).read_text()) == first.process.pid
         first.process.send_signal(signal.SIGKILL)
         first.wait_exit()
-        await until(lambda: not pid_alive(valkey_pid), "the Valkey of the killed server to stop")
+        await eventually(
+            lambda: not pid_alive(valkey_pid), GONE_S, "the Valkey of the killed server to stop"
+        )
     assert not is_running(data)
 
     async with serving(ServerProcess(redis_url=None, data_dir=data)) as (_, again):

@@ -1,15 +1,13 @@
 """The HTTP API of a real server process: validation, authentication, room ownership, the gift
 catalog, wallets, health, readiness and metrics — and that dev endpoints exist only with --dev."""
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import Api, Client, ServerProcess, User, bearer, running
+from support import DROP, Api, ServerProcess, User, bearer, changed, raw_opened, running
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -40,39 +38,23 @@ async def metrics_page(api: Api) -> str:
     return r.text
 
 
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess) -> AsyncIterator[Client]:
-    client = await Client.open(server.ws_url)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 # -- POST /v1/dev/users ------------------------------------------------------------------------
 
 VALID_USER: dict[str, Any] = {"name": "alice", "region": "US", "role": "viewer", "coins": 10}
-_DROP: Any = object()
 
 
 def _user_body(**changes: Any) -> dict[str, Any]:
-    body = dict(VALID_USER)
-    for name, value in changes.items():
-        if value is _DROP:
-            del body[name]
-        else:
-            body[name] = value
-    return body
+    return changed(VALID_USER, **changes)
 
 
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(_user_body(name=_DROP), id="missing-name"),
+        pytest.param(_user_body(name=DROP), id="missing-name"),
         pytest.param(_user_body(name=""), id="empty-name"),
         pytest.param(_user_body(name=42), id="name-int"),
         pytest.param(_user_body(name="n" * 65), id="name-65-chars"),
-        pytest.param(_user_body(region=_DROP), id="missing-region"),
+        pytest.param(_user_body(region=DROP), id="missing-region"),
         pytest.param(_user_body(region="usa"), id="region-usa"),
         pytest.param(_user_body(region="us"), id="region-lowercase"),
         pytest.param(_user_body(region="U"), id="region-one-letter"),
@@ -172,7 +154,7 @@ async def test_open_room_returns_a_live_room_of_the_host(server: ServerProcess, 
     assert r.status_code == 200, r.text
     body = r.json()
     assert isinstance(body["room"], str) and body["room"]
-    async with connected(server) as ws:
+    async with raw_opened(server) as ws:
         await ws.auth(host)
         joined = await ws.join(body["room"])
     assert (joined["host"], joined["live"]) == (host.user, True)
@@ -190,7 +172,7 @@ async def test_only_the_host_ends_a_room_another_user_gets_403_forbidden(
     refused = await api.http.post(f"/v1/rooms/{room}/end", headers=bearer(intruder))
 
     assert_error_body(refused, 403, "forbidden")
-    async with connected(server) as ws:
+    async with raw_opened(server) as ws:
         await ws.auth(intruder)
         assert (await ws.join(room))["live"] is True, "a refused end must leave the room live"
 
@@ -198,7 +180,7 @@ async def test_only_the_host_ends_a_room_another_user_gets_403_forbidden(
 
     assert ended.status_code == 200, ended.text
     assert ended.json()["live"] is False
-    async with connected(server) as ws:
+    async with raw_opened(server) as ws:
         await ws.auth(host)
         assert (await ws.join(room))["live"] is False
 
@@ -282,7 +264,7 @@ async def test_metrics_is_prometheus_text_with_the_connections_gauge(
     server: ServerProcess, api: Api
 ) -> None:
     viewer = await api.user()
-    async with connected(server) as first, connected(server) as second:
+    async with raw_opened(server) as first, raw_opened(server) as second:
         await first.auth(viewer)
         await second.auth(viewer)  # both sessions are running now
 
@@ -297,7 +279,7 @@ async def test_metrics_is_prometheus_text_with_the_connections_gauge(
 async def test_metrics_count_websocket_errors_by_code(server: ServerProcess, api: Api) -> None:
     sample = 'giftstream_errors_total{code="unknown_type"}'
     before = metric(await metrics_page(api), sample)
-    async with connected(server) as ws:
+    async with raw_opened(server) as ws:
         answer = await ws.request({"t": "no_such_type", "id": "m-1"}, "pong")
         assert answer["code"] == "unknown_type", answer
 

@@ -8,13 +8,11 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,11 +46,15 @@ from support import (
     User,
     bearer,
     connected,
+    eventually,
     fresh_database,
+    giftstream_cli,
     ledger_lengths,
+    metric,
     raw_connected,
     serving,
     store,
+    temporary_cluster,
     wait_ledgers_trimmed,
 )
 
@@ -150,23 +152,6 @@ def kill9(server: ServerProcess) -> None:
     server.process.wait()
 
 
-async def metric(api: Api, name: str) -> float:
-    body = (await api.http.get("/metrics")).text
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], what: str, timeout: float = ARCHIVE_TIMEOUT_S
-) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_every_ledger_entry_and_room_event_reaches_postgresql_exactly_once(
     fresh_valkey: EmbeddedValkey, database: str, db: asyncpg.Connection
 ) -> None:
@@ -187,7 +172,7 @@ async def test_every_ledger_entry_and_room_event_reaches_postgresql_exactly_once
         async def caught_up() -> bool:
             return await metric(api, "giftstream_archive_lag_entries") == 0
 
-        await wait_for(caught_up, "the lag to reach 0")
+        await eventually(caught_up, ARCHIVE_TIMEOUT_S, "the lag to reach 0")
         assert await metric(api, "giftstream_archive_lag_seconds") == 0
         rows = await metric(api, 'giftstream_archived_rows_total{table="ledger_entries"}')
         assert rows == 2 + 2 * done.acks
@@ -204,7 +189,7 @@ async def test_kill_9_of_the_archivers_process_mid_run_loses_and_duplicates_noth
         async def some_archived() -> bool:
             return len(await archived(db)) >= 7
 
-        await wait_for(some_archived, "a first batch")
+        await eventually(some_archived, ARCHIVE_TIMEOUT_S, "a first batch")
         kill9(first)
         partial = await archived(db)
         assert len(partial) == len(set(partial))
@@ -226,7 +211,7 @@ async def test_two_servers_on_one_store_run_one_archiver_and_the_other_takes_ove
             states = [await metric(x, "giftstream_archive_active") for x in apis.values()]
             return sorted(states) == [0.0, 1.0]
 
-        await wait_for(one_active, "exactly one active archiver")
+        await eventually(one_active, ARCHIVE_TIMEOUT_S, "exactly one active archiver")
         active = "a" if await metric(api_a, "giftstream_archive_active") == 1 else "b"
         async with store(fresh_valkey.url) as redis:
             await traffic(a, api_a, gifts=6, tag="both")
@@ -237,7 +222,9 @@ async def test_two_servers_on_one_store_run_one_archiver_and_the_other_takes_ove
             async def survivor_active() -> bool:
                 return await metric(survivor, "giftstream_archive_active") == 1
 
-            await wait_for(survivor_active, "the other server's archiver to take over")
+            await eventually(
+                survivor_active, ARCHIVE_TIMEOUT_S, "the other server's archiver to take over"
+            )
             await traffic(b if active == "a" else a, survivor, gifts=6, tag="after")
             await wait_archived(redis, db)
 
@@ -296,16 +283,8 @@ async def test_history_needs_a_token(server: ServerProcess, api: Api) -> None:
 
 
 async def ledger_cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "ledger", *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`giftstream ledger ARGS`: its exit code, its output and its error output."""
+    return await giftstream_cli("ledger", *args, apart=True)
 
 
 async def test_the_exports_csv_sums_match_the_wallets_and_the_summary_the_day(
@@ -429,7 +408,7 @@ async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothi
             async def dead() -> bool:
                 return _gone(pid)
 
-            await wait_for(dead, "PostgreSQL to die")
+            await eventually(dead, ARCHIVE_TIMEOUT_S, "PostgreSQL to die")
 
             during = await traffic(server, api, gifts=8, tag="during")  # gifting goes on
             assert (await api.wallet(during.host))["diamonds"] > 0
@@ -441,7 +420,7 @@ async def test_postgresql_killed_mid_run_gifting_goes_on_the_lag_rises_and_nothi
                 assert seconds < 2 * ARCHIVE_TIMEOUT_S, seconds
                 return entries >= 4 * during.acks and seconds > 0
 
-            await wait_for(lagging, "the lag metrics to rise")
+            await eventually(lagging, ARCHIVE_TIMEOUT_S, "the lag metrics to rise")
             assert await metric(api, "giftstream_archive_failures_total") > 0
             r = await api.http.get("/v1/history", headers=bearer(during.viewer))
             assert (r.status_code, r.json()["code"]) == (503, "ledger_unavailable")
@@ -493,12 +472,8 @@ async def test_serve_runs_an_embedded_postgresql_in_the_data_dir_that_the_export
 @pytest.fixture
 def own_cluster() -> Iterator[EmbeddedCluster]:
     """A cluster of the test's own (one deployment: its lease, its database), no replicas."""
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    nodes = EmbeddedCluster(path / "cluster", replicas_each=0)
-    nodes.start()
-    yield nodes
-    nodes.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_cluster(replicas_each=0) as nodes:
+        yield nodes
 
 
 async def test_on_a_cluster_every_stream_of_every_shard_is_archived_with_its_own_cursor(
@@ -656,13 +631,17 @@ async def test_credited_records_are_pruned_once_archived_past_the_window_and_out
         async def only_first_left() -> bool:
             return [text(k) for k in await redis.hkeys(credited)] == [first]
 
-        await wait_for(only_first_left, "the settled gifts' records to be pruned")
+        await eventually(
+            only_first_left, ARCHIVE_TIMEOUT_S, "the settled gifts' records to be pruned"
+        )
         await redis.hdel(outbox, first)
 
         async def none_left() -> bool:
             return await redis.hlen(credited) == 0
 
-        await wait_for(none_left, "the last record to be pruned once out of the outbox")
+        await eventually(
+            none_left, ARCHIVE_TIMEOUT_S, "the last record to be pruned once out of the outbox"
+        )
         assert await metric(api, "giftstream_archive_pruned_credits_total") == done.acks
         assert (await api.wallet(done.host))["diamonds"] == diamonds
 
@@ -680,7 +659,7 @@ async def test_a_rooms_events_are_trimmed_to_the_replay_window_only_once_archive
         async def failed_twice() -> bool:
             return await metric(api, "giftstream_archive_failures_total") >= 2
 
-        await wait_for(failed_twice, "the archiver to try and fail")
+        await eventually(failed_twice, ARCHIVE_TIMEOUT_S, "the archiver to try and fail")
         assert await redis.xlen(keys.room_events(done.room)) == 2 * done.acks
     # Once PostgreSQL holds them, only the window stays in Valkey; replay serves it.
     up = ServerProcess(fresh_valkey.url, env=TRIMMING | window, database_url=database)
@@ -689,7 +668,9 @@ async def test_a_rooms_events_are_trimmed_to_the_replay_window_only_once_archive
         async def window_left() -> bool:
             return await redis.xlen(keys.room_events(done.room)) == 4
 
-        await wait_for(window_left, "the room's events to be trimmed to the window")
+        await eventually(
+            window_left, ARCHIVE_TIMEOUT_S, "the room's events to be trimmed to the window"
+        )
         offsets = [r["offset"] for r in await db.fetch('SELECT "offset" FROM room_events')]
         assert sorted(offsets) == list(range(1, 2 * done.acks + 1))
         async with raw_connected(up, done.viewer) as ws:
@@ -713,7 +694,7 @@ async def test_kill_9_of_the_archiver_while_it_trims_loses_nothing_and_the_audit
         async def some_trimmed() -> bool:
             return any(held < added for held, added in (await ledger_lengths(redis)).values())
 
-        await wait_for(some_trimmed, "a first trim")
+        await eventually(some_trimmed, ARCHIVE_TIMEOUT_S, "a first trim")
         kill9(first)
         left = sum(held for held, _ in (await ledger_lengths(redis)).values())
     assert left > 0, "the kill came after the last trim: nothing to prove"

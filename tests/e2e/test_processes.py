@@ -1,91 +1,11 @@
 """Several server processes on one store, and a server restarted on its embedded store."""
 
-import asyncio
-import contextlib
-from collections import deque
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from giftstream.store.connection import connect
-from giftstream.store.embedded import EmbeddedValkey, is_running, url_for
-from support import Api, Client, Frame, ServerProcess, User
+from giftstream.store.embedded import EmbeddedValkey, is_running
+from support import ServerProcess, raw_connected, serving, shut_down_leftover_valkey
 
 RECV_S = 15.0
-
-
-def unbatch(frame: Frame) -> list[Frame]:
-    """The frames a message carries: itself, or the frames of a `batch`, in order."""
-    if frame.get("t") == "batch":
-        return [inner for f in frame["frames"] for inner in unbatch(f)]
-    return [frame]
-
-
-class Conn:
-    """A WebSocket client that reads frame by frame, opening `batch` frames."""
-
-    def __init__(self, client: Client, welcome: Frame | None = None) -> None:
-        self.client = client
-        self.queue: deque[Frame] = deque()
-        self.welcome: Frame = welcome or {}
-
-    async def next(self, wait_s: float = RECV_S) -> Frame:
-        while not self.queue:
-            self.queue.extend(unbatch(await self.client.recv(wait_s)))
-        return self.queue.popleft()
-
-    async def until(
-        self, match: Callable[[Frame], bool], wait_s: float = RECV_S
-    ) -> tuple[Frame, list[Frame]]:
-        """The first frame matching, and every frame received before it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        skipped: list[Frame] = []
-        while True:
-            frame = await self.next(max(deadline - loop.time(), 0.001))
-            if match(frame):
-                return frame, skipped
-            skipped.append(frame)
-
-    async def join(self, room: str) -> Frame:
-        await self.client.send({"t": "join", "room": room})
-        frame, _ = await self.until(lambda f: f["t"] in ("joined", "error"))
-        assert frame["t"] == "joined", frame
-        return frame
-
-    async def gift(self, room: str, gift: str, request_id: str) -> Frame:
-        await self.client.send({"t": "gift", "id": request_id, "room": room, "gift": gift})
-        frame, _ = await self.until(
-            lambda f: f["t"] in ("ack", "error") and f.get("id") == request_id
-        )
-        return frame
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Conn]:
-    """An authenticated connection of `user`, closed when the block ends."""
-    client = await Client.open(server.ws_url)
-    try:
-        conn = Conn(client)
-        await client.send({"t": "auth", "token": user.token})
-        conn.welcome, _ = await conn.until(lambda f: f["t"] in ("welcome", "error"))
-        assert conn.welcome["t"] == "welcome", conn.welcome
-        yield conn
-    finally:
-        await client.close()
-
-
-@contextlib.asynccontextmanager
-async def serving(server: ServerProcess) -> AsyncIterator[tuple[ServerProcess, Api]]:
-    """A started server and an HTTP client of it; both stopped when the block ends."""
-    try:
-        await asyncio.to_thread(server.start)
-        api = Api(server.base_url)
-        try:
-            yield server, api
-        finally:
-            await api.aclose()
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_a_room_spans_two_server_processes_sharing_one_store(
@@ -101,24 +21,24 @@ async def test_a_room_spans_two_server_processes_sharing_one_store(
         viewer_b = await api_b.user(coins=1000)
         room = await api_b.open_room(host)
         async with (
-            connected(b, host) as host_ws,
-            connected(a, viewer) as viewer_ws,
-            connected(a, third) as third_ws,
-            connected(b, viewer_b) as viewer_b_ws,
+            raw_connected(b, host) as host_ws,
+            raw_connected(a, viewer) as viewer_ws,
+            raw_connected(a, third) as third_ws,
+            raw_connected(b, viewer_b) as viewer_b_ws,
         ):
             for ws in (host_ws, viewer_ws, third_ws, viewer_b_ws):
                 await ws.join(room)
 
-            ack = await viewer_ws.gift(room, "confetti", "across-1")
+            ack = await viewer_ws.gift(room, "confetti", "across-1", timeout=RECV_S)
             assert ack["t"] == "ack" and ack["coins"] == 900, ack
-            gift, _ = await host_ws.until(lambda f: f["t"] == "gift")
-            credit, _ = await host_ws.until(lambda f: f["t"] == "credit")
-            seen, _ = await third_ws.until(lambda f: f["t"] == "gift")
+            gift, _ = await host_ws.recv_until(lambda f: f["t"] == "gift", RECV_S)
+            credit, _ = await host_ws.recv_until(lambda f: f["t"] == "credit", RECV_S)
+            seen, _ = await third_ws.recv_until(lambda f: f["t"] == "gift", RECV_S)
             # And the other way: a viewer on B, watched from A.
-            back = await viewer_b_ws.gift(room, "hand_hearts", "across-2")
+            back = await viewer_b_ws.gift(room, "hand_hearts", "across-2", timeout=RECV_S)
             assert back["t"] == "ack", back
-            seen_back, between = await third_ws.until(
-                lambda f: f["t"] == "gift" and f["event"] == back["event"]
+            seen_back, between = await third_ws.recv_until(
+                lambda f: f["t"] == "gift" and f["event"] == back["event"], RECV_S
             )
 
         assert (gift["event"], gift["from"], gift["to"], gift["coins"]) == (
@@ -134,25 +54,6 @@ async def test_a_room_spans_two_server_processes_sharing_one_store(
         for api in (api_a, api_b):
             assert (await api.wallet(viewer))["coins"] == 900
             assert (await api.wallet(host))["diamonds"] == 200
-
-
-async def shut_down_leftover_valkey(data: Path) -> bool:
-    """Shut down a Valkey still serving `data`, gracefully (it flushes its AOF first).
-
-    True if there was one: its server should have stopped it."""
-    if not is_running(data):
-        return False
-    client = connect(url_for(data))
-    try:
-        await client.shutdown()
-    finally:
-        await client.aclose()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15.0
-    while is_running(data):
-        assert loop.time() < deadline, "the leftover Valkey did not stop"
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def test_stopping_a_server_stops_the_embedded_valkey_it_started(short_tmp: Path) -> None:
@@ -176,11 +77,14 @@ async def test_balances_tokens_and_gift_ids_survive_a_restart_on_the_embedded_st
             host = await api.user(role="host")
             viewer = await api.user(coins=1000)
             room = await api.open_room(host)
-            async with connected(first, host) as host_ws, connected(first, viewer) as viewer_ws:
+            async with (
+                raw_connected(first, host) as host_ws,
+                raw_connected(first, viewer) as viewer_ws,
+            ):
                 await host_ws.join(room)
                 await viewer_ws.join(room)
-                ack = await viewer_ws.gift(room, "money_gun", "before-restart")
-                await host_ws.until(lambda f: f["t"] == "credit")
+                ack = await viewer_ws.gift(room, "money_gun", "before-restart", timeout=RECV_S)
+                await host_ws.recv_until(lambda f: f["t"] == "credit", RECV_S)
             viewer_before = await api.wallet(viewer)
             host_before = await api.wallet(host)
         assert ack["t"] == "ack" and ack["coins"] == 500, ack
@@ -193,8 +97,8 @@ async def test_balances_tokens_and_gift_ids_survive_a_restart_on_the_embedded_st
             assert await api.wallet(viewer) == viewer_before
             assert await api.wallet(host) == host_before
             async with (
-                connected(second, host) as host_ws,
-                connected(second, viewer) as viewer_ws,
+                raw_connected(second, host) as host_ws,
+                raw_connected(second, viewer) as viewer_ws,
             ):
                 assert (viewer_ws.welcome["user"], viewer_ws.welcome["coins"]) == (
                     viewer.user,
@@ -203,9 +107,9 @@ async def test_balances_tokens_and_gift_ids_survive_a_restart_on_the_embedded_st
                 assert (host_ws.welcome["user"], host_ws.welcome["diamonds"]) == (host.user, 500)
                 await host_ws.join(room)
                 await viewer_ws.join(room)
-                retried = await viewer_ws.gift(room, "money_gun", "before-restart")
-                after = await viewer_ws.gift(room, "confetti", "after-restart")
-                credit, skipped = await host_ws.until(lambda f: f["t"] == "credit")
+                retried = await viewer_ws.gift(room, "money_gun", "before-restart", timeout=RECV_S)
+                after = await viewer_ws.gift(room, "confetti", "after-restart", timeout=RECV_S)
+                credit, skipped = await host_ws.recv_until(lambda f: f["t"] == "credit", RECV_S)
             assert retried == ack
             assert after["t"] == "ack" and after["coins"] == 400, after
             assert (credit["event"], credit["total"]) == (after["event"], 600)

@@ -3,10 +3,9 @@ error code (or, when it is too large or undecodable, its close code) and changes
 
 import asyncio
 import base64
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,19 +14,22 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from giftstream import tokens
-from support import RECV_TIMEOUT_S, TEST_SECRET, Api, Client, Frame, ServerProcess, User, bearer
+from support import (
+    DROP,
+    RECV_TIMEOUT_S,
+    TEST_SECRET,
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    User,
+    bearer,
+    changed,
+    raw_opened,
+)
 
 SUBPROTOCOLS = [pytest.param(False, id="msgpack"), pytest.param(True, id="json")]
 VIEWER_COINS = 100
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, json_mode: bool = False) -> AsyncIterator[Client]:
-    client = await Client.open(server.ws_url, json_mode=json_mode)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @dataclass
@@ -99,15 +101,9 @@ BuildFrame = Callable[[str], Any]
 
 def _gift(room: str, /, **changes: Any) -> dict[str, Any]:
     frame: dict[str, Any] = {"t": "gift", "id": "bad-1", "room": room, "gift": "rose", "count": 1}
-    for name, value in changes.items():
-        if value is _DROP:
-            del frame[name]
-        else:
-            frame[name] = value
-    return frame
+    return changed(frame, **changes)
 
 
-_DROP: Any = object()
 LONG_ID = "x" * 65
 
 # (frame built for the room, expected code, expected `id` in the error frame)
@@ -116,7 +112,7 @@ BAD_FRAMES = [
     pytest.param(lambda room: "gift", "bad_frame", None, id="string-not-map"),
     pytest.param(lambda room: 42, "bad_frame", None, id="integer-not-map"),
     pytest.param(lambda room: None, "bad_frame", None, id="null-not-map"),
-    pytest.param(lambda room: _gift(room, t=_DROP), "bad_frame", "bad-1", id="missing-t"),
+    pytest.param(lambda room: _gift(room, t=DROP), "bad_frame", "bad-1", id="missing-t"),
     pytest.param(lambda room: _gift(room, t=7), "bad_frame", "bad-1", id="t-not-string"),
     pytest.param(lambda room: {"t": "tip", "id": "u-1"}, "unknown_type", "u-1", id="unknown-t"),
     pytest.param(lambda room: {"t": "", "id": "u-2"}, "unknown_type", "u-2", id="empty-t"),
@@ -129,9 +125,9 @@ BAD_FRAMES = [
         "p-1",
         id="ping-unknown-field",
     ),
-    pytest.param(lambda room: _gift(room, gift=_DROP), "invalid_field", "bad-1", id="no-gift"),
-    pytest.param(lambda room: _gift(room, room=_DROP), "invalid_field", "bad-1", id="no-room"),
-    pytest.param(lambda room: _gift(room, id=_DROP), "invalid_field", None, id="gift-no-id"),
+    pytest.param(lambda room: _gift(room, gift=DROP), "invalid_field", "bad-1", id="no-gift"),
+    pytest.param(lambda room: _gift(room, room=DROP), "invalid_field", "bad-1", id="no-room"),
+    pytest.param(lambda room: _gift(room, id=DROP), "invalid_field", None, id="gift-no-id"),
     pytest.param(lambda room: _gift(room, count="2"), "invalid_field", "bad-1", id="count-str"),
     pytest.param(lambda room: _gift(room, count=1.5), "invalid_field", "bad-1", id="count-float"),
     pytest.param(lambda room: _gift(room, count=2.0), "invalid_field", "bad-1", id="count-2.0"),
@@ -185,7 +181,7 @@ async def test_bad_frame_gets_its_error_code_keeps_connection_and_changes_nothin
     rid: str | None,
 ) -> None:
     s = await scene(api)
-    async with connected(server, json_mode) as viewer_ws:
+    async with raw_opened(server, json_mode=json_mode) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
         before = await balances(api, s)
@@ -212,7 +208,7 @@ async def test_msgpack_only_value_kinds_are_invalid_field_not_a_close(
     server: ServerProcess, api: Api, changes: dict[Any, Any]
 ) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -229,7 +225,7 @@ async def test_many_bad_frames_in_a_row_each_get_an_error_in_order(
     server: ServerProcess, api: Api
 ) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
         sent: list[tuple[Frame, str]] = [
@@ -255,7 +251,7 @@ async def test_second_auth_as_another_user_is_refused_and_keeps_the_first_identi
 ) -> None:
     s = await scene(api)
     other = await api.user(coins=7)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -273,7 +269,7 @@ async def test_join_gift_and_leave_before_auth_are_unauthenticated_and_change_no
     server: ServerProcess, api: Api
 ) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         early: list[Frame] = [
             {"t": "join", "id": "pre-1", "room": s.room},
             {"t": "gift", "id": "pre-2", "room": s.room, "gift": "rose", "count": 5},
@@ -347,10 +343,10 @@ async def test_forged_token_is_unauthenticated_and_grants_nothing(
     # Sanity: the test secret is the server's, so the forgeries differ by one
     # thing only (a token signed with it right now is accepted).
     genuine = tokens.sign(tokens.Claims(s.viewer.user, "viewer", int(time.time()) + 60), secret)
-    async with connected(server) as check_ws:
+    async with raw_opened(server) as check_ws:
         assert (await check_ws.auth(User(s.viewer.user, genuine)))["user"] == s.viewer.user
 
-    async with connected(server) as forger_ws:
+    async with raw_opened(server) as forger_ws:
         frame = {"t": "auth", "id": "f-1", "token": forge(s, secret)}
         answer = await forger_ws.request(frame, "welcome")
         assert_error(answer, "unauthenticated", "f-1")
@@ -380,7 +376,7 @@ async def test_unknown_gift_is_refused_and_charges_nothing(
     server: ServerProcess, api: Api, json_mode: bool
 ) -> None:
     s = await scene(api)
-    async with connected(server, json_mode) as viewer_ws:
+    async with raw_opened(server, json_mode=json_mode) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -396,7 +392,7 @@ async def test_gift_to_a_room_not_joined_is_not_in_room_and_charges_nothing(
 ) -> None:
     s = await scene(api)
     other = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(other.room)
 
@@ -412,7 +408,7 @@ async def test_gift_to_a_room_not_joined_is_not_in_room_and_charges_nothing(
 
 async def test_gift_after_leaving_is_not_in_room(server: ServerProcess, api: Api) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
         left = await viewer_ws.request({"t": "leave", "id": "lv-1", "room": s.room}, "left")
@@ -428,7 +424,7 @@ async def test_ended_room_notifies_members_and_refuses_gifts_as_room_not_live(
     server: ServerProcess, api: Api
 ) -> None:
     s = await scene(api)
-    async with connected(server) as host_ws, connected(server, json_mode=True) as viewer_ws:
+    async with raw_opened(server) as host_ws, raw_opened(server, json_mode=True) as viewer_ws:
         await host_ws.auth(s.host, extras=True)
         await host_ws.join(s.room)
         await viewer_ws.auth(s.viewer, extras=True)
@@ -461,7 +457,7 @@ async def test_joining_an_ended_room_shows_it_not_live_and_gifts_get_room_not_li
     s = await scene(api)
     r = await api.http.post(f"/v1/rooms/{s.room}/end", headers=bearer(s.host))
     assert r.status_code == 200, r.text
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         assert (await viewer_ws.join(s.room))["live"] is False
 
@@ -475,7 +471,7 @@ async def test_join_of_a_room_that_does_not_exist_is_not_found(
     server: ServerProcess, api: Api
 ) -> None:
     viewer = await api.user(coins=10)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(viewer)
 
         answer = await viewer_ws.request({"t": "join", "id": "nf-1", "room": "r-nowhere"}, "joined")
@@ -495,7 +491,7 @@ async def test_frame_larger_than_the_limit_closes_with_1009_and_charges_nothing(
     server: ServerProcess, api: Api, json_mode: bool
 ) -> None:
     s = await scene(api)
-    async with connected(server, json_mode) as viewer_ws:
+    async with raw_opened(server, json_mode=json_mode) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -520,7 +516,7 @@ async def test_frame_of_exactly_the_limit_is_answered_and_one_byte_more_closes_w
     server: ServerProcess, json_mode: bool
 ) -> None:
     limit = 65536  # the default max_frame_bytes
-    async with connected(server, json_mode) as ws:
+    async with raw_opened(server, json_mode=json_mode) as ws:
         await ws.send_raw(_padded_ping(limit, json_mode, "edge"))
         # Decoded and validated (the pad field is unknown): not closed.
         assert_error(await next_error(ws), "invalid_field", "edge")
@@ -543,7 +539,7 @@ async def test_undecodable_msgpack_closes_with_1007(
     server: ServerProcess, api: Api, data: bytes
 ) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -566,7 +562,7 @@ async def test_invalid_json_text_closes_with_1007(
     server: ServerProcess, api: Api, text: str
 ) -> None:
     s = await scene(api)
-    async with connected(server, json_mode=True) as viewer_ws:
+    async with raw_opened(server, json_mode=True) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -578,7 +574,7 @@ async def test_invalid_json_text_closes_with_1007(
 
 async def test_text_frame_on_msgpack_closes_with_1003(server: ServerProcess, api: Api) -> None:
     s = await scene(api)
-    async with connected(server) as viewer_ws:
+    async with raw_opened(server) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -590,7 +586,7 @@ async def test_text_frame_on_msgpack_closes_with_1003(server: ServerProcess, api
 
 async def test_binary_frame_on_json_closes_with_1003(server: ServerProcess, api: Api) -> None:
     s = await scene(api)
-    async with connected(server, json_mode=True) as viewer_ws:
+    async with raw_opened(server, json_mode=True) as viewer_ws:
         await viewer_ws.auth(s.viewer)
         await viewer_ws.join(s.room)
 
@@ -604,7 +600,7 @@ async def test_closing_one_connection_leaves_others_serving(
     server: ServerProcess, api: Api
 ) -> None:
     s = await scene(api)
-    async with connected(server) as bad_ws, connected(server) as good_ws:
+    async with raw_opened(server) as bad_ws, raw_opened(server) as good_ws:
         await good_ws.auth(s.viewer)
         await good_ws.join(s.room)
         await bad_ws.send_raw(b"\xc1")
@@ -625,7 +621,7 @@ async def _conversation(server: ServerProcess, api: Api, json_mode: bool) -> Non
     r = await api.http.post("/v1/rooms", headers=bearer(host))
     assert r.status_code == 200, r.text
     room, epoch = r.json()["room"], r.json()["epoch"]
-    async with connected(server, json_mode) as viewer_ws:
+    async with raw_opened(server, json_mode=json_mode) as viewer_ws:
         auth = {"t": "auth", "id": "c-1", "token": viewer.token}
         welcome = await viewer_ws.request(auth, "welcome")
         _same(

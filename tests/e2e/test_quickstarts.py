@@ -4,7 +4,6 @@ holds the client alone, installed as the document says (`pip install clients/pyt
 
 import ast
 import asyncio
-import os
 import re
 import shutil
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ServerProcess
+from support import ServerProcess, run_child
 
 ROOT = Path(__file__).resolve().parents[2]
 # The complete programs of each document (a fragment such as an `except` clause is not one).
@@ -48,23 +47,10 @@ async def run(
 ) -> str:
     path = tmp_path / "quickstart.py"
     path.write_text(program)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    env["DEMO_URL"] = server.base_url
-    proc = await asyncio.create_subprocess_exec(
-        python,
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
+    code, text, _ = await run_child(
+        [python, str(path)], env={"DEMO_URL": server.base_url}, timeout_s=RUN_TIMEOUT_S
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text
+    assert code == 0, text
     return text
 
 

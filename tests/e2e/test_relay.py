@@ -1,62 +1,31 @@
 """A worker dying between the debit and the credit of a gift: the outbox and the relay."""
 
 import asyncio
-import contextlib
-import os
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import msgpack
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from giftstream.store import keys
 from giftstream.store.connection import Redis, read_hash, read_stream
 from giftstream.store.embedded import EmbeddedValkey
-from support import Client, Frame, ServerProcess, User, audit_flags, serving, store
+from support import (
+    Frame,
+    ServerProcess,
+    User,
+    audit,
+    eventually,
+    history_positions,
+    raw_connected,
+    room_history,
+    serving,
+    store,
+)
 
 RECV_S = 15.0
+# What the relay repairs in the background, on a busy machine too.
+RELAY_S = 20.0
 CRASH_EXIT_CODE = 70
 GIFT, GIFT_COINS = "confetti", 100
-
-
-@contextlib.asynccontextmanager
-async def connected(server: ServerProcess, user: User) -> AsyncIterator[Client]:
-    """An authenticated connection of `user`, closed when the block ends."""
-    client = await Client.open(server.ws_url)
-    try:
-        await client.auth(user)
-        yield client
-    finally:
-        await client.close()
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
-    """Poll `condition` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await condition():
-        assert loop.time() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.05)
-
-
-async def audit(url: str) -> tuple[int, str]:
-    """`giftstream audit --redis-url URL`: its exit code and its output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIFTSTREAM_")}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "giftstream.cli", "audit", *audit_flags(url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def coins_of(redis: Redis, user: User) -> int:
@@ -78,9 +47,7 @@ async def credits_in_ledger(redis: Redis, room: str, event: str) -> int:
 
 async def history(redis: Redis, room: str) -> list[tuple[str, int, str]]:
     """(type, offset, event) of every event in the room's history."""
-    entries = await read_stream(redis, keys.room_events(room))
-    frames = [msgpack.unpackb(e[b"f"], raw=False) for _, e in entries]
-    return [(f["t"], f["offset"], f["event"]) for f in frames]
+    return history_positions(await room_history(redis, room))
 
 
 async def crash_a_gift(
@@ -95,7 +62,7 @@ async def crash_a_gift(
         viewer = await api.user(coins=1000)
         room = await api.open_room(host)
         received: list[Frame] = []
-        async with connected(server, viewer) as ws:
+        async with raw_connected(server, viewer) as ws:
             await ws.join(room)
             await ws.send({"t": "gift", "id": "crash-1", "room": room, "gift": GIFT})
             with pytest.raises(ConnectionClosed):
@@ -127,18 +94,21 @@ async def test_a_crash_after_the_debit_is_credited_once_by_the_relay_of_a_new_se
             diamonds: int = (await api.wallet(host))["diamonds"]
             return diamonds > 0
 
-        await eventually(host_credited)
+        await eventually(host_credited, RELAY_S)
         assert (await api.wallet(host))["diamonds"] == GIFT_COINS
 
         async def outbox_empty() -> bool:
             return await outbox_of(redis, viewer) == []
 
-        await eventually(outbox_empty)
+        await eventually(outbox_empty, RELAY_S)
         assert await credits_in_ledger(redis, room, event) == 1
         assert await history(redis, room) == [("gift", 1, event), ("credit", 2, event)]
 
         epoch = (await read_hash(redis, keys.room(room)))[b"epoch"].decode()
-        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+        async with (
+            raw_connected(server, host) as host_ws,
+            raw_connected(server, viewer) as retry_ws,
+        ):
             await host_ws.join(room, since={"epoch": epoch, "offset": 0})
             await retry_ws.join(room)
             retried = await retry_ws.gift(room, GIFT, "crash-1")
@@ -170,7 +140,10 @@ async def test_a_retry_after_a_crash_credits_the_pending_gift_once_without_the_r
     env = {"GIFTSTREAM_RELAY_GRACE_MS": "3600000", "GIFTSTREAM_RELAY_INTERVAL_S": "0.1"}
     async with serving(ServerProcess(url, env=env)) as (server, api), store(url) as redis:
         assert (await api.wallet(host))["diamonds"] == 0
-        async with connected(server, host) as host_ws, connected(server, viewer) as retry_ws:
+        async with (
+            raw_connected(server, host) as host_ws,
+            raw_connected(server, viewer) as retry_ws,
+        ):
             await host_ws.join(room)
             await retry_ws.join(room)
             retried = await retry_ws.gift(room, GIFT, "crash-1")
@@ -191,7 +164,7 @@ async def test_a_retry_after_a_crash_credits_the_pending_gift_once_without_the_r
         async def outbox_empty() -> bool:
             return await outbox_of(redis, viewer) == []
 
-        await eventually(outbox_empty)
+        await eventually(outbox_empty, RELAY_S)
         assert await credits_in_ledger(redis, room, event) == 1
 
     code, report = await audit(url)

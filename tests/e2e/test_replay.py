@@ -4,13 +4,21 @@ import asyncio
 import itertools
 from collections.abc import Callable
 
-import msgpack
-
 from giftstream.store import keys
-from giftstream.store.connection import Redis, read_hash, read_stream
+from giftstream.store.connection import Redis, read_hash
 from giftstream_client import Ack
 from giftstream_client import Client as UserClient
-from support import Api, Client, Frame, ServerProcess, connected, on_both_stores, raw_connected
+from support import (
+    Api,
+    Client,
+    Frame,
+    ServerProcess,
+    connected,
+    eventually,
+    on_both_stores,
+    raw_connected,
+    room_history,
+)
 
 server = on_both_stores()
 
@@ -34,21 +42,6 @@ async def join(ws: Client, room: str, since: Frame | None = None) -> Frame:
 async def until(ws: Client, match: Callable[[Frame], bool]) -> tuple[Frame, list[Frame]]:
     """The first frame matching, and every frame received before it."""
     return await ws.recv_until(match, RECV_S)
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 15.0) -> None:
-    """Poll `condition` until it holds; fail at the deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "the condition did not hold in time"
-        await asyncio.sleep(0.01)
-
-
-async def room_history(redis: Redis, room: str) -> list[Frame]:
-    """Every event stored in the room's history, read straight from the store."""
-    entries = await read_stream(redis, keys.room_events(room))
-    return [msgpack.unpackb(fields[b"f"], raw=False) for _, fields in entries]
 
 
 async def room_field(redis: Redis, room: str, name: str) -> str:

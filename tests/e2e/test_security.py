@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from giftstream.store.embedded import EmbeddedValkey
-from support import TEST_SECRET, Api, Client, ServerProcess, bearer, running
+from support import TEST_SECRET, Api, Client, ServerProcess, bearer, metric, running
 
 
 @pytest.fixture
@@ -31,18 +31,8 @@ def strict_server(fresh_valkey: EmbeddedValkey) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def strict_api(strict_server: ServerProcess) -> AsyncIterator[Api]:
-    client = Api(strict_server.base_url)
-    yield client
-    await client.aclose()
-
-
-async def metric(api: Api, name: str) -> float:
-    text = (await api.http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            if line.split(" ")[0] == name:
-                return float(line.split(" ")[1])
-    return 0.0
+    async with Api(strict_server.base_url) as client:
+        yield client
 
 
 async def test_a_gift_frame_cannot_name_another_sender(server: ServerProcess, api: Api) -> None:

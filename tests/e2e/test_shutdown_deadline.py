@@ -7,7 +7,7 @@ import signal
 from giftstream.store import keys
 from giftstream.store.connection import Redis
 from giftstream.store.embedded import EmbeddedValkey
-from support import SHARED_ENV, ServerProcess, serving, store
+from support import SHARED_ENV, ServerProcess, eventually, serving, store
 
 UNRELATED_KEYS = 2_000_000
 KEYS_PER_CALL = 200_000
@@ -27,15 +27,6 @@ async def fill(redis: Redis, count: int) -> None:
         await redis.eval(FILL, 0, start, start + KEYS_PER_CALL - 1)
 
 
-async def until(check: object, what: str, wait_s: float) -> None:
-    assert callable(check)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while not await check():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_sigterm_ends_the_server_under_two_million_keys_during_a_relay_pass(
     fresh_valkey: EmbeddedValkey,
 ) -> None:
@@ -50,7 +41,7 @@ async def test_sigterm_ends_the_server_under_two_million_keys_during_a_relay_pas
                 # a SCAN over every key, the pass that hung before.
                 return bool(await redis.exists(keys.RELAY_LOCK))
 
-            await until(relay_busy, "the relay to start a pass", RELAY_BUSY_WAIT_S)
+            await eventually(relay_busy, RELAY_BUSY_WAIT_S, "the relay to start a pass")
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(server.wait_exit, EXIT_WAIT_S)

@@ -18,6 +18,9 @@ from support import (
     User,
     connected,
     crash,
+    eventually,
+    logged,
+    poll,
     raw_connected,
     running,
     serving,
@@ -52,11 +55,12 @@ async def scene(api: Api) -> tuple[User, User, str]:
 
 async def until_diamonds(api: Api, host: User, diamonds: int) -> None:
     """Wait until the host has been credited `diamonds` (the relay credits a lost reply's gift)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_S
-    while (await api.wallet(host))["diamonds"] != diamonds:
-        assert loop.time() < deadline, f"the host was not credited {diamonds} diamonds"
-        await asyncio.sleep(0.05)
+    await poll(
+        lambda: api.wallet(host),
+        lambda wallet: wallet["diamonds"] == diamonds,
+        SETTLE_S,
+        f"the host credited {diamonds} diamonds",
+    )
 
 
 async def test_a_gift_whose_debit_reply_is_lost_is_answered_unavailable_and_its_retry_acked(
@@ -96,14 +100,6 @@ async def test_the_python_client_re_sends_an_unavailable_gift_and_returns_its_on
     await until_diamonds(lossy_api, host, ROSE)
 
 
-async def log_says(server: ServerProcess, text: str, within_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while text not in await asyncio.to_thread(server.log):
-        assert loop.time() < deadline, f"the server never logged {text!r}"
-        await asyncio.sleep(0.05)
-
-
 async def test_with_the_store_killed_a_gift_is_unavailable_until_it_is_back_then_acked_once(
     short_tmp: Path,
 ) -> None:
@@ -119,7 +115,9 @@ async def test_with_the_store_killed_a_gift_is_unavailable_until_it_is_back_then
                 sending = asyncio.create_task(client.send_gift(room, "rose", id="through-kill"))
                 try:
                     # The first answer was `unavailable`: the client waits and re-sends.
-                    await log_says(server, "gift through-kill failed, the store being", 20)
+                    await eventually(
+                        logged(server, "gift through-kill failed, the store being"), 20, "the log"
+                    )
                     assert not sending.done()
                     await asyncio.to_thread(valkey.start)
                     ack = await asyncio.wait_for(sending, 60)

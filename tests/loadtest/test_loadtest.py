@@ -25,7 +25,7 @@ from loadtest.commands import (
     SOAK_RATE,
     SOAK_WARM,
 )
-from support import Api, ServerProcess, database_for, running
+from support import Api, ServerProcess, database_for, running, temporary_valkey
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 110.0
@@ -54,12 +54,8 @@ def loadtest(out: Path, *args: str, seconds: int = 2) -> tuple[int, dict[str, An
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[EmbeddedValkey]:
-    path = Path(tempfile.mkdtemp(prefix="gs-"))
-    server = EmbeddedValkey(path / "data")
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(path, ignore_errors=True)
+    with temporary_valkey() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,7 @@ from giftstream.wire.requests import (
     parse_request,
     request_id,
 )
-
-_MISSING: Any = object()
+from support import DROP, changed
 
 GIFT: dict[str, Any] = {"t": "gift", "id": "req-1", "room": "r1", "gift": "rose", "count": 3}
 
@@ -38,8 +37,7 @@ def _invalid(frame: Any) -> InvalidField:
 
 
 def _gift(**changes: Any) -> dict[str, Any]:
-    frame = {**GIFT, **changes}
-    return {k: v for k, v in frame.items() if v is not _MISSING}
+    return changed(GIFT, **changes)
 
 
 # --- valid requests ---------------------------------------------------------------------------
@@ -77,9 +75,7 @@ def test_valid_request_parses_into_its_typed_request(
 
 
 def test_gift_count_defaults_to_one() -> None:
-    assert parse_request(_gift(count=_MISSING)) == SendGift(
-        id="req-1", room="r1", gift="rose", count=1
-    )
+    assert parse_request(_gift(count=DROP)) == SendGift(id="req-1", room="r1", gift="rose", count=1)
 
 
 @pytest.mark.parametrize("count", [1, 200, MAX_GIFT_COUNT])
@@ -176,9 +172,9 @@ def test_unknown_field_message_does_not_echo_a_huge_field_name() -> None:
         {"t": "join"},
         {"t": "join", "since": {"epoch": "e", "offset": 1}},
         {"t": "leave"},
-        _gift(id=_MISSING),
-        _gift(room=_MISSING),
-        _gift(gift=_MISSING),
+        _gift(id=DROP),
+        _gift(room=DROP),
+        _gift(gift=DROP),
     ],
 )
 def test_a_missing_required_field_is_invalid(frame: dict[str, Any]) -> None:

@@ -1,0 +1,154 @@
+"""Live rooms end to end: what a fast streak costs each viewer, coalesced per tick,
+with real processes and a real Valkey."""
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from giftstream.store.embedded import EmbeddedValkey
+from support import Client, Frame, ServerProcess, member, serving
+from support.rooms import (
+    UNLIMITED_GIFTS,
+    acked,
+    answers,
+    gift_event,
+    is_end,
+    of_streak,
+    ping,
+    send_gifts,
+    until,
+    viewers_are,
+)
+
+# -- coalescing --------------------------------------------------------------------------------
+
+TICK_MS = 50
+STREAK_QUIET_MS = 1500
+TAPS = 400
+SENDER_CONNECTIONS = 4
+PLAIN_VIEWERS = 50
+EXTRAS_VIEWERS = 50
+# Frames a second a viewer may get beyond two a tick: a tick boundary, the streak's end, and
+# what was still in flight from the joins. The measured interval is never shorter than the
+# streak's quiet timeout, so this allows a handful of frames.
+SLACK_PER_S = 5.0
+
+
+@dataclass(frozen=True)
+class Watched:
+    messages: int
+    end: Frame
+    elapsed_s: float
+
+
+async def watch_streak(client: Client, sender: str, t0: float) -> Watched:
+    """Count the WebSocket messages a viewer gets until the end of `sender`'s streak."""
+    loop = asyncio.get_running_loop()
+    messages = 0
+    while True:
+        message = await client.recv_frame(timeout=60)
+        messages += 1
+        frames = message["frames"] if message["t"] == "batch" else [message]
+        for frame in frames:
+            if is_end(frame) and frame["from"] == sender:
+                return Watched(messages, frame, loop.time() - t0)
+
+
+async def credits_of(client: Client, sender: str, taps: int) -> tuple[list[str], Frame]:
+    """The host's credits for `sender`'s gifts, until there are `taps` and the streak ended."""
+    events: list[str] = []
+    end: Frame | None = None
+    while len(set(events)) < taps or end is None:
+        frame = await client.recv(timeout=60)
+        if frame["t"] == "credit" and frame["from"] == sender:
+            events.append(frame["event"])
+        elif is_end(frame) and frame["from"] == sender:
+            end = frame
+    return events, end
+
+
+async def burst(client: Client, room: str, prefix: str, taps: int) -> dict[str, Frame]:
+    ids = [f"{prefix}-{i}" for i in range(taps)]
+    await send_gifts(client, room, [(rid, "rose", 1) for rid in ids])
+    return await answers(client, ids, timeout=60)
+
+
+async def test_a_fast_streak_costs_each_viewer_a_bounded_number_of_frames_per_second(
+    valkey: EmbeddedValkey,
+) -> None:
+    env = {
+        "GIFTSTREAM_COALESCE_TICK_MS": str(TICK_MS),
+        "GIFTSTREAM_STREAK_TIMEOUT_MS": str(STREAK_QUIET_MS),
+    }
+    async with (
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        host = await api.user(role="host")
+        tapper = await api.user(coins=TAPS)
+        other = await api.user(coins=100)
+        users = await asyncio.gather(*(api.user() for _ in range(PLAIN_VIEWERS + EXTRAS_VIEWERS)))
+        room = await api.open_room(host)
+        host_ws = await member(stack, server, host, room, extras=True)
+        senders = [await member(stack, server, tapper, room) for _ in range(SENDER_CONNECTIONS)]
+        plain = await asyncio.gather(
+            *(member(stack, server, u, room) for u in users[:PLAIN_VIEWERS])
+        )
+        extras = await asyncio.gather(
+            *(member(stack, server, u, room, extras=True) for u in users[PLAIN_VIEWERS:])
+        )
+        viewers = [*plain, *extras]
+        # Let the joins' presence traffic settle before measuring.
+        await until(extras[0], viewers_are(SENDER_CONNECTIONS + len(viewers)))
+        await asyncio.gather(*(ping(c) for c in [host_ws, *senders, *viewers]))
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        watching = [asyncio.create_task(watch_streak(v, tapper.user, t0)) for v in viewers]
+        crediting = asyncio.create_task(credits_of(host_ws, tapper.user, TAPS))
+        try:
+            per_sender = TAPS // SENDER_CONNECTIONS
+            sent = await asyncio.gather(
+                *(burst(s, room, f"tap{k}", per_sender) for k, s in enumerate(senders))
+            )
+            sending_s = loop.time() - t0
+            watched = await asyncio.gather(*watching)
+            credited, host_end = await crediting
+        finally:
+            for task in [*watching, crediting]:
+                task.cancel()
+            await asyncio.gather(*watching, crediting, return_exceptions=True)
+
+        acks = [a for by_id in sent for a in by_id.values()]
+        assert [a["t"] for a in acks] == ["ack"] * TAPS, [a for a in acks if a["t"] != "ack"]
+        events = {a["event"] for a in acks}
+        assert len(events) == TAPS
+        # The host: every credit, exactly once each.
+        assert sorted(credited) == sorted(events)
+        streak_id = host_end["streak"]["id"]
+        assert streak_id in events and host_end["streak"]["repeat"] == TAPS
+
+        taps_per_s = TAPS / sending_s
+        allowed_per_s = 2 * 1000 / TICK_MS + SLACK_PER_S
+        rates = [w.messages / w.elapsed_s for w in watched]
+        most = max(w.messages for w in watched)
+        report = (
+            f"taps/s {taps_per_s:.0f}; frames per viewer per s: max {max(rates):.1f},"
+            f" allowed {allowed_per_s:.0f}; messages per viewer: max {most}"
+        )
+        for w in watched:
+            assert w.end["streak"] == {"id": streak_id, "repeat": TAPS, "end": True}, w.end
+            assert w.elapsed_s * 1000 >= STREAK_QUIET_MS, report
+        assert max(rates) <= allowed_per_s, report
+        assert max(rates) * 4 <= taps_per_s, report
+        assert most * 4 <= TAPS, report
+
+        # The end is the streak's final frame: nothing of it after, for anyone.
+        marker = await member(stack, server, other, room)
+        done = await acked(marker, room, "confetti", "m-1")
+        for client in [*viewers, host_ws]:
+            _, between = await client.recv_until(gift_event(done["event"]), timeout=30)
+            assert not [f for f in between if of_streak(streak_id)(f)], between
+            assert not [f for f in between if f["t"] == "credit" and f["event"] in events]
+        assert (await api.wallet(tapper))["coins"] == 0
+        assert (await api.wallet(host))["diamonds"] == TAPS + 100
