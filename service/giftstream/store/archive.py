@@ -20,6 +20,12 @@ while PostgreSQL is down.
 The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
 older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
 written once, by the debit, and removed only once credited, so no credit of it can come again.
+
+The stored answers of gift requests are deleted once their gift is archived and older than the
+hot window (`idempotency_hot_s`): a replay after that finds no answer in Valkey, the user's
+filter of request ids says it may have been seen, and the gift path answers it from PostgreSQL
+(gifting.py, functions/gifts.lua). Only gifts whose entry carries the `fp` hash are pruned so:
+an older one's filter never had its id.
 """
 
 import asyncio
@@ -47,6 +53,7 @@ from giftstream.store.relay import store_time_ms
 log = logging.getLogger(__name__)
 
 STREAM_PATTERNS = (keys.USER_LEDGER_PATTERN, keys.ROOM_LEDGER_PATTERN, keys.ROOM_EVENTS_PATTERN)
+USER_STREAM_PREFIX = keys.PREFIX + ":{u:"
 # Streams asked about per pipeline.
 PIPELINE_STREAMS = 500
 
@@ -78,6 +85,10 @@ def split_id(entry_id: bytes | str) -> tuple[int, int]:
 def is_ledger(stream: str) -> bool:
     """A users' or rooms' ledger stream (trimmed once archived), not a room's event stream."""
     return stream.endswith(":ledger")
+
+
+def is_user_ledger(stream: str) -> bool:
+    return stream.startswith(USER_STREAM_PREFIX) and is_ledger(stream)
 
 
 def _at(ms: int) -> datetime:
@@ -153,6 +164,14 @@ CREDITS_TO_PRUNE = (
     "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
     "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
 )
+# The archived gifts after a position (time order) and older than a time: their stored answers
+# may be deleted (`hashed`: the entry has the fingerprint hash a replay is answered with).
+ANSWERS_TO_PRUNE = (
+    "SELECT stream, entry_ms, entry_seq, owner, request_id, fields ? 'fp' AS hashed "
+    "FROM ledger_entries WHERE kind = 'gift' AND owner_kind = 'user' "
+    "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
+    "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
+)
 # A cursor only moves forward, whoever writes it.
 UPSERT_CURSORS = (
     "INSERT INTO archive_cursors (stream, last_ms, last_seq, entries) "
@@ -191,7 +210,7 @@ def ledger_row(stream: str, entry_id: bytes, f: dict[bytes, bytes]) -> tuple[Any
     ms, seq = split_id(entry_id)
     postings = f.get(b"post", b"").decode()
     change = deltas(postings)
-    owner_kind = "user" if stream.startswith(keys.PREFIX + ":{u:") else "room"
+    owner_kind = "user" if stream.startswith(USER_STREAM_PREFIX) else "room"
     amount = f.get(b"price") or f.get(b"amount")
     return (
         stream,
@@ -299,6 +318,11 @@ class Archiver:
         self.pruned_at = -math.inf
         self.prune_more = False
         self.held: dict[tuple[str, str], str] = {}
+        # Deleting stored answers: the archived gift they are deleted up to, when it last ran
+        # and whether it stopped at a full page.
+        self.answered: tuple[int, int, str] | None = None
+        self.answered_at = -math.inf
+        self.answers_more = False
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -352,6 +376,7 @@ class Archiver:
             await self.write(batch)
         await self.trim()
         await self.prune()
+        await self.prune_answers()
         return more
 
     async def hold_lease(self) -> bool:
@@ -554,9 +579,7 @@ class Archiver:
             return
         self.pruned_at = time.monotonic()
         if self.pruned is None:
-            stored = await self.redis.get(keys.ARCHIVE_PRUNED)
-            ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
-            self.pruned = (int(ms), int(seq), stream)
+            self.pruned = await load_position(self.redis, keys.ARCHIVE_PRUNED)
         floor = await store_time_ms(self.redis) - s.idempotency_ttl_s * 1000
         pool = await self.connected()
         rows = await pool.fetch(CREDITS_TO_PRUNE, *self.pruned, floor, s.archive_batch_rows)
@@ -581,9 +604,49 @@ class Archiver:
         pruned = sum(int(n) for n in await pipe.execute())
         metrics.ARCHIVE_PRUNED.inc(pruned)
         if rows:
-            last = rows[-1]
-            self.pruned = (last["entry_ms"], last["entry_seq"], last["stream"])
-            await self.redis.set(keys.ARCHIVE_PRUNED, " ".join(str(x) for x in self.pruned))
+            self.pruned = await save_position(self.redis, keys.ARCHIVE_PRUNED, rows[-1])
+
+    async def prune_answers(self) -> None:
+        """Delete the stored answers of the archived gifts older than the hot window, and older
+        than every users' ledger entry not yet archived (a stream behind its cursor may hold
+        gifts older than the window that PostgreSQL has yet to get)."""
+        s = self.settings
+        due = time.monotonic() - self.answered_at >= s.archive_scan_interval_s
+        if not (due or self.answers_more):
+            return
+        self.answered_at = time.monotonic()
+        if self.answered is None:
+            self.answered = await load_position(self.redis, keys.ARCHIVE_ANSWERS_PRUNED)
+        behind = [
+            self._cursor(key).ms for key in self.heads if is_user_ledger(key) and self._behind(key)
+        ]
+        now_ms = await store_time_ms(self.redis)
+        floor = min([now_ms - s.idempotency_hot_s * 1000, *behind])
+        pool = await self.connected()
+        rows = await pool.fetch(ANSWERS_TO_PRUNE, *self.answered, floor, s.archive_batch_rows)
+        self.answers_more = len(rows) == s.archive_batch_rows
+        if not rows:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for row in rows:
+            if row["hashed"]:
+                pipe.delete(keys.gift_request(row["owner"], row["request_id"]))
+        deleted = sum(int(n) for n in await pipe.execute())
+        metrics.ANSWERS_PRUNED.inc(deleted)
+        self.answered = await save_position(self.redis, keys.ARCHIVE_ANSWERS_PRUNED, rows[-1])
+
+
+async def load_position(r: Redis, key: str) -> tuple[int, int, str]:
+    """A walk's position over the archived entries, kept in Valkey as 'ms seq stream'."""
+    stored = await r.get(key)
+    ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
+    return int(ms), int(seq), stream
+
+
+async def save_position(r: Redis, key: str, last: asyncpg.Record) -> tuple[int, int, str]:
+    position = (int(last["entry_ms"]), int(last["entry_seq"]), str(last["stream"]))
+    await r.set(key, " ".join(str(x) for x in position))
+    return position
 
 
 def _inserted(status: str) -> int:
