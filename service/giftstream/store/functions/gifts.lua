@@ -115,13 +115,15 @@ local function filter_state(filters, request_id, bits, span_ms, now)
   return {positions = positions, generation = generation, held = held, seen = seen}
 end
 
-local function filter_add(filters, state, span_ms)
+local function filter_add(filters, state, bits, span_ms)
   local g, p = state.generation, state.positions
   local slot = g % 2 + 1
   local key = filters[slot]
   if state.held[slot] ~= g then
-    -- It holds generation g - 2 or older: ids past the ttl.
+    -- It holds generation g - 2 or older: ids past the ttl. Cleared, and at its full size at
+    -- once (its last bit): a user's filter never grows.
     redis.call('DEL', key)
+    redis.call('SETBIT', key, FILTER_HEADER + bits - 1, 0)
   end
   redis.call('BITFIELD', key, 'SET', 'i64', 0, g, 'SET', 'u1', p[1], 1, 'SET', 'u1', p[2], 1,
     'SET', 'u1', p[3], 1)
@@ -202,7 +204,7 @@ local function gift_debit(keys, args)
     {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
      'video', args[15], 'fp', hash})
   redis.call('SET', idem, cmsgpack.pack({hash, event, after}), 'EX', ttl)
-  filter_add(filters, filter, ttl * 1000)
+  filter_add(filters, filter, tonumber(args[18]), ttl * 1000)
   return {'ok', event, after, packed}
 end
 
