@@ -427,7 +427,7 @@ def test_grace_periods_cover_the_prestop_pause_and_the_servers_graceful_shutdown
 
 def test_compose_files_parse_into_services_and_volumes() -> None:
     main, cluster = compose(), compose("docker-compose.cluster.yml")
-    assert {"valkey", "giftstream", "nginx"} <= set(main["services"])
+    assert {"valkey", "postgres", "giftstream", "nginx"} <= set(main["services"])
     assert {"valkey-1", "valkey-2", "valkey-3", "valkey-cluster-init"} <= set(cluster["services"])
     for doc in (main, cluster):
         for svc in doc["services"].values():
@@ -542,7 +542,7 @@ def test_forwarded_allow_ips_is_the_variable_uvicorn_reads(
 
 def test_compose_token_secret_comes_from_an_env_file_git_ignores() -> None:
     svc = service("giftstream")
-    assert svc["env_file"] == ["secret.env"]
+    assert svc["env_file"] == ["secret.env", "postgres.env"]
     assert "GIFTSTREAM_SECRET" not in svc["environment"]
     ignored_by_git = subprocess.run(
         ["git", "check-ignore", "-q", "deploy/secret.env"], cwd=ROOT, check=False
@@ -554,10 +554,60 @@ def test_compose_token_secret_comes_from_an_env_file_git_ignores() -> None:
     assert names <= SETTING_NAMES
 
 
+def _database_url(url: str) -> Any:
+    """The parts of a ledger URL of the deploy files: PostgreSQL's, with no password in it."""
+    settings = Settings.from_env({"GIFTSTREAM_DATABASE_URL": url})
+    assert settings.database_url == url
+    parts = urlsplit(url)
+    assert parts.scheme == "postgresql"
+    assert parts.password is None  # PGPASSWORD, from a secret
+    return parts
+
+
+def test_compose_postgresql_is_the_official_image_on_a_volume_that_the_replicas_name() -> None:
+    svc = service("postgres")
+    assert svc["image"].startswith("postgres:")
+    assert int(svc["image"].split(":")[1].split(".")[0]) >= 18  # what the embedded one runs
+    # PostgreSQL 18's image keeps its data under /var/lib/postgresql (PGDATA in a subfolder).
+    assert "postgres-data:/var/lib/postgresql" in svc["volumes"]
+    env = svc["environment"]
+    parts = _database_url(_environment("docker-compose.yml")["GIFTSTREAM_DATABASE_URL"])
+    assert (parts.hostname, parts.port) == ("postgres", 5432)
+    assert (parts.username, parts.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
+    assert svc["healthcheck"]["test"] == [
+        "CMD",
+        "pg_isready",
+        "-U",
+        env["POSTGRES_USER"],
+        "-d",
+        env["POSTGRES_DB"],
+    ]
+    # The cluster override keeps the one ledger: its replicas get the same URL.
+    assert "postgres" not in compose("docker-compose.cluster.yml")["services"]
+    assert "GIFTSTREAM_DATABASE_URL" not in _environment("docker-compose.cluster.yml")
+
+
+def test_compose_postgresql_password_comes_from_an_env_file_git_ignores() -> None:
+    assert service("postgres")["env_file"] == ["postgres.env"]
+    assert "postgres.env" in service("giftstream")["env_file"]
+    ignored_by_git = subprocess.run(
+        ["git", "check-ignore", "-q", "deploy/postgres.env"], cwd=ROOT, check=False
+    )
+    assert ignored_by_git.returncode == 0
+    example = (DEPLOY / "postgres.env.example").read_text().splitlines()
+    names = [line.split("=")[0] for line in example if line and not line.startswith("#")]
+    # The server's password, and the same for the replicas' driver.
+    assert names == ["POSTGRES_PASSWORD", "PGPASSWORD"]
+    assert not set(names) & SETTING_NAMES
+
+
 def test_compose_starts_each_part_once_what_it_needs_is_healthy() -> None:
     services = compose()["services"]
     assert all("healthcheck" in svc for svc in services.values())
-    assert services["giftstream"]["depends_on"] == {"valkey": {"condition": "service_healthy"}}
+    assert services["giftstream"]["depends_on"] == {
+        "valkey": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
     assert services["nginx"]["depends_on"] == {"giftstream": {"condition": "service_healthy"}}
     cluster = compose("docker-compose.cluster.yml")["services"]
     assert cluster["valkey-cluster-init"]["depends_on"] == {
@@ -673,12 +723,14 @@ def test_deployment_reads_settings_from_the_configmap_and_the_token_from_the_sec
     [source] = c["envFrom"]
     assert source["configMapRef"]["name"] == "giftstream-config"
     manifest("ConfigMap", "giftstream-config")
-    [secret_env] = c["env"]
-    assert secret_env["name"] == "GIFTSTREAM_SECRET"
-    assert secret_env["name"] in SETTING_NAMES
-    ref = secret_env["valueFrom"]["secretKeyRef"]
-    secret = manifest("Secret", ref["name"])
-    assert ref["key"] in secret["stringData"]
+    token, password = c["env"]
+    assert token["name"] == "GIFTSTREAM_SECRET"
+    assert token["name"] in SETTING_NAMES
+    assert password["name"] == "PGPASSWORD"  # the ledger's, read by the driver
+    for env in (token, password):
+        ref = env["valueFrom"]["secretKeyRef"]
+        secret = manifest("Secret", ref["name"])
+        assert ref["key"] in secret["stringData"]
 
 
 def test_configmap_keys_are_settings_and_point_at_the_valkey_service() -> None:
@@ -691,6 +743,11 @@ def test_configmap_keys_are_settings_and_point_at_the_valkey_service() -> None:
     valkey = manifest("Service", "valkey")
     assert url.hostname == valkey["metadata"]["name"]
     assert url.port in {p["port"] for p in valkey["spec"]["ports"]}
+    assert settings.database_url is not None
+    ledger = _database_url(settings.database_url)
+    postgres = manifest("Service", "postgres")
+    assert ledger.hostname == postgres["metadata"]["name"]
+    assert ledger.port in {p["port"] for p in postgres["spec"]["ports"]}
 
 
 def test_the_probes_and_the_ingress_ask_for_hosts_the_pods_answer() -> None:
@@ -709,8 +766,10 @@ def test_the_probes_and_the_ingress_ask_for_hosts_the_pods_answer() -> None:
 def test_secret_is_a_marked_placeholder() -> None:
     text = (K8S / "secret.yaml").read_text()
     assert "PLACEHOLDER" in text and "kubectl create secret generic giftstream-secret" in text
-    value = manifest("Secret", "giftstream-secret")["stringData"]["GIFTSTREAM_SECRET"]
-    assert value.startswith("CHANGE-ME")
+    data = manifest("Secret", "giftstream-secret")["stringData"]
+    assert set(data) == {"GIFTSTREAM_SECRET", "PGPASSWORD"}
+    assert all(value.startswith("CHANGE-ME") for value in data.values())
+    assert "--from-literal=PGPASSWORD=" in text
 
 
 def _selects_the_pods(selector: dict[str, str]) -> None:
@@ -766,13 +825,39 @@ def test_valkey_statefulset_keeps_an_aof_on_a_persistent_volume_behind_its_servi
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_only_giftstream_pods_may_reach_valkey() -> None:
-    policy = manifest("NetworkPolicy", "valkey")["spec"]
-    sts_labels = manifest("StatefulSet", "valkey")["spec"]["template"]["metadata"]["labels"]
+@pytest.mark.parametrize("name", ["valkey", "postgres"])
+def test_only_giftstream_pods_may_reach_valkey_and_postgresql(name: str) -> None:
+    policy = manifest("NetworkPolicy", name)["spec"]
+    sts = manifest("StatefulSet", name)
+    sts_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= sts_labels.items()
     [rule] = policy["ingress"]
     [source] = rule["from"]
     _selects_the_pods(source["podSelector"]["matchLabels"])
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert [p["port"] for p in rule["ports"]] == [p["containerPort"] for p in c["ports"]]
+
+
+def test_postgresql_statefulset_keeps_its_data_on_a_volume_and_shares_the_pods_password() -> None:
+    sts = manifest("StatefulSet", "postgres")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert c["image"].startswith("postgres:")
+    [mount] = c["volumeMounts"]
+    assert mount["mountPath"] == "/var/lib/postgresql"
+    assert mount["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    env = {e["name"]: e for e in c["env"]}
+    server_password = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    pods_password = next(e for e in container()["env"] if e["name"] == "PGPASSWORD")
+    assert server_password == pods_password["valueFrom"]["secretKeyRef"]
+    data = manifest("ConfigMap", "giftstream-config")["data"]
+    ledger = _database_url(data["GIFTSTREAM_DATABASE_URL"])
+    assert (ledger.username, ledger.path) == (
+        env["POSTGRES_USER"]["value"],
+        "/" + env["POSTGRES_DB"]["value"],
+    )
+    svc = manifest("Service", "postgres")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_ingress_routes_to_the_service_port_with_hour_long_proxy_timeouts() -> None:
