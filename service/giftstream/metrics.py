@@ -88,7 +88,7 @@ ARCHIVE_TRIMMED = Counter(
 )
 ARCHIVE_PRUNED = Counter(
     "giftstream_archive_pruned_credits_total",
-    "Rooms' `credited` records pruned from Valkey (archived, past the idempotency window)",
+    "Rooms' `credited` records pruned from Valkey (archived, past the hot window)",
     registry=REGISTRY,
 )
 ANSWERS_PRUNED = Counter(

@@ -143,7 +143,7 @@ class Settings:
     # The archiver copies new ledger entries and room events to PostgreSQL every this often, at
     # most this many rows per transaction, and looks for new streams every scan interval.
     archive_interval_s: float = 1.0
-    archive_batch_rows: int = 2000
+    archive_batch_rows: int = 8000
     archive_scan_interval_s: float = 5.0
     # The active archiver's lease in Valkey: another worker takes over once it lapses.
     archive_lease_ms: int = 5000

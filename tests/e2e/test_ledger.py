@@ -634,7 +634,7 @@ async def test_credited_records_are_pruned_once_archived_past_the_window_and_out
 ) -> None:
     env = {
         **TRIMMING,
-        "GIFTSTREAM_IDEMPOTENCY_TTL_S": "1",
+        "GIFTSTREAM_IDEMPOTENCY_HOT_S": "1",
         # The relay leaves the outbox entry this test puts back alone.
         "GIFTSTREAM_RELAY_GRACE_MS": "600000",
     }

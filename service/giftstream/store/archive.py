@@ -18,8 +18,9 @@ gift Function bounds it at the window plus `room_history_backlog`, the backlog V
 while PostgreSQL is down.
 
 The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
-older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
-written once, by the debit, and removed only once credited, so no credit of it can come again.
+older than the hot window (`idempotency_hot_s`, a margin for a credit still in flight), and gone
+from its viewer's outbox: an outbox entry is written once, by the debit, and removed only once
+credited, so no credit of it can come again (a replay's credit comes from the outbox too).
 
 The stored answers of gift requests are deleted once their gift is archived and older than the
 hot window (`idempotency_hot_s`): a replay after that finds no answer in Valkey, the user's
@@ -588,15 +589,15 @@ class Archiver:
                     del self.untrimmed[key]
 
     async def prune(self) -> None:
-        """Delete the `credited` records of the archived credits older than the gift
-        idempotency window whose event is no longer in its viewer's outbox."""
+        """Delete the `credited` records of the archived credits older than the hot window
+        whose event is no longer in its viewer's outbox."""
         s = self.settings
         if not self.prune_more and time.monotonic() - self.pruned_at < s.archive_scan_interval_s:
             return
         self.pruned_at = time.monotonic()
         if self.pruned is None:
             self.pruned = await load_position(self.redis, keys.ARCHIVE_PRUNED)
-        floor = await store_time_ms(self.redis) - s.idempotency_ttl_s * 1000
+        floor = await store_time_ms(self.redis) - s.idempotency_hot_s * 1000
         pool = await self.connected()
         rows = await pool.fetch(CREDITS_TO_PRUNE, *self.pruned, floor, s.archive_batch_rows)
         self.prune_more = len(rows) == s.archive_batch_rows
