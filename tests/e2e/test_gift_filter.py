@@ -6,9 +6,11 @@ size."""
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgpack
 import pytest
 
 from giftstream.domain.catalog import load_catalog
+from giftstream.errors import ErrorCode, Refused
 from giftstream.store import accounts, gifts, keys, rooms
 from giftstream.store.connection import Redis, connect, load_functions
 from giftstream.store.embedded import EmbeddedValkey
@@ -80,3 +82,18 @@ async def test_an_id_is_cold_for_its_generation_and_the_next_then_forgotten_and_
     assert await r.bitcount(slot, 8, -1) <= 3  # only y's positions: x's were cleared
     assert await seen(r, "y") != "new"
     assert 0 < await r.pttl(slot) <= 2 * TTL_S * 1000  # until the end of the next generation
+
+
+async def test_an_answer_stored_before_the_hash_is_still_read_with_its_whole_fingerprint(
+    r: Redis,
+) -> None:
+    """Stored answers written before this version (a map with the whole fingerprint) live out
+    their ttl after an upgrade: a retry still gets its ack, other content a conflict."""
+    old = msgpack.packb({"fp": "room\x1frose\x1f1", "event": "e-old", "balance": 7})
+    await r.set(keys.gift_request("v", "old"), old, ex=60)
+    assert await gifts.stored_answer(r, "v", "old", "room\x1frose\x1f1", RULES) == (
+        gifts.StoredAnswer("e-old", 7)
+    )
+    with pytest.raises(Refused) as refused:
+        await gifts.stored_answer(r, "v", "old", "room\x1frose\x1f2", RULES)
+    assert refused.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
