@@ -952,3 +952,27 @@ async def test_many_gifts_by_one_user_keep_its_filter_at_one_fixed_size_and_no_s
             return [k async for k in redis.scan_iter(match=pattern, count=1000)] == []
 
         await wait_for(no_answers, "every stored answer to be archived and deleted")
+
+
+async def test_on_a_cluster_answers_of_every_shard_are_deleted_and_retries_answered_once(
+    own_cluster: EmbeddedCluster, database: str
+) -> None:
+    server = ServerProcess(own_cluster.url, env=HOT_WINDOW_0, database_url=database)
+    async with serving(server) as (_, api), store(own_cluster.url) as redis:
+        assert isinstance(redis, RedisCluster)
+        done: list[PrunedGift] = []
+        shards: set[str] = set()
+        # Viewers until their slots are on two shards at least (each is on one of 3 at random).
+        while len(shards) < 2 or len(done) < 3:
+            assert len(done) < 12, "every viewer on one shard: the cluster was not exercised"
+            rid = f"shard-{len(done)}"
+            done.append(await pruned_gift(server, api, redis, rid))
+            key = keys.gift_request(done[-1].viewer.user, rid)
+            shards.add(str(redis.get_node_from_key(key)))
+        for n, d in enumerate(done):
+            async with raw_connected(server, d.viewer) as ws:
+                await ws.join(d.room)
+                assert await ws.gift(d.room, "rose", f"shard-{n}") == d.ack
+            assert (await api.wallet(d.viewer))["coins"] == 999
+        cold = await metric(api, 'giftstream_idempotency_cold_checks_total{result="archived"}')
+        assert cold == len(done)
