@@ -183,6 +183,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hub = Hub(redis, redis_url, settings)
         await hub.start()
         verdict = simulated_verdict if settings.dev else no_provider_verdict
+        ledger = Ledger(database_url)
         runtime = Runtime(
             settings=settings,
             redis=redis,
@@ -190,11 +191,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             economy=economy,
             secret=secret,
             hub=hub,
-            gifting=Gifting(redis, catalog, economy, settings),
+            gifting=Gifting(redis, catalog, economy, settings, ledger),
             wallet=Wallet(redis, economy, catalog.rate, verdict),
             chests=Chests(redis, settings),
             limits=ConnectionLimits(settings),
-            ledger=Ledger(database_url),
+            ledger=ledger,
         )
         try:
             await runtime.ledger.connected()  # applies the migrations

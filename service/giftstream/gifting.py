@@ -19,12 +19,14 @@ from giftstream.errors import (
     Forbidden,
     IdempotencyConflict,
     Refused,
+    Unavailable,
     UnavailableInRegion,
     UnknownGift,
 )
 from giftstream.settings import Settings
 from giftstream.store import gifts, keys
 from giftstream.store.connection import Redis
+from giftstream.store.ledger import Ledger, LedgerUnreachable
 from giftstream.store.pipeline import AutoPipeline
 from giftstream.wire.requests import SendGift
 
@@ -64,9 +66,11 @@ def new_event_id() -> str:
 
 class Gifting:
     def __init__(
-        self, redis: Redis, catalog: Catalog, economy: Economy, settings: Settings
+        self, redis: Redis, catalog: Catalog, economy: Economy, settings: Settings, ledger: Ledger
     ) -> None:
         self.redis = redis
+        # Answers a retry whose stored answer Valkey no longer holds (two-tier idempotency).
+        self.ledger = ledger
         self.pipeline = AutoPipeline(
             redis,
             settings.pipeline_max_in_flight,
@@ -82,6 +86,7 @@ class Gifting:
             streak_timeout_ms=settings.streak_timeout_ms,
             gifts_per_s=settings.gift_rate_per_s,
             gift_burst=settings.gift_burst,
+            filter_bits=settings.idempotency_filter_bits,
         )
 
     async def aclose(self) -> None:
@@ -126,15 +131,19 @@ class Gifting:
         )
         try:
             debited = await gifts.debit(self.pipeline, debit, self.debit_rules)
+            if debited is None:
+                archived = await self._archived_answer(sender, req.id, debit.fingerprint)
+                if archived is not None:
+                    return archived
+                debited = await gifts.debit(self.pipeline, debit, self.debit_rules, checked=True)
+                assert debited is not None, "a checked debit skips the filter"
         except Refused as e:
             if e.code is ErrorCode.RATE_LIMITED:
                 metrics.LIMITED.labels("gift_rate").inc()
             cap, spent_today = (*e.values, 0, 0)[:2]
             raise e.said(
                 {
-                    ErrorCode.IDEMPOTENCY_CONFLICT: (
-                        f"the gift id '{req.id}' was already used for a different gift"
-                    ),
+                    ErrorCode.IDEMPOTENCY_CONFLICT: _conflict(req.id),
                     ErrorCode.INSUFFICIENT_COINS: (
                         f"{debit.cost} coins are needed for {req.count} x {gift.name};"
                         f" the balance is {e.value}"
@@ -187,11 +196,39 @@ class Gifting:
     async def replay_of(self, sender: Sender, req: SendGift) -> Ack | None:
         """The stored ack of a request id already debited, for a retry that can no longer be
         debited here; None if the id is new. Raises IdempotencyConflict on other content."""
-        stored = await gifts.stored_answer(self.redis, sender.user, req.id)
-        if stored is None:
-            return None
-        if stored.fingerprint != req.fingerprint:
-            raise IdempotencyConflict(
-                f"the gift id '{req.id}' was already used for a different gift"
+        try:
+            stored = await gifts.stored_answer(
+                self.redis, sender.user, req.id, req.fingerprint, self.debit_rules
             )
+        except Refused as e:
+            raise e.said({ErrorCode.IDEMPOTENCY_CONFLICT: _conflict(req.id)}) from e
+        if stored == "new":
+            return None
+        if stored == "cold":
+            return await self._archived_answer(sender, req.id, req.fingerprint)
         return Ack(req.id, stored.event, stored.balance)
+
+    async def _archived_answer(self, sender: Sender, rid: str, fingerprint: str) -> Ack | None:
+        """The original ack of a request id that Valkey no longer holds an answer to but whose
+        filter may have seen, from the ledger of record; None if it has no such entry (the
+        filter's false positive: the id is new). The gift path waits on PostgreSQL only here."""
+        try:
+            found = await self.ledger.gift_answer(sender.user, rid)
+        except LedgerUnreachable as e:
+            metrics.COLD_CHECKS.labels("unreachable").inc()
+            raise Unavailable(
+                f"whether the gift id '{rid}' was used already cannot be checked now (the"
+                " ledger of record is unreachable): re-send the same id to learn the outcome"
+            ) from e
+        if found is None:
+            metrics.COLD_CHECKS.labels("absent").inc()
+            return None
+        metrics.COLD_CHECKS.labels("archived").inc()
+        # An entry archived before hashes were recorded cannot tell: its original answer.
+        if found.fingerprint_hash not in (None, gifts.fingerprint_hash(fingerprint)):
+            raise IdempotencyConflict(_conflict(rid))
+        return Ack(rid, found.event, found.balance)
+
+
+def _conflict(rid: str) -> str:
+    return f"the gift id '{rid}' was already used for a different gift"

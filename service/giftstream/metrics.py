@@ -88,6 +88,18 @@ ARCHIVE_TRIMMED = Counter(
 )
 ARCHIVE_PRUNED = Counter(
     "giftstream_archive_pruned_credits_total",
-    "Rooms' `credited` records pruned from Valkey (archived, past the idempotency window)",
+    "Rooms' `credited` records pruned from Valkey (archived, past the hot window)",
+    registry=REGISTRY,
+)
+ANSWERS_PRUNED = Counter(
+    "giftstream_archive_pruned_answers_total",
+    "Gift requests' stored answers deleted from Valkey (archived, past the hot window)",
+    registry=REGISTRY,
+)
+COLD_CHECKS = Counter(
+    "giftstream_idempotency_cold_checks_total",
+    "Gift request ids looked up in PostgreSQL (no stored answer, the filter may have seen them),"
+    " by what it said: archived, absent (the filter's false positive), unreachable",
+    ["result"],
     registry=REGISTRY,
 )

@@ -109,6 +109,10 @@ class Settings:
     http_max_connections_per_ip: int = 100
     # How long a gift `id` is remembered for idempotent retries.
     idempotency_ttl_s: int = 24 * 3600
+    # A gift's stored answer stays in Valkey at least this long (then, once archived, it is
+    # answered from PostgreSQL); the bits per generation of each user's filter of request ids.
+    idempotency_hot_s: int = 300
+    idempotency_filter_bits: int = 65536
     # Room history kept for `join` with `since` (approximate, in events).
     room_history_max: int = 100_000
     # An ended room's history (its event stream) is deleted this long after the end, unless the
@@ -139,7 +143,7 @@ class Settings:
     # The archiver copies new ledger entries and room events to PostgreSQL every this often, at
     # most this many rows per transaction, and looks for new streams every scan interval.
     archive_interval_s: float = 1.0
-    archive_batch_rows: int = 2000
+    archive_batch_rows: int = 8000
     archive_scan_interval_s: float = 5.0
     # The active archiver's lease in Valkey: another worker takes over once it lapses.
     archive_lease_ms: int = 5000
@@ -233,6 +237,7 @@ POSITIVE = frozenset(
         "http_keep_alive_s",
         "http_max_connections_per_ip",
         "idempotency_ttl_s",
+        "idempotency_filter_bits",
         "shutdown_timeout_s",
         "room_history_max",
         "relay_interval_s",

@@ -18,6 +18,7 @@ from support.deploy import (
     ROOT,
     SETTING_NAMES,
     compose,
+    database_url_parts,
     nginx,
     option_of,
     serve_args,
@@ -30,7 +31,7 @@ from support.deploy import (
 
 def test_compose_files_parse_into_services_and_volumes() -> None:
     main, cluster = compose(), compose("docker-compose.cluster.yml")
-    assert {"valkey", "giftstream", "nginx"} <= set(main["services"])
+    assert {"valkey", "postgres", "giftstream", "nginx"} <= set(main["services"])
     assert {"valkey-1", "valkey-2", "valkey-3", "valkey-cluster-init"} <= set(cluster["services"])
     for doc in (main, cluster):
         for svc in doc["services"].values():
@@ -135,7 +136,7 @@ def test_forwarded_allow_ips_is_the_variable_uvicorn_reads(
 
 def test_compose_token_secret_comes_from_an_env_file_git_ignores() -> None:
     svc = service("giftstream")
-    assert svc["env_file"] == ["secret.env"]
+    assert svc["env_file"] == ["secret.env", "postgres.env"]
     assert "GIFTSTREAM_SECRET" not in svc["environment"]
     ignored_by_git = subprocess.run(
         ["git", "check-ignore", "-q", "deploy/secret.env"], cwd=ROOT, check=False
@@ -147,10 +148,50 @@ def test_compose_token_secret_comes_from_an_env_file_git_ignores() -> None:
     assert names <= SETTING_NAMES
 
 
+def test_compose_postgresql_is_the_official_image_on_a_volume_that_the_replicas_name() -> None:
+    svc = service("postgres")
+    assert svc["image"].startswith("postgres:")
+    assert int(svc["image"].split(":")[1].split(".")[0]) >= 18  # what the embedded one runs
+    # PostgreSQL 18's image keeps its data under /var/lib/postgresql (PGDATA in a subfolder).
+    assert "postgres-data:/var/lib/postgresql" in svc["volumes"]
+    env = svc["environment"]
+    parts = database_url_parts(_environment("docker-compose.yml")["GIFTSTREAM_DATABASE_URL"])
+    assert (parts.hostname, parts.port) == ("postgres", 5432)
+    assert (parts.username, parts.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
+    assert svc["healthcheck"]["test"] == [
+        "CMD",
+        "pg_isready",
+        "-U",
+        env["POSTGRES_USER"],
+        "-d",
+        env["POSTGRES_DB"],
+    ]
+    # The cluster override keeps the one ledger: its replicas get the same URL.
+    assert "postgres" not in compose("docker-compose.cluster.yml")["services"]
+    assert "GIFTSTREAM_DATABASE_URL" not in _environment("docker-compose.cluster.yml")
+
+
+def test_compose_postgresql_password_comes_from_an_env_file_git_ignores() -> None:
+    assert service("postgres")["env_file"] == ["postgres.env"]
+    assert "postgres.env" in service("giftstream")["env_file"]
+    ignored_by_git = subprocess.run(
+        ["git", "check-ignore", "-q", "deploy/postgres.env"], cwd=ROOT, check=False
+    )
+    assert ignored_by_git.returncode == 0
+    example = (DEPLOY / "postgres.env.example").read_text().splitlines()
+    names = [line.split("=")[0] for line in example if line and not line.startswith("#")]
+    # The server's password, and the same for the replicas' driver.
+    assert names == ["POSTGRES_PASSWORD", "PGPASSWORD"]
+    assert not set(names) & SETTING_NAMES
+
+
 def test_compose_starts_each_part_once_what_it_needs_is_healthy() -> None:
     services = compose()["services"]
     assert all("healthcheck" in svc for svc in services.values())
-    assert services["giftstream"]["depends_on"] == {"valkey": {"condition": "service_healthy"}}
+    assert services["giftstream"]["depends_on"] == {
+        "valkey": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
     assert services["nginx"]["depends_on"] == {"giftstream": {"condition": "service_healthy"}}
     cluster = compose("docker-compose.cluster.yml")["services"]
     assert cluster["valkey-cluster-init"]["depends_on"] == {

@@ -6,6 +6,8 @@ import json
 from dataclasses import replace
 from urllib.parse import urlsplit
 
+import pytest
+
 from giftstream.app import allowed_hosts
 from giftstream.settings import ENV_PREFIX, Settings
 from support.deploy import (
@@ -13,6 +15,7 @@ from support.deploy import (
     OTHER_ENV,
     SETTING_NAMES,
     container,
+    database_url_parts,
     deployment,
     get_routes,
     instructions,
@@ -72,12 +75,14 @@ def test_deployment_reads_settings_from_the_configmap_and_the_token_from_the_sec
     [source] = c["envFrom"]
     assert source["configMapRef"]["name"] == "giftstream-config"
     manifest("ConfigMap", "giftstream-config")
-    [secret_env] = c["env"]
-    assert secret_env["name"] == "GIFTSTREAM_SECRET"
-    assert secret_env["name"] in SETTING_NAMES
-    ref = secret_env["valueFrom"]["secretKeyRef"]
-    secret = manifest("Secret", ref["name"])
-    assert ref["key"] in secret["stringData"]
+    token, password = c["env"]
+    assert token["name"] == "GIFTSTREAM_SECRET"
+    assert token["name"] in SETTING_NAMES
+    assert password["name"] == "PGPASSWORD"  # the ledger's, read by the driver
+    for env in (token, password):
+        ref = env["valueFrom"]["secretKeyRef"]
+        secret = manifest("Secret", ref["name"])
+        assert ref["key"] in secret["stringData"]
 
 
 def test_configmap_keys_are_settings_and_point_at_the_valkey_service() -> None:
@@ -90,6 +95,11 @@ def test_configmap_keys_are_settings_and_point_at_the_valkey_service() -> None:
     valkey = manifest("Service", "valkey")
     assert url.hostname == valkey["metadata"]["name"]
     assert url.port in {p["port"] for p in valkey["spec"]["ports"]}
+    assert settings.database_url is not None
+    ledger = database_url_parts(settings.database_url)
+    postgres = manifest("Service", "postgres")
+    assert ledger.hostname == postgres["metadata"]["name"]
+    assert ledger.port in {p["port"] for p in postgres["spec"]["ports"]}
 
 
 def test_the_probes_and_the_ingress_ask_for_hosts_the_pods_answer() -> None:
@@ -108,8 +118,10 @@ def test_the_probes_and_the_ingress_ask_for_hosts_the_pods_answer() -> None:
 def test_secret_is_a_marked_placeholder() -> None:
     text = (K8S / "secret.yaml").read_text()
     assert "PLACEHOLDER" in text and "kubectl create secret generic giftstream-secret" in text
-    value = manifest("Secret", "giftstream-secret")["stringData"]["GIFTSTREAM_SECRET"]
-    assert value.startswith("CHANGE-ME")
+    data = manifest("Secret", "giftstream-secret")["stringData"]
+    assert set(data) == {"GIFTSTREAM_SECRET", "PGPASSWORD"}
+    assert all(value.startswith("CHANGE-ME") for value in data.values())
+    assert "--from-literal=PGPASSWORD=" in text
 
 
 def _selects_the_pods(selector: dict[str, str]) -> None:
@@ -165,13 +177,39 @@ def test_valkey_statefulset_keeps_an_aof_on_a_persistent_volume_behind_its_servi
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_only_giftstream_pods_may_reach_valkey() -> None:
-    policy = manifest("NetworkPolicy", "valkey")["spec"]
-    sts_labels = manifest("StatefulSet", "valkey")["spec"]["template"]["metadata"]["labels"]
+@pytest.mark.parametrize("name", ["valkey", "postgres"])
+def test_only_giftstream_pods_may_reach_valkey_and_postgresql(name: str) -> None:
+    policy = manifest("NetworkPolicy", name)["spec"]
+    sts = manifest("StatefulSet", name)
+    sts_labels = sts["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= sts_labels.items()
     [rule] = policy["ingress"]
     [source] = rule["from"]
     _selects_the_pods(source["podSelector"]["matchLabels"])
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert [p["port"] for p in rule["ports"]] == [p["containerPort"] for p in c["ports"]]
+
+
+def test_postgresql_statefulset_keeps_its_data_on_a_volume_and_shares_the_pods_password() -> None:
+    sts = manifest("StatefulSet", "postgres")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert c["image"].startswith("postgres:")
+    [mount] = c["volumeMounts"]
+    assert mount["mountPath"] == "/var/lib/postgresql"
+    assert mount["name"] in {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    env = {e["name"]: e for e in c["env"]}
+    server_password = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    pods_password = next(e for e in container()["env"] if e["name"] == "PGPASSWORD")
+    assert server_password == pods_password["valueFrom"]["secretKeyRef"]
+    data = manifest("ConfigMap", "giftstream-config")["data"]
+    ledger = database_url_parts(data["GIFTSTREAM_DATABASE_URL"])
+    assert (ledger.username, ledger.path) == (
+        env["POSTGRES_USER"]["value"],
+        "/" + env["POSTGRES_DB"]["value"],
+    )
+    svc = manifest("Service", "postgres")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
 
 
 def test_ingress_routes_to_the_service_port_with_hour_long_proxy_timeouts() -> None:

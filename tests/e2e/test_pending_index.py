@@ -21,7 +21,11 @@ CATALOG = load_catalog(None)
 ROSE = CATALOG.gifts["rose"]
 CREDIT = credit_rules(CATALOG, Settings())
 DEBIT = gifts.DebitRules(
-    idempotency_ttl_s=3600, streak_timeout_ms=3000, gifts_per_s=100.0, gift_burst=100
+    idempotency_ttl_s=3600,
+    streak_timeout_ms=3000,
+    gifts_per_s=100.0,
+    gift_burst=100,
+    filter_bits=65536,
 )
 EXPIRY_WAIT_S = 15.0
 
@@ -49,7 +53,9 @@ async def gift_debited(r: Redis) -> tuple[str, str, gifts.Debited]:
     request = gifts.DebitRequest(
         f"g{tag}", "fp", f"e{tag}", viewer, "n", room, host, ROSE, 1, ROSE.coins
     )
-    return viewer, room, await gifts.debit(r, request, DEBIT)
+    debited = await gifts.debit(r, request, DEBIT)
+    assert debited is not None, "a new id's debit is never cold here: the filter is empty"
+    return viewer, room, debited
 
 
 async def pending(r: Redis, viewer: str) -> float | None:

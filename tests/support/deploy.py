@@ -8,6 +8,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped]
 from starlette.routing import Route, WebSocketRoute
@@ -208,3 +209,13 @@ def valkey_args(svc: dict[str, Any]) -> list[str]:
 
 def option_of(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
+
+
+def database_url_parts(url: str) -> Any:
+    """The parts of a ledger URL of the deploy files: PostgreSQL's, with no password in it."""
+    settings = Settings.from_env({"GIFTSTREAM_DATABASE_URL": url})
+    assert settings.database_url == url
+    parts = urlsplit(url)
+    assert parts.scheme == "postgresql"
+    assert parts.password is None  # PGPASSWORD, from a secret
+    return parts

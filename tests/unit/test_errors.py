@@ -15,6 +15,8 @@ PROTOCOL = ROOT / "docs" / "protocol.md"
 # giftstream_user_create's `exists` (a generated user id taken: an internal error, which no client
 # can cause).
 ANSWERS = {"ok", "replay", "pending", "declined", "dup", "settled", "not_due", "not_live", "exists"}
+# gift_debit's and gift_answer's: the ledger of record must tell (cold), or the id is new.
+ANSWERS |= {"cold", "new"}
 
 
 def _section(title: str) -> str:

@@ -18,8 +18,15 @@ gift Function bounds it at the window plus `room_history_backlog`, the backlog V
 while PostgreSQL is down.
 
 The rooms' `credited` records (the dedupe of credits) are pruned once their credit is archived,
-older than the gift idempotency window, and gone from its viewer's outbox: an outbox entry is
-written once, by the debit, and removed only once credited, so no credit of it can come again.
+older than the hot window (`idempotency_hot_s`, a margin for a credit still in flight), and gone
+from its viewer's outbox: an outbox entry is written once, by the debit, and removed only once
+credited, so no credit of it can come again (a replay's credit comes from the outbox too).
+
+The stored answers of gift requests are deleted once their gift is archived and older than the
+hot window (`idempotency_hot_s`): a replay after that finds no answer in Valkey, the user's
+filter of request ids says it may have been seen, and the gift path answers it from PostgreSQL
+(gifting.py, functions/gifts.lua). Only gifts whose entry carries the `fp` hash are pruned so:
+an older one's filter never had its id.
 """
 
 import asyncio
@@ -47,6 +54,7 @@ from giftstream.store.relay import store_time_ms
 log = logging.getLogger(__name__)
 
 STREAM_PATTERNS = (keys.USER_LEDGER_PATTERN, keys.ROOM_LEDGER_PATTERN, keys.ROOM_EVENTS_PATTERN)
+USER_STREAM_PREFIX = keys.PREFIX + ":{u:"
 # Streams asked about per pipeline.
 PIPELINE_STREAMS = 500
 
@@ -80,16 +88,16 @@ def is_ledger(stream: str) -> bool:
     return stream.endswith(":ledger")
 
 
+def is_user_ledger(stream: str) -> bool:
+    return stream.startswith(USER_STREAM_PREFIX) and is_ledger(stream)
+
+
 def _at(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _int(value: bytes | None) -> int | None:
-    return None if value is None or value == b"" else int(value)
-
-
-def _str(value: bytes | None) -> str | None:
-    return None if value is None or value == b"" else value.decode()
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 LEDGER_COLUMNS = (
@@ -134,22 +142,52 @@ EVENT_COLUMNS = (
 )
 
 
-def _insert(table: str, columns: tuple[tuple[str, str], ...], conflict: str) -> str:
+# A batch's rows go by binary COPY into a temporary table of the connection (emptied at every
+# commit), then into the table with `ON CONFLICT DO NOTHING` (COPY alone cannot skip rows sent
+# before). Binary COPY encodes each value by its column's codec: about half the client CPU of a
+# multi-row INSERT of arrays, which checks the type of every element.
+LEDGER_STAGE = "archive_ledger_stage"
+EVENTS_STAGE = "archive_events_stage"
+
+
+def _stage(stage: str, columns: tuple[tuple[str, str], ...]) -> str:
+    names = ", ".join(f"{name} {kind}" for name, kind in columns)
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({names}) ON COMMIT DELETE ROWS"
+
+
+def _insert(table: str, stage: str, columns: tuple[tuple[str, str], ...], conflict: str) -> str:
     names = ", ".join(name for name, _ in columns)
-    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, 1))
     return (
-        f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays}) "
+        f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "
         f"ON CONFLICT ({conflict}) DO NOTHING"
     )
 
 
-INSERT_LEDGER = _insert("ledger_entries", LEDGER_COLUMNS, "stream, entry_ms, entry_seq")
-INSERT_EVENTS = _insert("room_events", EVENT_COLUMNS, 'stream, "offset"')
+def _copy_names(columns: tuple[tuple[str, str], ...]) -> list[str]:
+    """Column names as COPY takes them (it quotes them itself)."""
+    return [name.strip('"') for name, _ in columns]
+
+
+STAGE_TABLES = (_stage(LEDGER_STAGE, LEDGER_COLUMNS), _stage(EVENTS_STAGE, EVENT_COLUMNS))
+INSERT_LEDGER = _insert(
+    "ledger_entries", LEDGER_STAGE, LEDGER_COLUMNS, "stream, entry_ms, entry_seq"
+)
+INSERT_EVENTS = _insert("room_events", EVENTS_STAGE, EVENT_COLUMNS, 'stream, "offset"')
+LEDGER_NAMES = _copy_names(LEDGER_COLUMNS)
+EVENT_NAMES = _copy_names(EVENT_COLUMNS)
 # The archived credits after a position (time order) and older than a time: their rooms'
 # `credited` records may be pruned.
 CREDITS_TO_PRUNE = (
     "SELECT stream, entry_ms, entry_seq, ref, sender FROM ledger_entries "
     "WHERE kind = 'credit' AND owner_kind = 'room' "
+    "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
+    "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
+)
+# The archived gifts after a position (time order) and older than a time: their stored answers
+# may be deleted (`hashed`: the entry has the fingerprint hash a replay is answered with).
+ANSWERS_TO_PRUNE = (
+    "SELECT stream, entry_ms, entry_seq, owner, request_id, fields ? 'fp' AS hashed "
+    "FROM ledger_entries WHERE kind = 'gift' AND owner_kind = 'user' "
     "AND (entry_ms, entry_seq, stream) > ($1, $2, $3) AND entry_ms < $4 "
     "ORDER BY entry_ms, entry_seq, stream LIMIT $5"
 )
@@ -189,36 +227,38 @@ def _host(postings: str) -> str | None:
 
 def ledger_row(stream: str, entry_id: bytes, f: dict[bytes, bytes]) -> tuple[Any, ...]:
     ms, seq = split_id(entry_id)
-    postings = f.get(b"post", b"").decode()
+    # Decoded once: the columns and the `fields` JSON are read from it (an empty field is none).
+    d = {k.decode(): v.decode(errors="replace") for k, v in f.items()}
+    get = d.get
+    postings = get("post", "")
     change = deltas(postings)
-    owner_kind = "user" if stream.startswith(keys.PREFIX + ":{u:") else "room"
-    amount = f.get(b"price") or f.get(b"amount")
+    owner_kind = "user" if stream.startswith(USER_STREAM_PREFIX) else "room"
     return (
         stream,
         ms,
         seq,
         owner_kind,
         keys.user_from_account(stream),
-        f[b"kind"].decode(),
-        f.get(b"ref", b"").decode(),
-        int(f.get(b"balance", b"0")),
+        d["kind"],
+        get("ref", ""),
+        int(get("balance") or 0),
         change.get("coins", 0),
         change.get("diamonds", 0),
         change.get("points", 0),
         postings,
-        _str(f.get(b"room")) or (keys.room_from_key(stream) if owner_kind == "room" else None),
-        _str(f.get(b"host")) or _host(postings),
-        _str(f.get(b"from")),
-        _str(f.get(b"gift")),
-        _int(f.get(b"count")),
-        _int(f.get(b"coins")),
-        _str(f.get(b"request")),
-        _str(amount),
-        _str(f.get(b"currency")),
-        _str(f.get(b"channel")),
-        _str(f.get(b"region")),
-        _at(_int(f.get(b"ts")) or ms),
-        json.dumps({k.decode(): v.decode(errors="replace") for k, v in f.items()}),
+        get("room") or (keys.room_from_key(stream) if owner_kind == "room" else None),
+        get("host") or _host(postings),
+        get("from") or None,
+        get("gift") or None,
+        _int(get("count")),
+        _int(get("coins")),
+        get("request") or None,
+        get("price") or get("amount") or None,
+        get("currency") or None,
+        get("channel") or None,
+        get("region") or None,
+        _at(_int(get("ts")) or ms),
+        json.dumps(d),
     )
 
 
@@ -246,10 +286,6 @@ AT = {
     ledger_row: [name for name, _ in LEDGER_COLUMNS].index("at"),
     event_row: [name for name, _ in EVENT_COLUMNS].index("at"),
 }
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [[row[i] for row in rows] for i in range(width)]
 
 
 @dataclass
@@ -299,6 +335,11 @@ class Archiver:
         self.pruned_at = -math.inf
         self.prune_more = False
         self.held: dict[tuple[str, str], str] = {}
+        # Deleting stored answers: the archived gift they are deleted up to, when it last ran
+        # and whether it stopped at a full page.
+        self.answered: tuple[int, int, str] | None = None
+        self.answered_at = -math.inf
+        self.answers_more = False
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
@@ -336,7 +377,7 @@ class Archiver:
 
     async def connected(self) -> asyncpg.Pool:
         if self.pool is None:
-            self.pool = await connect_pool(self.database_url, max_size=2)
+            self.pool = await connect_pool(self.database_url, max_size=2, init=_stage_tables)
         return self.pool
 
     async def step(self) -> bool:
@@ -354,6 +395,7 @@ class Archiver:
             await self.write(batch)
         await self.trim()
         await self.prune()
+        await self.prune_answers()
         return more
 
     async def hold_lease(self) -> bool:
@@ -494,15 +536,15 @@ class Archiver:
                 raise Fenced
             ledger = events = 0
             if batch.ledger:
-                status = await conn.execute(
-                    INSERT_LEDGER, *_columns(batch.ledger, len(LEDGER_COLUMNS))
+                await conn.copy_records_to_table(
+                    LEDGER_STAGE, records=batch.ledger, columns=LEDGER_NAMES
                 )
-                ledger = _inserted(status)
+                ledger = _inserted(await conn.execute(INSERT_LEDGER))
             if batch.events:
-                status = await conn.execute(
-                    INSERT_EVENTS, *_columns(batch.events, len(EVENT_COLUMNS))
+                await conn.copy_records_to_table(
+                    EVENTS_STAGE, records=batch.events, columns=EVENT_NAMES
                 )
-                events = _inserted(status)
+                events = _inserted(await conn.execute(INSERT_EVENTS))
             await conn.execute(UPSERT_CURSORS, *_cursor_columns(batch.cursors.items()))
         metrics.ARCHIVE_BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.ARCHIVED_ROWS.labels("ledger_entries").inc(ledger)
@@ -549,17 +591,15 @@ class Archiver:
                     del self.untrimmed[key]
 
     async def prune(self) -> None:
-        """Delete the `credited` records of the archived credits older than the gift
-        idempotency window whose event is no longer in its viewer's outbox."""
+        """Delete the `credited` records of the archived credits older than the hot window
+        whose event is no longer in its viewer's outbox."""
         s = self.settings
         if not self.prune_more and time.monotonic() - self.pruned_at < s.archive_scan_interval_s:
             return
         self.pruned_at = time.monotonic()
         if self.pruned is None:
-            stored = await self.redis.get(keys.ARCHIVE_PRUNED)
-            ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
-            self.pruned = (int(ms), int(seq), stream)
-        floor = await store_time_ms(self.redis) - s.idempotency_ttl_s * 1000
+            self.pruned = await load_position(self.redis, keys.ARCHIVE_PRUNED)
+        floor = await store_time_ms(self.redis) - s.idempotency_hot_s * 1000
         pool = await self.connected()
         rows = await pool.fetch(CREDITS_TO_PRUNE, *self.pruned, floor, s.archive_batch_rows)
         self.prune_more = len(rows) == s.archive_batch_rows
@@ -583,9 +623,54 @@ class Archiver:
         pruned = sum(int(n) for n in await pipe.execute())
         metrics.ARCHIVE_PRUNED.inc(pruned)
         if rows:
-            last = rows[-1]
-            self.pruned = (last["entry_ms"], last["entry_seq"], last["stream"])
-            await self.redis.set(keys.ARCHIVE_PRUNED, " ".join(str(x) for x in self.pruned))
+            self.pruned = await save_position(self.redis, keys.ARCHIVE_PRUNED, rows[-1])
+
+    async def prune_answers(self) -> None:
+        """Delete the stored answers of the archived gifts older than the hot window, and older
+        than every users' ledger entry not yet archived (a stream behind its cursor may hold
+        gifts older than the window that PostgreSQL has yet to get)."""
+        s = self.settings
+        due = time.monotonic() - self.answered_at >= s.archive_scan_interval_s
+        if not (due or self.answers_more):
+            return
+        self.answered_at = time.monotonic()
+        if self.answered is None:
+            self.answered = await load_position(self.redis, keys.ARCHIVE_ANSWERS_PRUNED)
+        behind = [
+            self._cursor(key).ms for key in self.heads if is_user_ledger(key) and self._behind(key)
+        ]
+        now_ms = await store_time_ms(self.redis)
+        floor = min([now_ms - s.idempotency_hot_s * 1000, *behind])
+        pool = await self.connected()
+        rows = await pool.fetch(ANSWERS_TO_PRUNE, *self.answered, floor, s.archive_batch_rows)
+        self.answers_more = len(rows) == s.archive_batch_rows
+        if not rows:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for row in rows:
+            if row["hashed"]:
+                pipe.delete(keys.gift_request(row["owner"], row["request_id"]))
+        deleted = sum(int(n) for n in await pipe.execute())
+        metrics.ANSWERS_PRUNED.inc(deleted)
+        self.answered = await save_position(self.redis, keys.ARCHIVE_ANSWERS_PRUNED, rows[-1])
+
+
+async def load_position(r: Redis, key: str) -> tuple[int, int, str]:
+    """A walk's position over the archived entries, kept in Valkey as 'ms seq stream'."""
+    stored = await r.get(key)
+    ms, seq, stream = text(stored).split(" ", 2) if stored else ("0", "0", "")
+    return int(ms), int(seq), stream
+
+
+async def save_position(r: Redis, key: str, last: asyncpg.Record) -> tuple[int, int, str]:
+    position = (int(last["entry_ms"]), int(last["entry_seq"]), str(last["stream"]))
+    await r.set(key, " ".join(str(x) for x in position))
+    return position
+
+
+async def _stage_tables(conn: asyncpg.Connection) -> None:
+    for sql in STAGE_TABLES:
+        await conn.execute(sql)
 
 
 def _inserted(status: str) -> int:

@@ -1,8 +1,8 @@
 """The two halves of a gift: debit on the viewer's slot, credit on the room's slot."""
 
+import hashlib
 from dataclasses import dataclass
-
-import msgpack
+from typing import Literal
 
 from giftstream.domain.catalog import DiamondRate, Gift
 from giftstream.store import keys
@@ -49,9 +49,21 @@ class DebitRules:
     streak_timeout_ms: int
     gifts_per_s: float
     gift_burst: int
+    filter_bits: int
 
 
-async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
+def fingerprint_hash(fingerprint: str) -> str:
+    """The hash of a request's content that its stored answer and its ledger entry keep (as
+    gifts.lua computes it)."""
+    return hashlib.sha1(fingerprint.encode()).hexdigest()[:16]
+
+
+async def debit(
+    r: Commands, req: DebitRequest, rules: DebitRules, checked: bool = False
+) -> Debited | None:
+    """Debit the gift, or the original answer of its id; None when Valkey no longer holds the
+    id's answer but its filter may have seen the id: the ledger of record tells (then, if it
+    has no entry of the id, debit again with `checked`)."""
     reply = await fcall(
         r,
         "giftstream_gift_debit",
@@ -64,6 +76,7 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
             keys.daily(req.viewer),
             keys.gift_bucket(req.viewer),
             keys.pending_outboxes(req.viewer),
+            *keys.gift_filters(req.viewer),
         ],
         [
             req.request_id,
@@ -83,6 +96,8 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
             req.video or "",
             rules.gifts_per_s,
             rules.gift_burst,
+            rules.filter_bits,
+            "1" if checked else "0",
         ],
     )
     status = reply[0]
@@ -91,6 +106,8 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
     if status == b"replay":
         payload = bytes(reply[3]) if reply[3] is not None else None
         return Debited(reply[1].decode(), int(reply[2]), payload, replayed=True)
+    if status == b"cold":
+        return None
     # insufficient (balance), spending_limit (cap, spent today), rate_limited (retry after ms),
     # conflict, frozen, no_user.
     raise refusal(reply)
@@ -98,19 +115,31 @@ async def debit(r: Commands, req: DebitRequest, rules: DebitRules) -> Debited:
 
 @dataclass(frozen=True, slots=True)
 class StoredAnswer:
-    fingerprint: str
     event: str
     balance: int
 
 
-async def stored_answer(r: Redis, user: str, request_id: str) -> StoredAnswer | None:
+async def stored_answer(
+    r: Redis, user: str, request_id: str, fingerprint: str, rules: DebitRules
+) -> StoredAnswer | Literal["new", "cold"]:
     """The stored answer to a gift request id, to answer a retry that can no longer be debited
-    (its room ended, or it comes from a connection that has not joined)."""
-    value = await r.get(keys.gift_request(user, request_id))
-    if value is None:
-        return None
-    record = msgpack.unpackb(value, raw=False)
-    return StoredAnswer(str(record["fp"]), str(record["event"]), int(record["balance"]))
+    (its room ended, or it comes from a connection that has not joined); "new" if the id was
+    never seen, "cold" if only the ledger of record can tell. Raises IdempotencyConflict (as a
+    refusal) when the id was used with other content."""
+    reply = await fcall(
+        r,
+        "giftstream_gift_answer",
+        [keys.gift_request(user, request_id), *keys.gift_filters(user)],
+        [request_id, fingerprint, rules.filter_bits, rules.idempotency_ttl_s],
+    )
+    status = reply[0]
+    if status == b"replay":
+        return StoredAnswer(reply[1].decode(), int(reply[2]))
+    if status == b"new":
+        return "new"
+    if status == b"cold":
+        return "cold"
+    raise refusal(reply)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,8 +52,16 @@ def user_ledger(user: str) -> str:
 
 
 def gift_request(user: str, request_id: str) -> str:
-    """String (msgpack, expiring): the stored answer to one gift request id."""
+    """String (msgpack [fingerprint hash, event, balance], expiring): the stored answer to one
+    gift request id, deleted by the archiver once archived and past the hot window."""
     return f"{user_tag(user)}:gift:{request_id}"
+
+
+def gift_filters(user: str) -> list[str]:
+    """Strings (bitmaps, expiring): the two generations of the filter of the user's gift request
+    ids (functions/gifts.lua)."""
+    tag = user_tag(user)
+    return [f"{tag}:seen:0", f"{tag}:seen:1"]
 
 
 def outbox(user: str) -> str:
@@ -221,6 +229,9 @@ ARCHIVE_FENCE = f"{PREFIX}:{{archive}}:fence"
 # String 'ms seq stream': the archived credit up to which the rooms' `credited` records are
 # pruned (the archiver's position; losing it only means pruning again what is gone).
 ARCHIVE_PRUNED = f"{PREFIX}:{{archive}}:pruned"
+# String 'ms seq stream': the archived gift up to which the stored answers of gift requests are
+# deleted (as ARCHIVE_PRUNED; losing it only means deleting again what is gone).
+ARCHIVE_ANSWERS_PRUNED = f"{PREFIX}:{{archive}}:answers-pruned"
 # The streams the archiver copies to PostgreSQL.
 USER_LEDGER_PATTERN = f"{PREFIX}:{{u:*}}:ledger"
 ROOM_LEDGER_PATTERN = f"{PREFIX}:{{r:*}}:ledger"

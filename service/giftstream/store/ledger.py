@@ -59,6 +59,19 @@ HISTORY_SQL = (
 )
 # Past every real position: the first page.
 FIRST = (2**62, 0, "")
+# The archived gift of a user's request id (a replay past the hot window is answered from it).
+GIFT_ANSWER_SQL = (
+    "SELECT ref, balance, fields->>'fp' AS fp FROM ledger_entries "
+    "WHERE owner = $1 AND request_id = $2 AND kind = 'gift' AND owner_kind = 'user' LIMIT 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedGift:
+    event: str
+    balance: int
+    # The hash of the request's content (None on an entry archived before it was recorded).
+    fingerprint_hash: str | None
 
 
 class LedgerUnreachable(Exception):
@@ -103,6 +116,17 @@ class Ledger:
             return page, None
         last = rows[limit - 1]
         return page, encode_cursor(last["entry_ms"], last["entry_seq"], last["stream"])
+
+    async def gift_answer(self, user: str, request_id: str) -> ArchivedGift | None:
+        """The archived gift of `user`'s request id, if there is one."""
+        pool = await self.connected()
+        try:
+            row = await pool.fetchrow(GIFT_ANSWER_SQL, user, request_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            raise LedgerUnreachable(str(e)) from e
+        if row is None:
+            return None
+        return ArchivedGift(row["ref"], row["balance"], row["fp"])
 
 
 def encode_cursor(ms: int, seq: int, stream: str) -> str:

@@ -11,9 +11,10 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -92,14 +93,20 @@ async def migrate(conn: asyncpg.Connection | PoolConnectionProxy) -> list[str]:
     return applied
 
 
-async def connect_pool(url: str, max_size: int = 4) -> asyncpg.Pool:
-    """A small pool, with the schema brought up to date. Raises when the server is unreachable."""
+async def connect_pool(
+    url: str,
+    max_size: int = 4,
+    init: Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None = None,
+) -> asyncpg.Pool:
+    """A small pool, with the schema brought up to date (`init` runs on each new connection).
+    Raises when the server is unreachable."""
     pool = await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=max_size,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,
+        init=init,
     )
     try:
         async with pool.acquire() as conn:

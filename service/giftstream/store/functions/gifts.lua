@@ -4,27 +4,47 @@ The two halves of a gift. Each touches exactly one slot, so viewer and host may 
 shards; the outbox on the viewer's slot carries the gift from the first half to the second.
 Payloads are msgpack maps (cmsgpack keeps integers exact).
 
+Idempotency has two tiers (docs/architecture.md, "Two-tier idempotency"). A request id's
+stored answer {fingerprint hash, event, balance} stays in Valkey for the hot window: the archiver
+deletes it once its ledger entry (which carries the same `fp` hash) is in PostgreSQL and older
+than `idempotency_hot_s`; its ttl is only a safety net. For the whole idempotency ttl, a filter of
+the user's request ids says whether an id with no stored answer may have been seen: a Bloom filter
+in two bitmaps (`seen:0`, `seen:1`) of 64 + `bits` bits, one per generation of one ttl each
+(generation g = floor(now / ttl) is in bitmap g % 2, whose first 64 bits hold g; a bitmap of an
+older generation is cleared before reuse and expires at the end of generation g + 1). An id is
+set at 3 positions from its SHA-1; a request of the last ttl is in generation g or g - 1.
+
 giftstream_gift_debit   (viewer slot {u:<viewer>})
-  KEYS: acct, idem (this request id's record), ledger, outbox, streak, daily (spending today),
-        bucket (the gift rate limit: tokens, at), pending (the slot's index of pending outboxes:
-        a key with a hash tag of the viewer's slot)
+  KEYS: acct, idem (this request id's stored answer), ledger, outbox, streak, daily (spending
+        today), bucket (the gift rate limit: tokens, at), pending (the slot's index of pending
+        outboxes: a key with a hash tag of the viewer's slot), filter 0, filter 1
   ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
         6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
         13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift),
-        16 gifts per second refilled, 17 burst (bucket size)
+        16 gifts per second refilled, 17 burst (bucket size), 18 filter bits,
+        19 checked '1'|'0' (the ledger of record has no entry of this id: skip the filter)
   -> {'ok', event, balance, payload}      debited now; payload is the outbox entry to credit
      {'replay', event, balance, payload|nil}  this id was debited before (same content): the
                                           original answer; payload while its credit is pending
      {'conflict'}                         this id was used with other content; nothing changed
+     {'cold'}                             no stored answer, but the filter may have seen the id:
+                                          look it up in PostgreSQL (found: its answer; not found:
+                                          call again with checked '1'); nothing changed
      {'no_user'}                          no such account; nothing changed
      {'insufficient', balance}            not enough coins; nothing changed
      {'spending_limit', cap, spent today} the daily cap would be exceeded; nothing changed
      {'rate_limited', retry after (ms)}   over the gift rate (a token bucket shared by every
                                           worker); nothing changed
      {'frozen'}                           the account is frozen; nothing changed
-  Order: idempotency record first, then every check, and only then the writes.
+  Order: stored answer and filter first, then every check, and only then the writes.
   The streak (id, repeat) is assigned here, atomically with the debit: a tap is counted once.
-  Ledger: user:<viewer> coins -cost, platform:spent coins +cost.
+  Ledger: user:<viewer> coins -cost, platform:spent coins +cost; the entry carries `request`
+  and `fp` (the fingerprint hash), from which a replay past the hot window is answered.
+
+giftstream_gift_answer  (read-only, viewer slot)
+  KEYS: idem, filter 0, filter 1    ARGV: 1 request id, 2 fingerprint, 3 filter bits,
+        4 idempotency ttl (s)
+  -> {'replay', event, balance} | {'conflict'} | {'cold'} (as gift_debit) | {'new'} (never seen)
 
 giftstream_gift_credit  (room slot {r:<room>})
   KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger,
@@ -60,27 +80,81 @@ giftstream_outbox_pending
      to the node that holds every key it names.
 ]]
 
+-- Bits before a filter's positions: the generation it holds (i64).
+local FILTER_HEADER = 64
+
+local function fingerprint_hash(fingerprint)
+  return string.sub(redis.sha1hex(fingerprint), 1, 16)
+end
+
+-- A stored answer: whether the content matches, its event, its balance. An answer stored before
+-- the hash (a map with the whole fingerprint) is read too, until its ttl ends.
+local function read_answer(stored, fingerprint, hash)
+  local r = cmsgpack.unpack(stored)
+  if r.fp then return r.fp == fingerprint, r.event, r.balance end
+  return r[1] == hash, r[2], r[3]
+end
+
+-- The filter's view of a request id: its positions, the generation now, the generation each
+-- bitmap holds, and whether one of the last two generations has every position set.
+local function filter_state(filters, request_id, bits, span_ms, now)
+  local h = redis.sha1hex(request_id)
+  local positions = {}
+  for i = 1, 3 do
+    positions[i] = FILTER_HEADER + tonumber(string.sub(h, 8 * i - 7, 8 * i), 16) % bits
+  end
+  local generation = math.floor(now / span_ms)
+  local held, seen = {}, false
+  for i, key in ipairs(filters) do
+    local got = redis.call('BITFIELD_RO', key, 'GET', 'i64', 0, 'GET', 'u1', positions[1],
+      'GET', 'u1', positions[2], 'GET', 'u1', positions[3])
+    held[i] = got[1]
+    if got[1] >= generation - 1 and got[2] == 1 and got[3] == 1 and got[4] == 1 then
+      seen = true
+    end
+  end
+  return {positions = positions, generation = generation, held = held, seen = seen}
+end
+
+local function filter_add(filters, state, bits, span_ms)
+  local g, p = state.generation, state.positions
+  local slot = g % 2 + 1
+  local key = filters[slot]
+  if state.held[slot] ~= g then
+    -- It holds generation g - 2 or older: ids past the ttl. Cleared, and at its full size at
+    -- once (its last bit): a user's filter never grows.
+    redis.call('DEL', key)
+    redis.call('SETBIT', key, FILTER_HEADER + bits - 1, 0)
+  end
+  redis.call('BITFIELD', key, 'SET', 'i64', 0, g, 'SET', 'u1', p[1], 1, 'SET', 'u1', p[2], 1,
+    'SET', 'u1', p[3], 1)
+  if state.held[slot] ~= g then redis.call('PEXPIREAT', key, (g + 2) * span_ms) end
+end
+
 local function gift_debit(keys, args)
   local acct, idem, ledger, outbox, streak, daily = keys[1], keys[2], keys[3], keys[4], keys[5],
     keys[6]
   local bucket, pending = keys[7], keys[8]
+  local filters = {keys[9], keys[10]}
   local request_id, fingerprint, event = args[1], args[2], args[3]
   local cost, ttl = tonumber(args[4]), tonumber(args[5])
   local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
   local count, streakable, timeout = tonumber(args[11]), args[12] == '1', tonumber(args[13])
+  local hash = fingerprint_hash(fingerprint)
 
   local stored = redis.call('GET', idem)
   if stored then
-    local record = cmsgpack.unpack(stored)
-    if record.fp ~= fingerprint then return {'conflict'} end
-    local pending = redis.call('HGET', outbox, record.event)
-    return {'replay', record.event, record.balance, pending}
+    local same, original, balance = read_answer(stored, fingerprint, hash)
+    if not same then return {'conflict'} end
+    return {'replay', original, balance, redis.call('HGET', outbox, original)}
   end
+  local now = now_ms()
+  local filter = filter_state(filters, request_id, tonumber(args[18]), ttl * 1000, now)
+  if filter.seen and args[19] ~= '1' then return {'cold'} end
 
   local balance = redis.call('HGET', acct, 'coins')
   if not balance then return {'no_user'} end
   if redis.call('HGET', acct, 'frozen') == '1' then return {'frozen'} end
-  local now = now_ms()
   local rate, burst = tonumber(args[16]), tonumber(args[17])
   local b = redis.call('HMGET', bucket, 'tokens', 'at')
   local tokens = burst
@@ -129,10 +203,25 @@ local function gift_debit(keys, args)
   post(ledger, 'gift', event, after,
     {{'user:' .. viewer, 'coins', -cost}, {'platform:spent', 'coins', cost}},
     {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
-     'video', args[15]})
-  redis.call('SET', idem, cmsgpack.pack({fp = fingerprint, event = event, balance = after}),
-    'EX', ttl)
+     'video', args[15], 'fp', hash})
+  redis.call('SET', idem, cmsgpack.pack({hash, event, after}), 'EX', ttl)
+  filter_add(filters, filter, tonumber(args[18]), ttl * 1000)
   return {'ok', event, after, packed}
+end
+
+local function gift_answer(keys, args)
+  local fingerprint = args[2]
+  local stored = redis.call('GET', keys[1])
+  if stored then
+    local same, event, balance = read_answer(stored, fingerprint, fingerprint_hash(fingerprint))
+    if not same then return {'conflict'} end
+    return {'replay', event, balance}
+  end
+  local ttl_ms = tonumber(args[4]) * 1000
+  if filter_state({keys[2], keys[3]}, args[1], tonumber(args[3]), ttl_ms, now_ms()).seen then
+    return {'cold'}
+  end
+  return {'new'}
 end
 
 local function leaderboard(top, names, size)
@@ -246,6 +335,8 @@ local function outbox_pending(keys, args)
 end
 
 redis.register_function('giftstream_gift_debit', gift_debit)
+redis.register_function{function_name = 'giftstream_gift_answer', callback = gift_answer,
+  flags = {'no-writes'}}
 redis.register_function('giftstream_gift_credit', gift_credit)
 redis.register_function('giftstream_outbox_settle', outbox_settle)
 redis.register_function{function_name = 'giftstream_outbox_pending', callback = outbox_pending,
