@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from giftstream import metrics, tokens
+from giftstream import battles, metrics, tokens
 from giftstream.errors import (
     ERRORS,
     ErrorCode,
@@ -34,6 +34,8 @@ from giftstream.store.connection import STORE_UNAVAILABLE, Redis
 from giftstream.wire.codec import Codec, Undecodable, WrongFrameKind
 from giftstream.wire.requests import (
     Auth,
+    BattleAction,
+    BattleInvite,
     Claim,
     DropChest,
     Join,
@@ -252,6 +254,8 @@ class Session:
             await self._drop_chest(request)
         elif isinstance(request, Claim):
             await self._claim(request)
+        elif isinstance(request, BattleInvite | BattleAction):
+            await self._battle(request)
         elif isinstance(request, Leave):
             await self._leave(request.room)
             self.send(_with_id({"t": "left", "room": request.room}, request.id))
@@ -427,6 +431,26 @@ class Session:
                 request.id,
             )
         )
+
+    # -- battles -----------------------------------------------------------------------------
+
+    async def _battle(self, request: BattleInvite | BattleAction) -> None:
+        """A host's battle request (the rules are in giftstream.battles): answered with the
+        battle's state."""
+        assert self.sender is not None
+        account = await accounts.get_account(self.redis, self.sender.user)
+        if account is None:
+            raise Unauthenticated("your account no longer exists")
+        service = battles.Battles(self.redis, self.settings)
+        if isinstance(request, BattleInvite):
+            state = await service.invite(account, request)
+        elif request.action == "battle_accept":
+            state = await service.accept(account, request.battle)
+        elif request.action == "battle_decline":
+            state = await service.decline(account, request.battle)
+        else:
+            state = await service.end(account, request.battle)
+        self.send(_with_id({**state, "t": "battle_state"}, request.id))
 
     # -- gifts -------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ FUNCTION_FILES = (
     "earnings.lua",
     "chests.lua",
     "archive.lua",
+    "battles.lua",
 )
 COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0
