@@ -18,6 +18,7 @@ import httpx
 import msgpack
 import pytest
 
+import giftstream.client
 from giftstream.store import keys
 from giftstream.store.connection import fcall, read_hash
 from giftstream.store.embedded import EmbeddedCluster, EmbeddedValkey
@@ -30,6 +31,8 @@ from support import (
     User,
     audit_flags,
     bearer,
+    connected,
+    first_event,
     running,
     serving,
     store,
@@ -320,6 +323,9 @@ async def test_battle_requests_over_the_websocket_are_answered_with_the_battles_
             {"t": "battle_accept", "id": "a-1", "battle": battle}, "battle_state"
         )
         assert (accepted["state"], accepted["left_s"]) == ("started", 60)
+        # A member joining now learns the battle from `joined`.
+        late = await member(stack, battle_server, await api.user(), rooms[1])
+        assert (await late.join(rooms[1]))["battle"] == battle
         refused = await studios[1].request(
             {"t": "battle_accept", "id": "a-2", "battle": battle}, "battle_state"
         )
@@ -330,6 +336,46 @@ async def test_battle_requests_over_the_websocket_are_answered_with_the_battles_
             {"t": "battle_end", "id": "e-1", "battle": battle}, "battle_state"
         )
         assert (ended["state"], ended["draw"], ended["id"]) == ("ended", True, "e-1")
+
+
+async def test_the_python_client_invites_accepts_and_sees_the_battle_as_events(
+    api: Api, battle_server: ServerProcess
+) -> None:
+    hosts = [await api.user(role="host") for _ in range(2)]
+    rooms = [await api.open_room(h) for h in hosts]
+    gifter = await api.user(coins=1000)
+    Battle = giftstream.client.BattleEvent
+
+    def battle_event(state_: str) -> Callable[[giftstream.client.Event], bool]:
+        return lambda e: isinstance(e, Battle) and e.state == state_
+
+    async with (
+        connected(battle_server, hosts[0]) as studio_a,
+        connected(battle_server, hosts[1]) as studio_b,
+        connected(battle_server, gifter) as viewer,
+    ):
+        await studio_a.join(rooms[0])
+        await studio_b.join(rooms[1])
+        await viewer.join(rooms[1])
+        invited = await studio_a.invite([rooms[1]], duration_s=60)
+        assert (invited.state, [s.room for s in invited.sides]) == ("invited", rooms)
+        seen, _ = await first_event(studio_b, battle_event("invited"))
+        assert isinstance(seen, Battle) and seen.battle == invited.battle
+        started = await studio_b.accept(invited.battle)
+        assert (started.state, started.left_s) == ("started", 60)
+        await viewer.send_gift(rooms[1], "rosa", count=3)
+        score, _ = await first_event(
+            studio_a, lambda e: isinstance(e, Battle) and e.state == "score"
+        )
+        assert isinstance(score, Battle) and score.score_of(rooms[1]) == 30
+        ended = await studio_a.end_battle(invited.battle)
+        assert (ended.state, ended.winner, ended.reason) == ("ended", rooms[1], "early")
+        assert ended.sides[1].top[0]["coins"] == 30
+        heard, _ = await first_event(viewer, battle_event("ended"))
+        assert heard == ended
+        with pytest.raises(giftstream.client.ServerError) as refused:
+            await studio_b.accept(invited.battle)
+        assert refused.value.code == "battle_over"
 
 
 async def test_a_worker_killed_after_the_credit_leaves_the_score_to_the_relay_counted_once(

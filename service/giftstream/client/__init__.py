@@ -36,6 +36,8 @@ from giftstream.client.errors import (
 )
 from giftstream.client.events import (
     Ack,
+    BattleEvent,
+    BattleSide,
     CreditEvent,
     EpochChanged,
     Event,
@@ -50,6 +52,8 @@ from giftstream.client.events import (
 __all__ = [
     "Ack",
     "Backoff",
+    "BattleEvent",
+    "BattleSide",
     "Client",
     "ClientClosed",
     "ClientError",

@@ -314,22 +314,20 @@ class Session:
         viewers = await self.hub.attach(member, state)
         # Read again now that live events reach the member: nothing falls between the two.
         state = await rooms.room_state(self.redis, request.room) or state
-        self.send(
-            _with_id(
-                {
-                    "t": "joined",
-                    "room": state.id,
-                    "host": state.host,
-                    "live": state.live,
-                    "epoch": state.epoch,
-                    "offset": state.offset,
-                    "viewers": viewers,
-                    "session": state.session,
-                    "host_name": state.host_name or state.host,
-                },
-                request.id,
-            )
-        )
+        joined: dict[str, Any] = {
+            "t": "joined",
+            "room": state.id,
+            "host": state.host,
+            "live": state.live,
+            "epoch": state.epoch,
+            "offset": state.offset,
+            "viewers": viewers,
+            "session": state.session,
+            "host_name": state.host_name or state.host,
+        }
+        if state.battle:  # its state: GET /v1/battles/{battle}
+            joined["battle"] = state.battle
+        self.send(_with_id(joined, request.id))
         member.resume_from(state.offset)
         since = request.since
         if since is not None:
