@@ -6,6 +6,8 @@ A battle's sides are live rooms; a host acts for its own room. A room is in at m
 (the inviter's from the invite, the others' from their accept).
 """
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -20,9 +22,11 @@ from giftstream.errors import (
 from giftstream.settings import Settings
 from giftstream.store import battles, rooms
 from giftstream.store.accounts import Account
-from giftstream.store.connection import Redis
+from giftstream.store.connection import Commands, Redis
 from giftstream.store.relay import store_time_ms
 from giftstream.wire.requests import BattleInvite
+
+log = logging.getLogger(__name__)
 
 
 class Battles:
@@ -168,9 +172,32 @@ async def room_ended(redis: Redis, room: str) -> None:
     await battles.finish(redis, battle_id)
 
 
-async def score_credited(redis: Redis, score: bytes) -> None:
-    """Count a credited gift's score in its battle and show every side the new scores (the
-    relay counts it instead if this worker dies first)."""
-    battle_id = await battles.score(redis, score)
-    if battle_id is not None:
-        await battles.announce_score(redis, battle_id, int(time.time() * 1000))
+class Scorer:
+    """Counts the scores of gifts credited by this worker, through the gift path's pipeline,
+    and shows every side the new scores at most once per tick per battle (`battle_score` is
+    lossy: only the latest scores matter). If the worker dies first, the relay counts them."""
+
+    def __init__(self, redis: Redis, pipeline: Commands, tick_s: float) -> None:
+        self._redis = redis
+        self._pipeline = pipeline
+        self._tick_s = tick_s
+        self._due: dict[str, asyncio.Task[None]] = {}
+
+    async def count(self, score: bytes) -> None:
+        battle_id = await battles.score(self._pipeline, score)
+        if battle_id is not None and battle_id not in self._due:
+            self._due[battle_id] = asyncio.create_task(self._announce(battle_id))
+
+    async def _announce(self, battle_id: str) -> None:
+        try:
+            await asyncio.sleep(self._tick_s)  # the scores of this tick's gifts in one frame
+            await battles.announce_score(self._redis, battle_id, int(time.time() * 1000))
+        except Exception as e:  # lossy: the next score or the end shows the scores
+            log.warning("showing the scores of battle %s failed (%s)", battle_id, e)
+        finally:
+            del self._due[battle_id]
+
+    async def aclose(self) -> None:
+        for task in list(self._due.values()):
+            task.cancel()
+        await asyncio.gather(*self._due.values(), return_exceptions=True)

@@ -74,6 +74,7 @@ class Gifting:
             settings.pipeline_max_commands,
             settings.settle_linger_ms / 1000,
         )
+        self.scorer = battles.Scorer(redis, self.pipeline, settings.coalesce_tick_ms / 1000)
         self.catalog = catalog
         self.economy = economy
         self.settings = settings
@@ -87,6 +88,7 @@ class Gifting:
 
     async def aclose(self) -> None:
         """Send the commands still queued (settles) before the store client closes."""
+        await self.scorer.aclose()
         await self.pipeline.aclose()
 
     async def send(
@@ -164,7 +166,7 @@ class Gifting:
                 os._exit(70)  # testing only: a worker dying before the battle counts the gift
             gifts.settle_later(self.pipeline, sender.user, debited.event)
             if credited.score is not None:
-                await battles.score_credited(self.redis, credited.score)
+                await self.scorer.count(credited.score)
             if gift.broadcast and video is None and not debited.replayed:
                 await self._announce(
                     sender, req, debited.event, gift.name, gift_cost(gift, req.count)

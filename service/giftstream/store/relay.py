@@ -70,7 +70,9 @@ async def _relay_outbox(r: Redis, user: str, now: int, rules: CreditRules, grace
         try:
             credited = await credit(r, str(p["room"]), payload, rules)
             if credited.score is not None:  # a gift in a battle: its score too
-                await battles.score(r, credited.score)
+                counted = await battles.score(r, credited.score)
+                if counted is not None:
+                    await battles.announce_score(r, counted, now)
         except Refused:  # the credit's one refusal: no such room
             log.error("outbox entry %s names a room that does not exist", event)
             continue
