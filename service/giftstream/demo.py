@@ -123,7 +123,8 @@ async def _battles_forever(base: str, first: tuple[str, str], second: tuple[str,
                 found = await asyncio.to_thread(_http, base, "GET", f"/v1/battles/{battle}")
                 state = found["state"]
         except OSError as e:  # urllib's HTTPError too: a refusal (in_battle, not live, ...)
-            log.info("demo battle %s vs %s: %s; trying again", room, other, e)
+            # Debug only: also what the server's shutdown (Ctrl+C) does to a request.
+            log.debug("demo battle %s vs %s: %s; trying again", room, other, e)
         await asyncio.sleep(BATTLE_PAUSE_S)
 
 

@@ -526,3 +526,34 @@ async def test_a_battle_between_rooms_on_different_cluster_slots_scores_each_sid
     assert result["winner"] == rooms[1]
     assert server.redis_url is not None
     await audit(server.redis_url)
+
+
+async def test_the_demo_rooms_battle_each_other(short_tmp: Path) -> None:
+    demo = ServerProcess(
+        redis_url=None, data_dir=short_tmp / "data", command="demo", args=["--rooms", "2"]
+    )
+    async with serving(demo) as (server, api):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_S
+        while True:
+            rooms = sorted(r["room"] for r in (await api.http.get("/v1/rooms")).json())
+            battle = None
+            if len(rooms) == 2:
+                battle = (await battle_of_room(server, api, rooms[0])).get("battle")
+            if battle:
+                break
+            assert loop.time() < deadline, rooms
+            await asyncio.sleep(POLL_S)
+        found = await state(api, battle)
+    assert found["state"] == "started", found
+    assert sorted(side["room"] for side in found["sides"]) == rooms
+
+
+async def battle_of_room(server: ServerProcess, api: Api, room: str) -> Frame:
+    """The `joined` answer of a new viewer of the room (its `battle`, if it is in one)."""
+    client = await Client.open(server.ws_url)
+    try:
+        await client.auth(await api.user())
+        return await client.join(room)
+    finally:
+        await client.close()

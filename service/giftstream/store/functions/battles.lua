@@ -151,7 +151,7 @@ end
 local function giftstream_battle_finish(keys, args)
   local battle, scores, names = keys[1], keys[2], keys[3]
   local b = redis.call('HMGET', battle, 'state', 'rooms', 'hosts', 'reason', 'forfeit',
-    'started_at', 'ends_at', 'result', 'id', 'top')
+    'started_at', 'ends_at', 'result', 'id', 'top', 'duration_ms')
   if b[1] == 'ended' then return {'settled', b[8]} end
   if b[1] ~= 'ending' then return {'battle_over'} end
   local size = tonumber(b[10])
@@ -177,6 +177,7 @@ local function giftstream_battle_finish(keys, args)
   end
   local frame = {t = 'battle', state = 'ended', battle = b[9], sides = sides, left_s = 0,
     started_at = tonumber(b[6]), ends_at = tonumber(b[7]), reason = b[4],
+    duration_s = math.floor(tonumber(b[11]) / 1000),
     draw = #winners ~= 1}
   if #winners == 1 then frame.winner = winners[1] end
   if b[5] ~= '' then frame.forfeit = b[5] end
