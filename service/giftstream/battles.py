@@ -22,7 +22,7 @@ from giftstream.errors import (
 from giftstream.settings import Settings
 from giftstream.store import battles, rooms
 from giftstream.store.accounts import Account
-from giftstream.store.connection import Commands, Redis
+from giftstream.store.connection import STORE_UNAVAILABLE, Commands, Redis
 from giftstream.store.relay import store_time_ms
 from giftstream.wire.requests import BattleInvite
 
@@ -82,6 +82,7 @@ class Battles:
             duration * 1000,
             s.battle_invite_ttl_s * 1000,
             s.battle_top_gifters,
+            s.battle_keep_s * 1000,
         )
         return await self._announced(battle_id)
 
@@ -184,7 +185,12 @@ class Scorer:
         self._due: dict[str, asyncio.Task[None]] = {}
 
     async def count(self, score: bytes) -> None:
-        battle_id = await battles.score(self._pipeline, score)
+        try:
+            battle_id = await battles.score(self._pipeline, score)
+        except STORE_UNAVAILABLE as e:
+            # The gift is charged and credited: its ack stands, and the relay counts the score.
+            log.warning("counting a battle score failed (%r); the relay will", e)
+            return
         if battle_id is not None and battle_id not in self._due:
             self._due[battle_id] = asyncio.create_task(self._announce(battle_id))
 

@@ -77,6 +77,8 @@ class Settings:
     battle_max_duration_s: int = 3600
     battle_invite_ttl_s: int = 60
     battle_top_gifters: int = 3
+    # A battle's state and result stay readable (GET /v1/battles/{id}) this long after it ends.
+    battle_keep_s: int = 7 * 24 * 3600
     # Gifts per user: a token bucket shared by every worker — `gift_burst` at once, refilled at
     # `gift_rate_per_s` (a streak of taps is bursty by nature: the burst is generous).
     gift_rate_per_s: float = 50.0
@@ -258,6 +260,7 @@ POSITIVE = frozenset(
         "battle_min_duration_s",
         "battle_max_duration_s",
         "battle_invite_ttl_s",
+        "battle_keep_s",
     }
 )
 TRUE = ("1", "true", "yes", "on")

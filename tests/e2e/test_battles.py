@@ -217,6 +217,10 @@ async def test_equal_scores_are_a_draw_and_a_host_may_end_the_battle_early(
     assert (await api.wallet(hosts[0]))["diamonds"] == 20
     again = await post(api, hosts[0], f"/v1/battles/{battle}/end")
     assert again["status"] == 200 and again["reason"] == "early", again
+    # Once over, the battle's keys expire (after battle_keep_s, a week by default).
+    async with store(battle_valkey.url) as redis:
+        for key in (keys.battle(battle), keys.battle_scores(battle), keys.battle_scored(battle)):
+            assert 0 < await redis.pttl(key) <= 7 * 24 * 3600 * 1000, key
     await audit(battle_valkey.url)
 
 
@@ -544,8 +548,8 @@ async def test_the_demo_rooms_battle_each_other(short_tmp: Path) -> None:
                 break
             assert loop.time() < deadline, rooms
             await asyncio.sleep(POLL_S)
-        found = await state(api, battle)
-    assert found["state"] == "started", found
+        # The inviter's room is in the battle from the invite: the accept follows.
+        found = await until_state(api, battle, "started")
     assert sorted(side["room"] for side in found["sides"]) == rooms
 
 

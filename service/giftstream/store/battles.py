@@ -111,13 +111,22 @@ async def create(
     duration_ms: int,
     invite_ttl_ms: int,
     top_gifters: int,
+    keep_ms: int,
 ) -> int:
     """Create an invited battle and put it on the due set; returns when the invite expires."""
     reply = await fcall(
         r,
         "giftstream_battle_create",
         [keys.battle(battle_id), keys.battle_accepted(battle_id)],
-        [battle_id, ",".join(rooms), ",".join(hosts), duration_ms, invite_ttl_ms, top_gifters],
+        [
+            battle_id,
+            ",".join(rooms),
+            ",".join(hosts),
+            duration_ms,
+            invite_ttl_ms,
+            top_gifters,
+            keep_ms,
+        ],
     )
     if reply[0] != b"ok":
         raise refusal(reply)
@@ -185,7 +194,12 @@ async def accept(r: Redis, battle_id: str, room: str) -> tuple[bool, int]:
 
 async def decline(r: Redis, battle_id: str, room: str) -> None:
     """Decline the invite ('' : it expired), then free every room and announce it."""
-    reply = await fcall(r, "giftstream_battle_decline", [keys.battle(battle_id)], [room])
+    reply = await fcall(
+        r,
+        "giftstream_battle_decline",
+        [keys.battle(battle_id), keys.battle_accepted(battle_id)],
+        [room],
+    )
     if reply[0] != b"ok":
         raise refusal(reply)  # not_found | not_side | battle_over
     await _close_declined(r, battle_id)
@@ -270,6 +284,8 @@ async def finish(r: Redis, battle_id: str) -> dict[str, Any] | None:
             keys.battle(battle_id),
             keys.battle_scores(battle_id),
             keys.battle_names(battle_id),
+            keys.battle_scored(battle_id),
+            keys.battle_accepted(battle_id),
             *(keys.battle_top(battle_id, room) for room in b.rooms),
         ],
         [],

@@ -11,7 +11,7 @@ States: invited -> live -> ending -> ended, or invited -> declined.
 giftstream_battle_create   (battle slot)
   KEYS: battle, accepted    ARGV: 1 id, 2 rooms (comma separated, the inviter's first),
         3 hosts (same order), 4 duration (ms), 5 invite ttl (ms), 6 top gifters kept per
-        side at the end
+        side at the end, 7 how long the battle's keys are kept once it is over (ms)
   -> {'ok', expires_at} | {'dup'} (the id exists; nothing changed)
 giftstream_battle_link     (room slot {r:<room>})
   KEYS: room    ARGV: 1 battle id
@@ -27,8 +27,9 @@ giftstream_battle_accept   (battle slot)
      {'not_found'} | {'not_side'} (the room is no side of it) | {'battle_over'} (no longer
      invited: started, declined, expired or ended)
 giftstream_battle_decline  (battle slot)
-  KEYS: battle    ARGV: 1 room ('' when the invite expired)
+  KEYS: battle, accepted    ARGV: 1 room ('' when the invite expired)
   -> {'ok'} | {'not_found'} | {'not_side'} | {'battle_over'}
+  The keys expire `keep_ms` later.
 giftstream_battle_score    (battle slot)
   KEYS: battle, scores, scored, top (of the gift's room), names
   ARGV: 1 event, 2 room, 3 from, 4 from name, 5 coins, 6 credited at (ms)
@@ -41,12 +42,14 @@ giftstream_battle_stop     (battle slot)
      started: invited or declined)
   Ends the scoring: ends_at becomes now, unless the battle already ended on time.
 giftstream_battle_finish   (battle slot)
-  KEYS: battle, scores, names, top of each side (in the battle's order of rooms)
+  KEYS: battle, scores, names, scored, accepted, top of each side (in the battle's order of
+        rooms)
   ARGV: none
   -> {'ok', result} | {'settled', result} (finished before)    result: the `ended` frame
   Only an ending battle finishes (once its rooms are unlinked and their outboxes counted).
   The winner has the highest score; equal highest scores are a draw; a room that forfeits
-  cannot win.
+  cannot win. Every key of the battle expires `keep_ms` later (the result stays readable
+  until then).
 ]]
 
 local function split(csv)
@@ -69,7 +72,7 @@ local function giftstream_battle_create(keys, args)
   local now = now_ms()
   local expires_at = now + tonumber(args[5])
   redis.call('HSET', battle, 'id', args[1], 'state', 'invited', 'rooms', args[2],
-    'hosts', args[3], 'duration_ms', args[4], 'created', now, 'expires_at', expires_at, 'top', args[6])
+    'hosts', args[3], 'duration_ms', args[4], 'created', now, 'expires_at', expires_at, 'top', args[6], 'keep_ms', args[7])
   redis.call('SADD', accepted, rooms[1])
   return {'ok', expires_at}
 end
@@ -114,6 +117,8 @@ local function giftstream_battle_decline(keys, args)
   local reason = 'declined'
   if args[1] == '' then reason = 'expired' end
   redis.call('HSET', battle, 'state', 'declined', 'reason', reason, 'declined_by', args[1])
+  local keep = tonumber(redis.call('HGET', battle, 'keep_ms'))
+  for _, key in ipairs(keys) do redis.call('PEXPIRE', key, keep) end
   return {'ok'}
 end
 
@@ -151,7 +156,7 @@ end
 local function giftstream_battle_finish(keys, args)
   local battle, scores, names = keys[1], keys[2], keys[3]
   local b = redis.call('HMGET', battle, 'state', 'rooms', 'hosts', 'reason', 'forfeit',
-    'started_at', 'ends_at', 'result', 'id', 'top', 'duration_ms')
+    'started_at', 'ends_at', 'result', 'id', 'top', 'duration_ms', 'keep_ms')
   if b[1] == 'ended' then return {'settled', b[8]} end
   if b[1] ~= 'ending' then return {'battle_over'} end
   local size = tonumber(b[10])
@@ -161,7 +166,7 @@ local function giftstream_battle_finish(keys, args)
   for i, room in ipairs(rooms) do
     local score = tonumber(redis.call('HGET', scores, room) or '0')
     local top = {}
-    local ranked = redis.call('ZREVRANGE', keys[3 + i], 0, size - 1, 'WITHSCORES')
+    local ranked = redis.call('ZREVRANGE', keys[5 + i], 0, size - 1, 'WITHSCORES')
     for j = 1, #ranked, 2 do
       top[#top + 1] = {user = ranked[j], name = redis.call('HGET', names, ranked[j]),
         coins = tonumber(ranked[j + 1])}
@@ -183,6 +188,7 @@ local function giftstream_battle_finish(keys, args)
   if b[5] ~= '' then frame.forfeit = b[5] end
   local packed = cmsgpack.pack(frame)
   redis.call('HSET', battle, 'state', 'ended', 'result', packed)
+  for _, key in ipairs(keys) do redis.call('PEXPIRE', key, tonumber(b[12])) end
   return {'ok', packed}
 end
 
