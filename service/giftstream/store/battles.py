@@ -15,6 +15,7 @@ import msgpack
 
 from giftstream.store import keys
 from giftstream.store.connection import Commands, Redis, fcall, read_hash, refusal, text
+from giftstream.store.pipeline import AutoPipeline
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,10 @@ async def score(r: Commands, packed: bytes) -> str | None:
         ],
         [event, room, p["from"], p["from_name"], int(p["coins"]), int(p["ts"])],
     )
-    await r.execute_command("HDEL", keys.room_battle_scores(room), event)
+    if isinstance(r, AutoPipeline):  # the gift path: nobody waits for the tidying
+        r.defer("HDEL", keys.room_battle_scores(room), event)
+    else:
+        await r.execute_command("HDEL", keys.room_battle_scores(room), event)
     return battle_id if int(reply[1]) else None
 
 
