@@ -252,6 +252,29 @@ async def test_a_room_that_ends_its_live_forfeits_even_when_ahead(
     await audit(battle_valkey.url)
 
 
+async def test_three_sides_start_once_every_invited_host_accepted_and_the_highest_wins(
+    api: Api, battle_server: ServerProcess, battle_valkey: EmbeddedValkey
+) -> None:
+    hosts = [await api.user(role="host") for _ in range(3)]
+    rooms = [await api.open_room(h) for h in hosts]
+    battle = (await invite(api, hosts[0], rooms[1:], LONG_S))["battle"]
+    first = await post(api, hosts[2], f"/v1/battles/{battle}/accept")
+    assert (first["state"], first["accepted"]) == ("invited", sorted([rooms[0], rooms[2]]))
+    assert (await post(api, hosts[1], f"/v1/battles/{battle}/accept"))["state"] == "started"
+    async with contextlib.AsyncExitStack() as stack:
+        viewers = [await member(stack, battle_server, await api.user(coins=100), r) for r in rooms]
+        for viewer, room, gift in zip(viewers, rooms, ("rose", "perfume", "rosa"), strict=True):
+            await send(viewer, room, gift, f"{room}-1")
+        await viewers[0].recv_until(
+            lambda f: f["t"] == "battle_score" and sum(scores(f).values()) == 31
+        )
+    ended = await post(api, hosts[2], f"/v1/battles/{battle}/end")
+    assert scores(ended) == {rooms[0]: 1, rooms[1]: 20, rooms[2]: 10}
+    assert (ended["winner"], ended["draw"]) == (rooms[1], False)
+    assert [side["room"] for side in ended["sides"]] == rooms
+    await audit(battle_valkey.url)
+
+
 async def test_a_host_is_in_one_battle_at_a_time_and_each_refusal_has_its_code(
     api: Api, battle_server: ServerProcess, battle_valkey: EmbeddedValkey
 ) -> None:
@@ -411,6 +434,34 @@ async def test_a_worker_killed_after_the_credit_leaves_the_score_to_the_relay_co
             ended = await post(api, hosts[0], f"/v1/battles/{battle}/end")
         assert scores(ended) == {rooms[0]: 20, rooms[1]: 3}
         assert ended["winner"] == rooms[0]
+    await audit(url)
+
+
+async def test_a_worker_killed_after_the_debit_leaves_credit_and_score_to_the_relay_once(
+    battle_valkey: EmbeddedValkey,
+) -> None:
+    url = battle_valkey.url
+    env = {**BATTLE_ENV, "GIFTSTREAM_RELAY_GRACE_MS": "0"}
+    async with serving(ServerProcess(url, env=env)) as (server, api):
+        async with live_battle(api, server, LONG_S) as (hosts, rooms, viewers, battle):
+            crashing = ServerProcess(url, env={**env, "GIFTSTREAM_FAULTS": "crash_after_debit"})
+            async with serving(crashing) as (dying, dying_api):
+                gifter = await dying_api.user(coins=1000)
+                async with contextlib.AsyncExitStack() as stack:
+                    client = await member(stack, dying, gifter, rooms[1])
+                    await client.send_gift(rooms[1], "rosa", "crash-1")
+                    assert await asyncio.to_thread(dying.wait_exit) == CRASH_EXIT_CODE
+            # Not credited yet: the relay credits it, and counts its score with it, once.
+            await viewers[0].recv_until(
+                lambda f: f["t"] == "battle_score" and scores(f)[rooms[1]] == 10, SETTLE_S
+            )
+            assert (await api.wallet(hosts[1]))["diamonds"] == 10
+            async with contextlib.AsyncExitStack() as stack:
+                again = await member(stack, server, gifter, rooms[1])
+                retried = await send(again, rooms[1], "rosa", "crash-1")
+            assert retried["coins"] == 990
+            ended = await post(api, hosts[1], f"/v1/battles/{battle}/end")
+        assert scores(ended) == {rooms[0]: 0, rooms[1]: 10}
     await audit(url)
 
 
