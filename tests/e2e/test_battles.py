@@ -275,6 +275,30 @@ async def test_three_sides_start_once_every_invited_host_accepted_and_the_highes
     await audit(battle_valkey.url)
 
 
+async def test_gifts_before_the_start_score_nothing_and_leave_nothing_behind(
+    api: Api, battle_server: ServerProcess, battle_valkey: EmbeddedValkey
+) -> None:
+    hosts = [await api.user(role="host") for _ in range(2)]
+    rooms = [await api.open_room(h) for h in hosts]
+    async with contextlib.AsyncExitStack() as stack, store(battle_valkey.url) as redis:
+        viewer = await member(stack, battle_server, await api.user(coins=1000), rooms[0])
+        declined = (await invite(api, hosts[0], [rooms[1]], LONG_S))["battle"]
+        await send(viewer, rooms[0], "rosa", "while-invited-1")
+        await post(api, hosts[1], f"/v1/battles/{declined}/decline")
+        assert await read_hash(redis, keys.room_battle_scores(rooms[0])) == {}
+
+        battle = (await invite(api, hosts[0], [rooms[1]], LONG_S))["battle"]
+        await send(viewer, rooms[0], "rosa", "while-invited-2")
+        assert (await post(api, hosts[1], f"/v1/battles/{battle}/accept"))["state"] == "started"
+        await send(viewer, rooms[0], "rose", "started-1")
+        await viewer.recv_until(lambda f: f["t"] == "battle_score" and f["battle"] == battle)
+        ended = await post(api, hosts[0], f"/v1/battles/{battle}/end")
+        assert await read_hash(redis, keys.room_battle_scores(rooms[0])) == {}
+    assert scores(ended) == {rooms[0]: 1, rooms[1]: 0}
+    assert (await api.wallet(hosts[0]))["diamonds"] == 21  # the gifts go to the host as ever
+    await audit(battle_valkey.url)
+
+
 async def test_a_host_is_in_one_battle_at_a_time_and_each_refusal_has_its_code(
     api: Api, battle_server: ServerProcess, battle_valkey: EmbeddedValkey
 ) -> None:

@@ -212,6 +212,7 @@ async def _close_declined(r: Redis, battle_id: str) -> None:
         return
     for room in b.rooms:
         await unlink(r, room, battle_id)
+        await count_scores(r, room)  # gifts while it was invited: they score nothing, go
     await publish(r, b.rooms, frame(b, 0))
     await r.zrem(keys.BATTLES_OPEN, battle_id)
 
