@@ -352,6 +352,23 @@ async def test_a_host_is_in_one_battle_at_a_time_and_each_refusal_has_its_code(
     await audit(battle_valkey.url)
 
 
+async def test_an_invite_not_accepted_in_time_expires_and_frees_the_inviters_room(
+    battle_valkey: EmbeddedValkey,
+) -> None:
+    env = {**BATTLE_ENV, "GIFTSTREAM_BATTLE_INVITE_TTL_S": "1"}
+    async with serving(ServerProcess(battle_valkey.url, env=env)) as (server, api):
+        hosts = [await api.user(role="host") for _ in range(2)]
+        rooms = [await api.open_room(h) for h in hosts]
+        async with contextlib.AsyncExitStack() as stack:
+            studio = await member(stack, server, hosts[1], rooms[1])
+            battle = (await invite(api, hosts[0], [rooms[1]], 60))["battle"]
+            expired, _ = await studio.recv_until(battle_frame(battle, "declined"), SETTLE_S)
+        assert expired["reason"] == "expired"
+        late = await post(api, hosts[1], f"/v1/battles/{battle}/accept")
+        assert (late["status"], late["code"]) == (409, "battle_over")
+        assert (await invite(api, hosts[0], [rooms[1]], 60))["state"] == "invited"
+
+
 async def test_battle_requests_over_the_websocket_are_answered_with_the_battles_state(
     api: Api, battle_server: ServerProcess
 ) -> None:
