@@ -19,7 +19,7 @@ from loadtest.target import TargetError
 
 # Idle connections per user: the server allows 20 per user and worker.
 CONNS_PER_USER = 10
-SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep", "chaos", "soak")
+SCENARIOS = ("storm", "rooms", "idle", "recharge", "bench", "sweep", "chaos", "soak", "battle")
 # Per scenario, the defaults that differ from Options'.
 DEFAULTS: dict[str, dict[str, float]] = {
     "storm": {"viewers": 1000},
@@ -30,6 +30,7 @@ DEFAULTS: dict[str, dict[str, float]] = {
     "recharge": {},
     "chaos": {"viewers": 50, "senders": 10, "duration": 20, "rate": 200},
     "soak": {"viewers": 1000, "gifts": 100_000},
+    "battle": {"viewers": 500},
 }
 
 
@@ -43,6 +44,8 @@ ABOUT = {
     "rooms": "many rooms of a host and viewers, every viewer gifting",
     "idle": "connections that authenticate, join a room and stay quiet: memory per connection",
     "recharge": "buyers over HTTP: packages, custom amounts, replays, declines, late payments",
+    "battle": "two rooms in a LIVE battle, viewers in each (--viewers per room), senders gifting"
+    " in both: the final scores against the coins acked, to the coin",
     "chaos": "storm on two workers and a store of its own, killing a worker then the store"
     " (kill -9) mid-run: gifts acked against the ledgers and the credits, missing and doubled",
 }
@@ -78,19 +81,19 @@ def _load_flags(p: argparse.ArgumentParser, scenario: str) -> None:
     load.add_argument(
         "--drain", type=float, default=10.0, help="most seconds to wait for answers (10)"
     )
-    if scenario in ("storm", "rooms", "recharge", "chaos"):
+    if scenario in ("storm", "rooms", "recharge", "chaos", "battle"):
         what = "requests" if scenario == "recharge" else "gifts"
         load.add_argument(
             "--rate",
             type=float,
             help=f"{what} per second, open loop; 0: as fast as answers come ({d.get('rate', 0):g})",
         )
-    if scenario in ("storm", "bench", "sweep", "rooms", "chaos"):
+    if scenario in ("storm", "bench", "sweep", "rooms", "chaos", "battle"):
         load.add_argument(
             "--window", type=int, default=8, help="gifts in flight per sender at rate 0 (8)"
         )
         load.add_argument("--gift", default="rose", help="the gift senders tap (rose)")
-    if scenario in ("storm", "bench", "sweep", "chaos"):
+    if scenario in ("storm", "bench", "sweep", "chaos", "battle"):
         senders = int(d.get("senders", 20))
         load.add_argument("--senders", type=int, default=senders, help=f"senders ({senders})")
         load.add_argument("--viewers", type=int, help=f"viewers ({d['viewers']:g})")

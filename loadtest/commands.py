@@ -16,10 +16,12 @@ from loadtest.scenarios import (
     World,
     bare_conns,
     check_coins,
+    end_battle,
     idle_world,
     room_world,
     run_recharge,
     run_ws,
+    start_battle,
 )
 from loadtest.target import Target, baseline_server, external, giftstream_service
 from loadtest.wsload import ConnPlan
@@ -97,6 +99,9 @@ def service(args: argparse.Namespace, chaos: bool = False) -> Iterator[Target]:
             target.audit_args = None
         yield target
 
+
+# Longer than any run: the battle is ended by the run, once every answer is in.
+BATTLE_DURATION_S = 3600
 
 BENCH_LIMITS = {
     "GIFTSTREAM_GIFT_RATE_PER_S": "1000000",
@@ -186,6 +191,42 @@ class Command:
         async def body(target: Target, pool: HttpPool) -> None:
             world = await self._storm_world(pool)
             await self.gifting("storm", "storm", target, pool, world, self.opts.rate)
+
+        await self.on_service(body)
+
+    async def battle(self) -> None:
+        """Two rooms in a LIVE battle, gifts to both: each side's final score must equal the
+        coins acked in its room, to the coin."""
+        opts = self.opts
+
+        async def body(target: Target, pool: HttpPool) -> None:
+            self.display.note(
+                f"battle: 2 rooms x {opts.viewers:,} viewers, {opts.senders} senders each …"
+            )
+            world = await room_world(pool, 2, opts.viewers, opts.senders, opts.gift)
+            battle = await start_battle(pool, world, BATTLE_DURATION_S)
+            with self.display.live():
+                result, tally = await run_ws(
+                    "battle",
+                    "battle",
+                    "service",
+                    target,
+                    world.conns,
+                    opts,
+                    opts.rate,
+                    world.gift_coins,
+                    self.display.tick("battle"),
+                )
+            result.coin_check = await check_coins(pool, world, tally)
+            check = await end_battle(pool, world, battle, tally)
+            for n, (room, score) in enumerate(sorted(check.scores.items()), 1):
+                self.report.ratios[f"battle: room {n} score (coins)"] = float(score)
+                self.report.ratios[f"battle: room {n} coins acked"] = float(check.acked[room])
+            problems = check.problems()
+            if problems:
+                self.report.failures.append("battle: scores off: " + "; ".join(problems))
+            self._check(result)
+            self.report.runs.append(result)
 
         await self.on_service(body)
 

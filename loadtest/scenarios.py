@@ -8,6 +8,8 @@
 - `bench`: `storm` as fast as possible and at half that rate, with the bare `echo` and
   `broadcast` servers measured in the same run through the same generator, as ratios.
 - `sweep`: `storm` at fractions of its maximum rate, for the throughput-latency plot.
+- `battle`: two rooms in a LIVE battle, viewers in each and senders gifting in both; the
+  battle's final scores must equal the coins the generator saw acked in each room.
 
 Every run creates its users (POST /v1/dev/users, with coins), checks their wallets against
 what the generator saw acknowledged, and the invocation ends with `giftstream audit`.
@@ -112,6 +114,52 @@ async def room_world(
             world.tokens[user] = token
             world.expected[user] = FUND_COINS
     return world
+
+
+@dataclass
+class BattleCheck:
+    """The battle's final score of each room against the coins acked in it."""
+
+    scores: dict[str, int]
+    acked: dict[str, int]
+    # Coins of gifts without an answer: scored or not, either is allowed.
+    uncertain: dict[str, int]
+
+    def problems(self) -> list[str]:
+        return [
+            f"room {room}: scored {score}, acked {self.acked[room]}"
+            f" (+{self.uncertain[room]} unanswered)"
+            for room, score in self.scores.items()
+            if not self.acked[room] <= score <= self.acked[room] + self.uncertain[room]
+        ]
+
+
+async def start_battle(pool: HttpPool, world: World, duration_s: int) -> str:
+    """A battle between the world's rooms, invited by the first host, accepted by the others."""
+    hosts = [c for c in world.conns if c.role == "host"]
+    first, others = hosts[0], hosts[1:]
+    body = {"rooms": [h.room for h in others], "duration_s": duration_s}
+    battle = str((await pool.ok("POST", "/v1/battles", body, first.token))["battle"])
+    for host in others:
+        await pool.ok("POST", f"/v1/battles/{battle}/accept", {}, host.token)
+    return battle
+
+
+async def end_battle(pool: HttpPool, world: World, battle: str, tally: Tally) -> BattleCheck:
+    """End the battle (early, by its inviter) and check its scores against the acked coins."""
+    hosts = [c for c in world.conns if c.role == "host"]
+    result = await pool.ok("POST", f"/v1/battles/{battle}/end", {}, hosts[0].token)
+    acked: Counter[str] = Counter()
+    uncertain: Counter[str] = Counter()
+    for conn in world.conns:
+        if conn.role == "sender":
+            acked[conn.room] += tally.spent[conn.user]
+            uncertain[conn.room] += tally.uncertain[conn.user]
+    return BattleCheck(
+        scores={str(side["room"]): int(side["score"]) for side in result["sides"]},
+        acked={h.room: acked[h.room] for h in hosts},
+        uncertain={h.room: uncertain[h.room] for h in hosts},
+    )
 
 
 async def idle_world(pool: HttpPool, conns: int, users: int, rooms: int) -> World:

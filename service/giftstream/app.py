@@ -19,7 +19,7 @@ from giftstream.chests import Chests
 from giftstream.domain.catalog import load_catalog
 from giftstream.domain.economy import load_economy
 from giftstream.gifting import Gifting
-from giftstream.http import admin, core, history, money
+from giftstream.http import admin, battles, core, history, money
 from giftstream.http.common import Handler, handles_errors
 from giftstream.keyring import load_keyring
 from giftstream.payments import no_provider_verdict, simulated_verdict
@@ -157,6 +157,11 @@ def routes() -> list[Route | WebSocketRoute | Mount]:
         get("/v1/admin/users/{user}", admin.inspect_user),
         post("/v1/admin/users/{user}/freeze", admin.freeze_user),
         get("/v1/admin/rooms/{room}", admin.inspect_room),
+        post("/v1/battles", battles.invite),
+        get("/v1/battles/{battle}", battles.get_battle),
+        post("/v1/battles/{battle}/accept", battles.accept),
+        post("/v1/battles/{battle}/decline", battles.decline),
+        post("/v1/battles/{battle}/end", battles.end),
         WebSocketRoute("/v1/ws", websocket_endpoint),
         Mount("/static", StaticFiles(directory=core.STATIC_DIR), name="static"),
     ]

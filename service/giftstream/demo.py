@@ -1,7 +1,7 @@
 """`giftstream demo`: simulated live rooms whose bot viewers gift over real WebSockets, so the
-demo page is alive the moment it opens. The bots speak protocol v1 with a sender of their own
-(websockets and `giftstream.wire`): the server's package does not contain the client
-(clients/python), and its wheel runs the demo alone."""
+demo page is alive the moment it opens; the rooms battle in pairs. The bots speak protocol v1
+with a sender of their own (websockets and `giftstream.wire`): the server's package does not
+contain the client (clients/python), and its wheel runs the demo alone."""
 
 import asyncio
 import json
@@ -30,6 +30,10 @@ BOT_COINS = 10_000_000
 # this.
 RETRY_S = 5.0
 OPEN_TIMEOUT_S = 10.0
+# The demo's rooms battle in pairs: this long, with a pause between battles.
+DEMO_BATTLE_S = 60
+BATTLE_PAUSE_S = 15.0
+BATTLE_POLL_S = 2.0
 # (gift, weight): mostly combos of cheap gifts, now and then a big moment.
 GIFT_MIX = [
     ("rose", 40),
@@ -197,6 +201,35 @@ async def _bot(base: str, ws_url: str, room: str, n: int) -> None:
     await DemoBot(name, user["token"], room).run(ws_url)
 
 
+async def _battles_forever(base: str, first: tuple[str, str], second: tuple[str, str]) -> None:
+    """Two demo rooms in LIVE battle after LIVE battle (a host from the studio may take one of
+    them into a battle of its own meanwhile: then this pair waits and tries again)."""
+    (room, token), (other, other_token) = first, second
+    while True:
+        try:
+            invited = await asyncio.to_thread(
+                _http,
+                base,
+                "POST",
+                "/v1/battles",
+                {"rooms": [other], "duration_s": DEMO_BATTLE_S},
+                token,
+            )
+            battle = invited["battle"]
+            await asyncio.to_thread(
+                _http, base, "POST", f"/v1/battles/{battle}/accept", {}, other_token
+            )
+            state = "started"
+            while state != "ended":
+                await asyncio.sleep(BATTLE_POLL_S)
+                found = await asyncio.to_thread(_http, base, "GET", f"/v1/battles/{battle}")
+                state = found["state"]
+        except OSError as e:  # urllib's HTTPError too: a refusal (in_battle, not live, ...)
+            # Debug only: also what the server's shutdown (Ctrl+C) does to a request.
+            log.debug("demo battle %s vs %s: %s; trying again", room, other, e)
+        await asyncio.sleep(BATTLE_PAUSE_S)
+
+
 # The links' frame: no wider than a terminal's usual 80 columns (a host token is longer).
 BOX_WIDTH = 78
 
@@ -232,6 +265,10 @@ async def _run(settings: Settings, rooms: int, bots: int) -> None:
         ]
         opened.append((room, owner["token"]))
         tasks += [asyncio.create_task(_bot(base, ws_url, room, r * bots + i)) for i in range(bots)]
+    tasks += [
+        asyncio.create_task(_battles_forever(base, opened[i], opened[i + 1]))
+        for i in range(0, len(opened) - 1, 2)
+    ]
     print(f"\n{links_box(base, opened, bots)}\n", flush=True)
     await asyncio.gather(*tasks)
 

@@ -27,7 +27,8 @@ carries a stable wire code and a human sentence.
     └── Unavailable            unavailable (retry): the store failed mid-request, so the outcome
                                is unknown; the same request re-sent (same id) learns it
 
-The chest codes (chest_not_open, chest_closed, not_present, already_claimed) come as Refused.
+The chest codes (chest_not_open, chest_closed, not_present, already_claimed) and the battle
+codes (in_battle, battle_over, not_in_battle) come as Refused.
 Two codes answer a connection rather than a request, and are written by http/guard.py:
 request_timeout (headers not received in time) and headers_too_large.
 
@@ -66,6 +67,9 @@ class ErrorCode(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     HEADERS_TOO_LARGE = "headers_too_large"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
+    IN_BATTLE = "in_battle"
+    BATTLE_OVER = "battle_over"
+    NOT_IN_BATTLE = "not_in_battle"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
 
@@ -117,7 +121,7 @@ _SPECS = (
     ErrorSpec(ErrorCode.INSUFFICIENT_COINS, 402, "the balance is too low", lua=("insufficient",)),
     ErrorSpec(ErrorCode.UNKNOWN_GIFT, 404, "there is no such gift"),
     ErrorSpec(ErrorCode.UNAVAILABLE_IN_REGION, 403, "this is not available in your region"),
-    ErrorSpec(ErrorCode.ROOM_NOT_LIVE, 409, "the room is not live"),
+    ErrorSpec(ErrorCode.ROOM_NOT_LIVE, 409, "the room is not live", lua=("room_not_live",)),
     ErrorSpec(ErrorCode.NOT_IN_ROOM, 409, "join the room first"),
     ErrorSpec(
         ErrorCode.IDEMPOTENCY_CONFLICT,
@@ -174,6 +178,16 @@ _SPECS = (
         http_close=True,
     ),
     ErrorSpec(ErrorCode.LEDGER_UNAVAILABLE, 503, "the ledger of record is unreachable for now"),
+    ErrorSpec(ErrorCode.IN_BATTLE, 409, "the room is already in a battle", lua=("in_battle",)),
+    ErrorSpec(
+        ErrorCode.BATTLE_OVER,
+        409,
+        "the battle is no longer open to this: started, declined, expired or ended",
+        lua=("battle_over",),
+    ),
+    ErrorSpec(
+        ErrorCode.NOT_IN_BATTLE, 403, "your room is not a side of this battle", lua=("not_side",)
+    ),
     ErrorSpec(ErrorCode.INTERNAL, 500, "the server failed to handle this request"),
     ErrorSpec(
         ErrorCode.UNAVAILABLE,

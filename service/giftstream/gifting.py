@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import msgpack
 import redis.exceptions
 
-from giftstream import metrics
+from giftstream import battles, metrics
 from giftstream.domain.catalog import Catalog
 from giftstream.domain.economy import Economy
 from giftstream.domain.money import gift_cost
@@ -31,6 +31,7 @@ from giftstream.store.pipeline import AutoPipeline
 from giftstream.wire.requests import SendGift
 
 CRASH_AFTER_DEBIT = "crash_after_debit"
+CRASH_AFTER_CREDIT = "crash_after_credit"
 LOSE_DEBIT_REPLY = "lose_debit_reply"
 
 
@@ -77,6 +78,7 @@ class Gifting:
             settings.pipeline_max_commands,
             settings.settle_linger_ms / 1000,
         )
+        self.scorer = battles.Scorer(redis, self.pipeline, settings.coalesce_tick_ms / 1000)
         self.catalog = catalog
         self.economy = economy
         self.settings = settings
@@ -91,6 +93,7 @@ class Gifting:
 
     async def aclose(self) -> None:
         """Send the commands still queued (settles) before the store client closes."""
+        await self.scorer.aclose()
         await self.pipeline.aclose()
 
     async def send(
@@ -167,8 +170,12 @@ class Gifting:
             # Testing only: the debit ran, but its reply was lost with the store's connection.
             raise redis.exceptions.ConnectionError("fault lose_debit_reply")
         if debited.payload is not None:
-            await gifts.credit(self.pipeline, req.room, debited.payload, self.rules)
+            credited = await gifts.credit(self.pipeline, req.room, debited.payload, self.rules)
+            if CRASH_AFTER_CREDIT in self.settings.faults and credited.score is not None:
+                os._exit(70)  # testing only: a worker dying before the battle counts the gift
             gifts.settle_later(self.pipeline, sender.user, debited.event)
+            if credited.score is not None:
+                await self.scorer.count(credited.score)
             if gift.broadcast and video is None and not debited.replayed:
                 await self._announce(
                     sender, req, debited.event, gift.name, gift_cost(gift, req.count)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 ENV_PREFIX = "GIFTSTREAM_"
 
 AofFsync = Literal["always", "everysec", "no"]
-Fault = Literal["crash_after_debit", "lose_debit_reply"]
+Fault = Literal["crash_after_debit", "lose_debit_reply", "crash_after_credit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,16 @@ class Settings:
     # A treasure chest opens this long after it is dropped, and can be claimed for this long.
     chest_countdown_ms: int = 10_000
     chest_claim_ms: int = 10_000
+    # A LIVE battle lasts `battle_duration_s` unless the inviter asks for another length
+    # within the bounds; an invite not accepted by every side within `battle_invite_ttl_s`
+    # expires. The end names this many top gifters per side.
+    battle_duration_s: int = 300
+    battle_min_duration_s: int = 30
+    battle_max_duration_s: int = 3600
+    battle_invite_ttl_s: int = 60
+    battle_top_gifters: int = 3
+    # A battle's state and result stay readable (GET /v1/battles/{id}) this long after it ends.
+    battle_keep_s: int = 7 * 24 * 3600
     # Gifts per user: a token bucket shared by every worker — `gift_burst` at once, refilled at
     # `gift_rate_per_s` (a streak of taps is bursty by nature: the burst is generous).
     gift_rate_per_s: float = 50.0
@@ -160,7 +170,8 @@ class Settings:
     # Entries per page of GET /v1/history: the default, and the most a client may ask for.
     history_page_size: int = 50
     history_page_max: int = 200
-    # Testing only: named faults to inject: "crash_after_debit", "lose_debit_reply".
+    # Testing only: named faults to inject: "crash_after_debit", "lose_debit_reply",
+    # "crash_after_credit".
     faults: frozenset[Fault] = field(default_factory=frozenset)
 
     @classmethod
@@ -250,6 +261,11 @@ POSITIVE = frozenset(
         "archive_backoff_max_s",
         "history_page_size",
         "history_page_max",
+        "battle_duration_s",
+        "battle_min_duration_s",
+        "battle_max_duration_s",
+        "battle_invite_ttl_s",
+        "battle_keep_s",
     }
 )
 TRUE = ("1", "true", "yes", "on")

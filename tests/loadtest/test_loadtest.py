@@ -108,6 +108,29 @@ def test_each_scenario_runs_without_errors_and_the_books_balance(
         assert run["coin_check"]["users"] > 0 and run["coin_check"]["coins_missing"] == 0
 
 
+def test_battle_ends_with_each_rooms_score_equal_to_the_coins_acked_in_it(
+    service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
+) -> None:
+    assert service.process is not None
+    code, report, output = loadtest(
+        tmp_path / "out.json",
+        "battle",
+        *("--viewers", "5", "--senders", "2", "--rate", "60"),
+        *("--url", service.base_url, "--redis-url", store.url),
+        *("--database-url", database_for(store.url), "--server-pid", str(service.process.pid)),
+    )
+    assert code == 0, output
+    assert report["ok"] and report["audit_clean"], output
+    (run,) = report["runs"]
+    assert run["errors"] == {} and run["gifts_acked"] > 0, run
+    assert run["coin_check"]["coins_missing"] == 0
+    figures = report["ratios"]
+    for n in (1, 2):
+        acked = figures[f"battle: room {n} coins acked"]
+        assert acked > 0 and figures[f"battle: room {n} score (coins)"] == acked, figures
+    assert sum(figures[f"battle: room {n} coins acked"] for n in (1, 2)) == run["gifts_acked"]
+
+
 def test_soak_runs_past_its_gifts_and_reports_valkey_memory_the_archive_lag_and_the_rate(
     service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
 ) -> None:

@@ -37,6 +37,8 @@ from giftstream_client.errors import (
 )
 from giftstream_client.events import (
     Ack,
+    BattleEvent,
+    BattleSide,
     CreditEvent,
     EpochChanged,
     Event,
@@ -51,6 +53,8 @@ from giftstream_client.events import (
 __all__ = [
     "Ack",
     "Backoff",
+    "BattleEvent",
+    "BattleSide",
     "Client",
     "ClientClosed",
     "ClientError",

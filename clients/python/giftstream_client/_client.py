@@ -15,8 +15,8 @@ from giftstream_client._connection import Connection
 from giftstream_client._link import Dropped
 from giftstream_client._receiver import Receiver, Room, join_frame
 from giftstream_client.backoff import Backoff
-from giftstream_client.errors import ErrorCode, NotInRoom, server_error
-from giftstream_client.events import Ack, Event, Frame, Joined, Welcome
+from giftstream_client.errors import ConnectionFailed, ErrorCode, NotInRoom, server_error
+from giftstream_client.events import Ack, BattleEvent, Event, Frame, Joined, Welcome
 
 log = logging.getLogger("giftstream_client")
 
@@ -236,9 +236,44 @@ class Client:
             log.debug("gift %s: %s; re-sending in %.2f s", frame["id"], error, delay)
             await asyncio.sleep(delay)
 
+    # -- battles -----------------------------------------------------------------------------
+
+    async def invite(self, rooms: list[str], duration_s: int | None = None) -> BattleEvent:
+        """Invite other live hosts' rooms (1 to 3) to a LIVE battle with this host's room; the
+        battle as it stands (`state` "invited"). Raises a `ServerError` for a refusal (its
+        `code`: `in_battle`, `room_not_live`, `forbidden`, ...)."""
+        frame: Frame = {"t": "battle_invite", "rooms": rooms}
+        if duration_s is not None:
+            frame["duration_s"] = duration_s
+        return await self._battle_request(frame)
+
+    async def accept(self, battle: str) -> BattleEvent:
+        """Accept a battle this host's room was invited to ("started" once every side has)."""
+        return await self._battle_request({"t": "battle_accept", "battle": battle})
+
+    async def decline(self, battle: str) -> BattleEvent:
+        return await self._battle_request({"t": "battle_decline", "battle": battle})
+
+    async def end_battle(self, battle: str) -> BattleEvent:
+        """End a battle of this host's room early: the result, with the scores so far."""
+        return await self._battle_request({"t": "battle_end", "battle": battle})
+
+    async def _battle_request(self, frame: Frame) -> BattleEvent:
+        # Not re-sent after a dropped connection: the caller reads the battle's state instead
+        # (an invite sent twice would be two invites).
+        link = await self._connection.ready_link()
+        try:
+            answer = await link.ask({**frame, "id": self._next_id()})
+        except Dropped as e:
+            raise ConnectionFailed("the connection dropped before the answer", 1) from e
+        if answer["t"] == "error":
+            raise server_error(answer)
+        return BattleEvent.from_frame(answer | {"t": "battle"})
+
     def events(self) -> AsyncIterator[Event]:
         """The events of the joined rooms, in order: `GiftEvent`, `CreditEvent` (to the
-        room's host), `StreakEnded`, `RoomState`, `EpochChanged`. One reader at a time.
+        room's host), `StreakEnded`, `RoomState`, `EpochChanged`, `BattleEvent` (the battles of
+        the joined rooms). One reader at a time.
 
         The iteration ends when the client is closed, and raises `ConnectionFailed` (after
         the events already received) when the client gives up reconnecting.

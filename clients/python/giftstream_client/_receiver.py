@@ -9,6 +9,7 @@ from giftstream_client._inbox import Inbox
 from giftstream_client._link import Dropped, Link
 from giftstream_client.errors import ProtocolError
 from giftstream_client.events import (
+    BattleEvent,
     CreditEvent,
     EpochChanged,
     Event,
@@ -21,7 +22,7 @@ from giftstream_client.events import (
 )
 
 # Frames that answer a request, matched to it by `id`.
-ANSWERS = frozenset({"welcome", "joined", "left", "ack", "error"})
+ANSWERS = frozenset({"welcome", "joined", "left", "ack", "error", "battle_state"})
 # Streaks whose end a room remembers, so that an end heard again (from another worker after a
 # reconnect) is not yielded twice.
 ENDED_STREAKS_KEPT = 1024
@@ -92,6 +93,8 @@ class Receiver:
                 self._on_event(CreditEvent.from_frame(frame))
         elif kind == "room":
             self._on_room_state(frame["room"], frame["live"])
+        elif kind in ("battle", "battle_score"):
+            self._push(BattleEvent.from_frame(frame))
         elif kind == "joined":
             self._on_joined(link, Joined.from_frame(frame))
         rid = frame.get("id")

@@ -56,6 +56,9 @@ class ErrorCode(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     HEADERS_TOO_LARGE = "headers_too_large"
     LEDGER_UNAVAILABLE = "ledger_unavailable"
+    IN_BATTLE = "in_battle"
+    BATTLE_OVER = "battle_over"
+    NOT_IN_BATTLE = "not_in_battle"
     INTERNAL = "internal"
     UNAVAILABLE = "unavailable"
 

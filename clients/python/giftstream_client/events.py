@@ -204,4 +204,52 @@ class EpochChanged:
     new_epoch: str
 
 
-Event = GiftEvent | CreditEvent | StreakEnded | RoomState | EpochChanged
+@dataclass(frozen=True, slots=True)
+class BattleSide:
+    room: str
+    host: str
+    score: int
+    # At the end: the side's top gifters, [{user, name, coins}].
+    top: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BattleEvent:
+    """A LIVE battle of a joined room: `state` is "invited", "started", "score" (a gift
+    scored: lossy, the latest of a tick), "declined" or "ended". At the end `winner` is the
+    winning room (None on a draw), `reason` "time", "early" or "forfeit" (`forfeit`: the room
+    that ended its LIVE). Also the answer to `Client.invite`, `accept`, `decline` and
+    `end_battle`."""
+
+    battle: str
+    state: str
+    sides: tuple[BattleSide, ...]
+    left_s: int | None = None
+    ends_at: int | None = None
+    winner: str | None = None
+    draw: bool = False
+    reason: str | None = None
+    forfeit: str | None = None
+
+    @classmethod
+    def from_frame(cls, f: Frame) -> "BattleEvent":
+        return cls(
+            battle=f["battle"],
+            state="score" if f["t"] == "battle_score" else f["state"],
+            sides=tuple(
+                BattleSide(s["room"], s["host"], s["score"], tuple(s.get("top", ())))
+                for s in f["sides"]
+            ),
+            left_s=f.get("left_s"),
+            ends_at=f.get("ends_at"),
+            winner=f.get("winner"),
+            draw=bool(f.get("draw", False)),
+            reason=f.get("reason"),
+            forfeit=f.get("forfeit"),
+        )
+
+    def score_of(self, room: str) -> int:
+        return next((s.score for s in self.sides if s.room == room), 0)
+
+
+Event = GiftEvent | CreditEvent | StreakEnded | RoomState | EpochChanged | BattleEvent

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from giftstream import metrics, tokens
+from giftstream import battles, metrics, tokens
 from giftstream.errors import ErrorCode, InvalidField, NotFound, Refused, Unauthenticated
 from giftstream.http.common import (
     current_account,
@@ -99,6 +99,7 @@ async def end_room(request: Request) -> Response:
                 ErrorCode.FORBIDDEN: "only the room's host can end it",
             }
         ) from e
+    await battles.room_ended(runtime.redis, room)  # its battle, if any, is forfeited
     return JSONResponse({"room": room, "live": False, "summary": summary})
 
 

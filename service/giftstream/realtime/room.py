@@ -21,7 +21,7 @@ from giftstream.realtime.frames import Encoded, batch, single
 from giftstream.realtime.member import Member
 
 # Lossless frames: never merged, never dropped for a slow client.
-LOSSLESS = frozenset({"credit", "room", "session_summary", "chest", "chest_result"})
+LOSSLESS = frozenset({"credit", "room", "session_summary", "chest", "chest_result", "battle"})
 # The room frames of protocol v1; members that did not opt in get only these.
 V1_ROOM_FRAMES = frozenset({"gift", "credit"})
 
@@ -51,6 +51,8 @@ def merge_key(frame: Frame) -> str:
     kind = str(frame.get("t"))
     if kind in LOSSLESS:
         ident = frame.get("offset") or frame.get("chest") or frame.get("session")
+        if kind == "battle":  # each state change of a battle is its own frame
+            ident = f"{frame.get('battle')}:{frame.get('state')}"
         return f"{kind}:{ident}:{frame.get('live', '')}"
     if kind == "gift":
         streak = frame.get("streak")
@@ -59,6 +61,8 @@ def merge_key(frame: Frame) -> str:
         return f"broadcast:{frame['event']}"
     if kind == "presence":
         return f"presence:{frame['user']}"
+    if kind == "battle_score":
+        return f"battle_score:{frame['battle']}"
     return kind  # viewers, leaderboard: only the latest matters
 
 

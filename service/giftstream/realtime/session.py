@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from giftstream import metrics, tokens
+from giftstream import battles, metrics, tokens
 from giftstream.chests import Chests
 from giftstream.errors import (
     ERRORS,
@@ -35,6 +35,8 @@ from giftstream.store.connection import STORE_UNAVAILABLE, Redis
 from giftstream.wire.codec import Codec
 from giftstream.wire.requests import (
     Auth,
+    BattleAction,
+    BattleInvite,
     Claim,
     DropChest,
     Join,
@@ -136,6 +138,8 @@ class Session(Connection):
             await self._drop_chest(request)
         elif isinstance(request, Claim):
             await self._claim(request)
+        elif isinstance(request, BattleInvite | BattleAction):
+            await self._battle(request)
         elif isinstance(request, Leave):
             await self._leave(request.room)
             self.send(_with_id({"t": "left", "room": request.room}, request.id))
@@ -194,22 +198,20 @@ class Session(Connection):
         viewers = await self.hub.attach(member, state)
         # Read again now that live events reach the member: nothing falls between the two.
         state = await rooms.room_state(self.redis, request.room) or state
-        self.send(
-            _with_id(
-                {
-                    "t": "joined",
-                    "room": state.id,
-                    "host": state.host,
-                    "live": state.live,
-                    "epoch": state.epoch,
-                    "offset": state.offset,
-                    "viewers": viewers,
-                    "session": state.session,
-                    "host_name": state.host_name or state.host,
-                },
-                request.id,
-            )
-        )
+        joined: dict[str, Any] = {
+            "t": "joined",
+            "room": state.id,
+            "host": state.host,
+            "live": state.live,
+            "epoch": state.epoch,
+            "offset": state.offset,
+            "viewers": viewers,
+            "session": state.session,
+            "host_name": state.host_name or state.host,
+        }
+        if state.battle:  # its state: GET /v1/battles/{battle}
+            joined["battle"] = state.battle
+        self.send(_with_id(joined, request.id))
         member.resume_from(state.offset)
         since = request.since
         if since is not None:
@@ -264,6 +266,26 @@ class Session(Connection):
                 request.id,
             )
         )
+
+    # -- battles -----------------------------------------------------------------------------
+
+    async def _battle(self, request: BattleInvite | BattleAction) -> None:
+        """A host's battle request (the rules are in giftstream.battles): answered with the
+        battle's state."""
+        assert self.sender is not None
+        account = await accounts.get_account(self.redis, self.sender.user)
+        if account is None:
+            raise Unauthenticated("your account no longer exists")
+        service = battles.Battles(self.redis, self.settings)
+        if isinstance(request, BattleInvite):
+            state = await service.invite(account, request)
+        elif request.action == "battle_accept":
+            state = await service.accept(account, request.battle)
+        elif request.action == "battle_decline":
+            state = await service.decline(account, request.battle)
+        else:
+            state = await service.end(account, request.battle)
+        self.send(_with_id({**state, "t": "battle_state"}, request.id))
 
     # -- gifts -------------------------------------------------------------------------------
 

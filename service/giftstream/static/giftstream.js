@@ -109,6 +109,8 @@ export class JoinedEvent extends Event {
     this.epoch = f.epoch;
     this.offset = f.offset;
     this.viewers = f.viewers;
+    // The LIVE battle the room is in, while one is open (an extension), else null.
+    this.battle = f.battle ?? null;
     // True when the client joined again after a reconnect.
     this.resumed = resumed;
   }
@@ -395,6 +397,19 @@ export class GiftstreamClient extends EventTarget {
     return answer.order;
   }
 
+  /**
+   * A host's LIVE battle request: `battle_invite` {rooms, duration_s?}, or `battle_accept`,
+   * `battle_decline`, `battle_end` {battle}. Resolves with the battle's state (as a `battle`
+   * frame shows it); rejects with the server's error (`in_battle`, `battle_over`, ...). The
+   * battle's frames come as `frame` events.
+   */
+  async battleRequest(t, fields) {
+    if (!this.#ready) throw new GiftstreamError("offline", "not connected: try again in a moment");
+    const answer = await this.#ask({ t, ...fields });
+    if (answer.t === "error") throw toError(answer);
+    return answer;
+  }
+
   #idempotent(frame) {
     if (this.#state === State.CLOSED) {
       return Promise.reject(new GiftstreamError("closed", "the client is closed"));
@@ -627,7 +642,7 @@ export class GiftstreamClient extends EventTarget {
       if (this.#rooms.has(frame.room)) {
         this.dispatchEvent(t === "chest" ? new ChestEvent(frame) : new ChestResultEvent(frame));
       }
-    } else if (!["welcome", "left", "error", "pong", "claimed"].includes(t)) {
+    } else if (!["welcome", "left", "error", "pong", "claimed", "battle_state"].includes(t)) {
       this.dispatchEvent(new FrameEvent(frame));
     }
     const request = this.#requests.get(frame.id);

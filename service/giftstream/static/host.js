@@ -1,6 +1,7 @@
 // The host view: go live, watch diamonds come in, thank gifters, end the LIVE and see a summary.
 
 import { api } from "./api.js";
+import { BattleBar, BattleControls } from "./battles.js";
 import { Chests } from "./chests.js";
 import { art } from "./gifts.js";
 import { randomId } from "./giftstream.js";
@@ -81,6 +82,8 @@ export class HostView {
       if (f.t === "session_summary" && f.room === this.room) this.#showSummary(f);
     });
     this.chests = new Chests($("#chests"), client, { canClaim: false });
+    this.battleBar = new BattleBar($("#battle"), client);
+    this.battles = new BattleControls($("#battle-card"), client);
     $("#cashout-btn").addEventListener("click", () => this.cashOut());
     $("#golive-btn").addEventListener("click", () => this.goLive());
     $("#end-live").addEventListener("click", () => this.endLive());
@@ -148,6 +151,8 @@ export class HostView {
     this.live = joined.live;
     this.sessionId = joined.session;
     this.#setViewers(joined.viewers);
+    this.battleBar.watch(room, joined.battle);
+    this.battles.watch(room);
   }
 
   /** A LIVE under way: its figures so far come from the server (the page may join late). */

@@ -1,6 +1,7 @@
 // The viewer view: pick a live room, watch its gifts, send your own, see who gives the most.
 
 import { api } from "./api.js";
+import { BattleBar } from "./battles.js";
 import { Chests } from "./chests.js";
 import { art, tier } from "./gifts.js";
 import { $, avatar, bump, flash, fmt, h, hueOf, toast } from "./ui.js";
@@ -94,6 +95,7 @@ export class ViewerView {
       canClaim: true,
       onSettled: () => this.#refreshWallet(),
     });
+    this.battle = new BattleBar($("#battle"), client);
     $("#chest-btn").addEventListener("click", () => $("#chest-dialog").showModal());
     $("#chest-close").addEventListener("click", () => $("#chest-dialog").close());
     for (const size of document.querySelectorAll("#chest-sizes [data-coins]")) {
@@ -132,6 +134,7 @@ export class ViewerView {
       const joined = await this.client.join(room, { recent: RECENT_EVENTS });
       if (this.room !== room) return;
       $("#host-name").textContent = joined.hostName;
+      this.battle.watch(room, joined.battle);
       $("#host-avatar").replaceChildren(avatar(joined.hostName, joined.host, "md"));
       this.#setViewers(joined.viewers);
       this.#setLive(joined.live);

@@ -36,6 +36,7 @@ FUNCTION_FILES = (
     "chests.lua",
     "archive.lua",
     "locks.lua",
+    "battles.lua",
 )
 COMMON_FILE = "common.lua"
 SOCKET_TIMEOUT_S = 10.0

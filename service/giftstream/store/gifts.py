@@ -41,6 +41,8 @@ class Credited:
     diamonds: int
     total: int
     duplicate: bool
+    # The gift's score, left in the room's score outbox when the room is in a battle.
+    score: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,7 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
             keys.room_session_top(room),
             keys.room_top(room),
             keys.room_names(room),
+            keys.room_battle_scores(room),
         ],
         [
             payload,
@@ -181,8 +184,14 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
     )
     if reply[0] == b"no_room":
         raise refusal(reply)
+    score = bytes(reply[5]) if len(reply) > 5 and reply[5] is not None else None
     return Credited(
-        int(reply[1]), int(reply[2]), int(reply[3]), int(reply[4]), duplicate=reply[0] == b"dup"
+        int(reply[1]),
+        int(reply[2]),
+        int(reply[3]),
+        int(reply[4]),
+        duplicate=reply[0] == b"dup",
+        score=score,
     )
 
 

@@ -236,3 +236,55 @@ ARCHIVE_ANSWERS_PRUNED = f"{PREFIX}:{{archive}}:answers-pruned"
 USER_LEDGER_PATTERN = f"{PREFIX}:{{u:*}}:ledger"
 ROOM_LEDGER_PATTERN = f"{PREFIX}:{{r:*}}:ledger"
 ROOM_EVENTS_PATTERN = f"{PREFIX}:{{r:*}}:events"
+
+
+# Battles: all keys of a battle share the hash tag {b:<id>}, the battle's own slot, wherever
+# its rooms live.
+# Sorted set: battle id -> when it is next due (ms): the invite's expiry, or the end of the
+# battle; 0 for one still to finish or announce. The relay polls it, so a battle ends on time
+# whichever worker started it.
+BATTLES_OPEN = f"{PREFIX}:battles:open"
+
+
+def battle_tag(battle_id: str) -> str:
+    return f"{PREFIX}:{{b:{battle_id}}}"
+
+
+def battle(battle_id: str) -> str:
+    """Hash: id, state (invited, live, ending, ended, declined), rooms and hosts (comma
+    separated, one per side, the inviter first), duration_ms, created, expires_at (of the
+    invite), started_at, ends_at, reason, forfeit, result (msgpack of the `ended` frame),
+    announced."""
+    return battle_tag(battle_id)
+
+
+def battle_accepted(battle_id: str) -> str:
+    """Set: the rooms that accepted (the inviter's from the start)."""
+    return f"{battle_tag(battle_id)}:accepted"
+
+
+def battle_scores(battle_id: str) -> str:
+    """Hash: room -> coins scored."""
+    return f"{battle_tag(battle_id)}:scores"
+
+
+def battle_scored(battle_id: str) -> str:
+    """Hash: gift event id -> room (each gift scores once)."""
+    return f"{battle_tag(battle_id)}:scored"
+
+
+def battle_top(battle_id: str, room_id: str) -> str:
+    """Sorted set: user -> coins given to this side in the battle."""
+    return f"{battle_tag(battle_id)}:top:{room_id}"
+
+
+def battle_names(battle_id: str) -> str:
+    """Hash: user -> display name, for the top gifters."""
+    return f"{battle_tag(battle_id)}:names"
+
+
+def room_battle_scores(room_id: str) -> str:
+    """Hash: gift event id -> score (msgpack {battle, event, room, from, from_name, coins, ts}) of a
+    gift credited while the room was in a battle, until the battle has counted it: the outbox
+    that carries a score from the room's slot to the battle's."""
+    return f"{room_tag(room_id)}:battle:scores"

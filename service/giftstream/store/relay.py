@@ -1,6 +1,7 @@
 """The relay: credits every debited gift whose credit is missing (a crash between the halves),
-creates every funded chest that is missing, settles the chests whose claim window closed, and
-recounts the viewers of every live room (so that the share of a worker that died expires).
+creates every funded chest that is missing, settles the chests whose claim window closed, ends
+the battles that are due and counts the battle scores a worker left behind, and recounts the
+viewers of every live room (so that the share of a worker that died expires).
 
 Credit is idempotent on the event id, so a relay that races the live path does no harm.
 One worker at a time runs it, under a lock in the store.
@@ -21,7 +22,7 @@ import msgpack
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from giftstream.errors import Refused
-from giftstream.store import chests, keys, rooms
+from giftstream.store import battles, chests, keys, rooms
 from giftstream.store.connection import Redis, fcall, read_hash, text
 from giftstream.store.gifts import CreditRules, credit, settle
 
@@ -67,7 +68,11 @@ async def _relay_outbox(r: Redis, user: str, now: int, rules: CreditRules, grace
             applied += 1
             continue
         try:
-            await credit(r, str(p["room"]), payload, rules)
+            credited = await credit(r, str(p["room"]), payload, rules)
+            if credited.score is not None:  # a gift in a battle: its score too
+                counted = await battles.score(r, credited.score)
+                if counted is not None:
+                    await battles.announce_score(r, counted, now)
         except Refused:  # the credit's one refusal: no such room
             log.error("outbox entry %s names a room that does not exist", event)
             continue
@@ -158,7 +163,9 @@ async def relay_if_leader(
         await rooms.sweep_presence(r, f"relay-{token}")
         if not await index_old_outboxes(r, stop):
             return 0
-        return await relay_once(r, rules, grace_ms, stop)
+        applied = await relay_once(r, rules, grace_ms, stop)
+        await battles.sweep(r, await store_time_ms(r), grace_ms)
+        return applied
     finally:
         await release_lock(r, keys.RELAY_LOCK, token)
 

@@ -28,6 +28,8 @@ class RoomState:
     # The host's display name when the room was last opened ("" for a room opened before
     # rooms kept it).
     host_name: str = ""
+    # The battle the room is in ("" for none): set while the battle is open.
+    battle: str = ""
 
 
 def new_room_id() -> str:
@@ -178,6 +180,7 @@ def _state(room: str, h: Mapping[bytes, bytes]) -> RoomState:
         region=h.get(b"region", b"").decode(),
         session=int(h.get(b"session", b"0")),
         host_name=h.get(b"host_name", b"").decode(),
+        battle=h.get(b"battle", b"").decode(),
     )
 
 

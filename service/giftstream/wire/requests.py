@@ -16,6 +16,9 @@ MAX_TOKEN_LENGTH = 1024
 MAX_GIFT_COUNT = 10_000
 MAX_CHEST_COINS = 1_000_000
 MAX_OFFSET = 2**53 - 1
+# A battle has 2 to 4 sides: the inviter's room and 1 to 3 invited ones.
+MAX_INVITED_ROOMS = 3
+MAX_BATTLE_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +77,28 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class BattleInvite:
+    rooms: tuple[str, ...]
+    duration_s: int | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BattleAction:
+    """battle_accept, battle_decline or battle_end (early, by one of its hosts)."""
+
+    action: str
+    battle: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     id: str | None = None
 
 
-Request = Auth | Join | Leave | SendGift | DropChest | Claim | Ping
+Request = Auth | Join | Leave | SendGift | DropChest | Claim | BattleInvite | BattleAction | Ping
+BATTLE_ACTIONS = frozenset({"battle_accept", "battle_decline", "battle_end"})
 
 _FIELDS: dict[str, frozenset[str]] = {
     "auth": frozenset({"t", "id", "token", "extras"}),
@@ -87,6 +107,8 @@ _FIELDS: dict[str, frozenset[str]] = {
     "gift": frozenset({"t", "id", "room", "gift", "count"}),
     "drop_chest": frozenset({"t", "id", "room", "coins"}),
     "claim": frozenset({"t", "id", "room", "chest"}),
+    "battle_invite": frozenset({"t", "id", "rooms", "duration_s"}),
+    **{action: frozenset({"t", "id", "battle"}) for action in BATTLE_ACTIONS},
     "ping": frozenset({"t", "id"}),
 }
 REQUEST_TYPES = frozenset(_FIELDS)
@@ -138,6 +160,22 @@ def _since(frame: dict[str, Any]) -> Since | None:
     return Since(epoch=epoch, offset=offset)
 
 
+def battle_invite(frame: dict[str, Any], ident: str | None = None) -> BattleInvite:
+    """The fields of an invite (a `battle_invite` frame, or the body of POST /v1/battles)."""
+    rooms = frame.get("rooms")
+    if not isinstance(rooms, list) or not 1 <= len(rooms) <= MAX_INVITED_ROOMS:
+        raise InvalidField(
+            f"'rooms' must be a list of 1 to {MAX_INVITED_ROOMS} room ids: a battle has 2 to"
+            f" {MAX_INVITED_ROOMS + 1} sides"
+        )
+    duration = None
+    if "duration_s" in frame:
+        duration = fields.integer(frame["duration_s"], "duration_s", 1, MAX_BATTLE_S)
+    return BattleInvite(
+        rooms=tuple(fields.ident(room, "rooms") for room in rooms), duration_s=duration, id=ident
+    )
+
+
 def parse_request(frame: Any) -> Request:
     """Validate one decoded frame. Raises BadFrame, UnknownType or InvalidField."""
     if not isinstance(frame, dict):
@@ -183,4 +221,8 @@ def parse_request(frame: Any) -> Request:
             chest=_id(frame, "chest"),
             id=ident,
         )
+    if kind == "battle_invite":
+        return battle_invite(frame, ident)
+    if kind in BATTLE_ACTIONS:
+        return BattleAction(action=kind, battle=_id(frame, "battle"), id=ident)
     return Ping(id=ident)

@@ -49,11 +49,12 @@ giftstream_gift_answer  (read-only, viewer slot)
 giftstream_gift_credit  (room slot {r:<room>})
   KEYS: room, credited (event -> 'gift offset:diamonds:total'), events (history), ledger,
         session, session gifts (gift -> count), session top (zset user -> coins),
-        all-time top (zset), names (user -> display name)
+        all-time top (zset), names (user -> display name), battle scores (the room's score
+        outbox, battles.lua)
   ARGV: 1 payload (from giftstream_gift_debit), 2 diamonds per coin numerator, 3 denominator,
         4 history length kept, 5 pub/sub channel of the room, 6 coins that make a long-time
         supporter, 7 coins that make a big gift, 8 leaderboard size
-  -> {'ok', gift offset, credit offset, diamonds, total}
+  -> {'ok', gift offset, credit offset, diamonds, total, score|nil}
      {'dup', gift offset, credit offset, diamonds, total}   already credited: nothing changed
      {'no_room'}                                            no such room; nothing changed
   Dedupes on the event id, credits the host's diamonds (carrying any fraction), appends a `gift`
@@ -63,6 +64,8 @@ giftstream_gift_credit  (room slot {r:<room>})
   sender's badge ({rank} in the session's top 3, {supporter} past the all-time threshold), the
   credit frame a `thank` reason for the host ('new' gifter this session, or a 'big' gift), and a
   `leaderboard` frame is published when the sender is on the session's board.
+  Battle: a live gift in a room linked to a battle leaves its score (msgpack {battle, event,
+  room, from, from_name, coins, ts: credit time}) in the room's score outbox, and returns it.
   Ledger: platform:diamonds diamonds -d, host:<host> diamonds +d.
 
 giftstream_outbox_settle  (a user's slot {u:<user>})
@@ -306,12 +309,19 @@ local function gift_credit(keys, args)
   post(ledger, 'credit', p.event, total,
     {{'platform:diamonds', 'diamonds', -diamonds}, {'host:' .. p.host, 'diamonds', diamonds}},
     {'from', p.from, 'coins', p.coins, 'carry', carry, 'rate', numerator .. '/' .. denominator})
+  local score = nil
+  local battle = in_session and redis.call('HGET', room, 'battle')
+  if battle then
+    score = cmsgpack.pack({battle = battle, event = p.event, room = p.room, from = p.from,
+      from_name = p.from_name, coins = p.coins, ts = now_ms()})
+    redis.call('HSET', keys[10], p.event, score)
+  end
   local size = tonumber(args[8])
   if rank and rank < size then
     frames[#frames + 1] = {t = 'leaderboard', room = p.room, top = leaderboard(top, names, size)}
   end
   redis.call('SPUBLISH', channel, cmsgpack.pack(frames))
-  return {'ok', gift_offset, credit_offset, diamonds, total}
+  return {'ok', gift_offset, credit_offset, diamonds, total, score}
 end
 
 local function outbox_settle(keys, args)
