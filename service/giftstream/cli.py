@@ -273,6 +273,9 @@ def _run(args: argparse.Namespace) -> int:
         from giftstream.demo import start_bots
 
         settings = _settings(args, dev=True)
+        # The demo's links are the last lines it prints; the archiver takes its lease in the
+        # background, and a line of that after them would push them up.
+        logging.getLogger("giftstream.store.archive").setLevel(logging.WARNING)
         bots = start_bots(args.rooms, args.bots)
         serve(settings, args.log_level, on_ready=bots, access_log=args.access_log)
         return 0
