@@ -12,9 +12,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, expect
 from test_demo_page import browser, context, page_api, page_server  # noqa: F401 (fixtures)
 
-from browser_kit import TIMEOUT_MS, VIEWPORT, named_user, open_page, screenshot
 from giftstream_client import Client
 from support import Api, ServerProcess, User, bearer
+from support.browser import TIMEOUT_MS, VIEWPORT, named_user, open_page, screenshot
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=TIMEOUT_MS)

@@ -12,7 +12,11 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from browser_kit import (
+from giftstream.store.embedded import EmbeddedValkey
+from giftstream_client import Client
+from support import Api, ServerProcess, User, bearer, running
+from support import Client as RawClient
+from support.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
@@ -25,11 +29,7 @@ from browser_kit import (
     screenshot,
     settle,
 )
-from giftstream.store.embedded import EmbeddedValkey
-from giftstream_client import Client
-from proxy import Proxy
-from support import Api, ServerProcess, User, bearer, running
-from support import Client as RawClient
+from support.proxy import Proxy
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=TIMEOUT_MS)

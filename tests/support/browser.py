@@ -1,5 +1,5 @@
 """Helpers of the browser tests: Debian's Chromium, the demo page and screenshots (the proxy that
-cuts the page's connections is tests/proxy.py's)."""
+cuts the page's connections is support/proxy.py's)."""
 
 import os
 import tempfile
@@ -9,7 +9,7 @@ from typing import Literal
 import httpx
 from playwright.async_api import BrowserContext, Page, expect
 
-from support import User
+from .users import User
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's launch() gives each browser a fresh temporary user-data dir of its own.
