@@ -17,6 +17,9 @@ from support.economy import PromoServer, promo_economy_text
 from support.installs import install_client
 from support.proxy import Proxy
 
+# The browser tests' fixtures (Chromium, the page's server, a fresh profile), shared by their files.
+pytest_plugins = ["support.browser_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def valkey() -> Iterator[EmbeddedValkey]:
