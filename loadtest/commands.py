@@ -1,4 +1,7 @@
-"""One function per command of `python -m loadtest`: set up, run, check, and fill the report."""
+"""One function per command of `python -m loadtest`: set up, run, check, and fill the report.
+
+One module (~390 lines): the commands side by side, each short.
+"""
 
 import argparse
 import asyncio

@@ -13,6 +13,8 @@
 
 Every run creates its users (POST /v1/dev/users, with coins), checks their wallets against
 what the generator saw acknowledged, and the invocation ends with `giftstream audit`.
+
+One module (~430 lines): the scenarios share their worlds, drive and checks.
 """
 
 import asyncio

@@ -1,6 +1,7 @@
 """The server under load: giftstream started here (on a free loopback port, with a fresh data
 directory) or already running at a URL; or one of the bare baseline servers. Its memory from
-/proc, and the audit of its store."""
+/proc, and the audit of its store.
+One module (~330 lines): the three kinds of target share the process helpers."""
 
 import contextlib
 import os

@@ -12,10 +12,13 @@ from giftstream.domain.economy import load_economy
 from giftstream.store.connection import Redis, connect
 from giftstream.store.embedded import EmbeddedValkey
 from giftstream.store.embedded_cluster import EmbeddedCluster
-from installs import install_client
-from proxy import Proxy
 from support import SHARED_ENV, Api, ServerProcess, running, temporary_cluster, temporary_valkey
 from support.economy import PromoServer, promo_economy_text
+from support.installs import install_client
+from support.proxy import Proxy
+
+# The browser tests' fixtures (Chromium, the page's server, a fresh profile), shared by their files.
+pytest_plugins = ["support.browser_fixtures"]
 
 
 @pytest.fixture(scope="session")

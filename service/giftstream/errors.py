@@ -34,6 +34,8 @@ request_timeout (headers not received in time) and headers_too_large.
 
 Errors become `error` frames, closes or HTTP bodies only at the edge (realtime/session.py,
 http/common.py), as ERRORS says; tests/unit/test_errors.py holds docs/protocol.md to it.
+
+One module (~320 lines): one table, every error code once, and its exception class.
 """
 
 from dataclasses import dataclass

@@ -1,4 +1,7 @@
-"""Settings: one typed object, read from the environment only here and in the CLI."""
+"""Settings: one typed object, read from the environment only here and in the CLI.
+
+One module (~330 lines): one table of every setting, and the parsing that reads it.
+"""
 
 import math
 import os

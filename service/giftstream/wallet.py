@@ -2,6 +2,8 @@
 
 Each operation checks everything it can before the store is touched, then makes one Function
 call on one slot; errors carry the protocol's codes. Depends on domain and store only.
+
+One class (~340 lines): its operations share the store and the limits, each a check then a call.
 """
 
 import hashlib

@@ -10,18 +10,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, expect
-from test_demo_page import browser, context, page_api, page_server  # noqa: F401 (fixtures)
 
-from browser_kit import TIMEOUT_MS, VIEWPORT, named_user, open_page, screenshot
 from giftstream_client import Client
 from support import Api, ServerProcess, User, bearer
+from support.browser import TIMEOUT_MS, VIEWPORT, named_user, open_page, screenshot
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=TIMEOUT_MS)
 
 
 @pytest.fixture
-async def other_context(browser: Browser) -> AsyncIterator[BrowserContext]:  # noqa: F811
+async def other_context(browser: Browser) -> AsyncIterator[BrowserContext]:
     """A second profile: another person (its own dev account) at the same time."""
     ctx = await browser.new_context(viewport=VIEWPORT, locale="en-US")  # type: ignore[arg-type]
     ctx.set_default_timeout(TIMEOUT_MS)
@@ -44,9 +43,9 @@ async def battle_of(api: Api, hosts: list[User], rooms: list[str]) -> str:
 
 
 async def test_gifts_in_each_room_move_their_side_of_the_bar_and_the_winner_is_announced(
-    context: BrowserContext,  # noqa: F811
-    page_server: ServerProcess,  # noqa: F811
-    page_api: Api,  # noqa: F811
+    context: BrowserContext,
+    page_server: ServerProcess,
+    page_api: Api,
 ) -> None:
     hosts = [await named_user(page_api.http, name, role="host") for name in ("Mika", "Jonas")]
     rooms = [await page_api.open_room(h) for h in hosts]
@@ -89,9 +88,9 @@ async def test_gifts_in_each_room_move_their_side_of_the_bar_and_the_winner_is_a
 
 
 async def test_a_host_invites_from_the_studio_the_other_accepts_and_ending_it_shows_a_draw(
-    context: BrowserContext,  # noqa: F811
+    context: BrowserContext,
     other_context: BrowserContext,
-    page_server: ServerProcess,  # noqa: F811
+    page_server: ServerProcess,
 ) -> None:
     inviter = await open_page(context, f"{page_server.base_url}/?host=1")
     invitee = await open_page(other_context, f"{page_server.base_url}/?host=1")

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from giftstream_client import Backoff, Client, ConnectionFailed
-from proxy import Proxy
 from support import Api, free_port
+from support.proxy import Proxy
 
 
 def test_backoff_ceilings_double_up_to_the_max_and_every_jittered_delay_stays_under_them() -> None:

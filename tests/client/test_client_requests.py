@@ -18,9 +18,9 @@ from giftstream_client import (
     StreakEnded,
     Unauthenticated,
 )
-from harness import GIFT, GIFT_COINS, QUICK, WAIT_S
-from proxy import Proxy
 from support import Api, ServerProcess, eventually
+from support.client_harness import GIFT, GIFT_COINS, QUICK, WAIT_S
+from support.proxy import Proxy
 
 
 @pytest.mark.parametrize("json_mode", [False, True], ids=["msgpack", "json"])

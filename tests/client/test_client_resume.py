@@ -19,7 +19,8 @@ from giftstream_client import (
     RoomState,
     StreakEnded,
 )
-from harness import (
+from support import Api, ServerProcess, bearer, eventually, history_positions, room_history
+from support.client_harness import (
     GIFT,
     GIFT_COINS,
     QUICK,
@@ -27,8 +28,7 @@ from harness import (
     grown,
     positions,
 )
-from proxy import Proxy
-from support import Api, ServerProcess, bearer, eventually, history_positions, room_history
+from support.proxy import Proxy
 
 CUTS = 3
 # Taps of one streakable gift, then another gift, which ends the streak (no waiting for the

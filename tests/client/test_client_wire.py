@@ -11,7 +11,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from giftstream.wire.codec import MSGPACK, MSGPACK_SUBPROTOCOL
 from giftstream_client import Client, CreditEvent, GiftEvent
-from harness import WAIT_S
+from support.client_harness import WAIT_S
 
 Frame = dict[str, Any]
 ROOM = "r-scripted"

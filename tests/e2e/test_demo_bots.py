@@ -5,8 +5,8 @@ import asyncio
 
 from giftstream.demo import RETRY_S, DemoBot
 from giftstream_client import CreditEvent, Event
-from proxy import Proxy
 from support import Api, ServerProcess, connected, first_event
+from support.proxy import Proxy
 
 # A bot waits up to 6 s before a burst of gifts, and RETRY_S before it reconnects.
 BOT_GIFTS_WITHIN_S = 6.0 + RETRY_S + 15.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from installs import CLIENT, build, only
+from support.installs import CLIENT, build, only
 
 PACKAGE = CLIENT / "giftstream_client"
 pytestmark = pytest.mark.timeout(600)

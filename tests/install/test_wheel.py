@@ -19,8 +19,8 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from installs import build, only
 from support import free_port
+from support.installs import build, only
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "service" / "giftstream"

@@ -13,7 +13,10 @@
 Tests import from here (`from support import ...`): tests/ is on pytest's pythonpath. The helpers
 of one group of tests are modules of their own, imported by name and not re-exported here:
 economy (tests/e2e/economy/), rooms (tests/e2e/rooms/), storm (tests/e2e/faults/), fuzz_oracle,
-fuzz_frames and fuzzer (the fuzz run), deploy (tests/deploy/).
+fuzz_frames and fuzzer (the fuzz run), deploy (tests/deploy/), room_kit (the room core's unit
+tests), installs (tests/install/ and the client fixture), proxy (a TCP proxy that cuts
+connections), client_harness (tests/client/), browser (tests/browser/; its fixtures are
+browser_fixtures, registered in tests/conftest.py).
 """
 
 from .api import Api, metric

@@ -5,7 +5,7 @@ from giftstream.realtime.frames import Encoded, batch, history_offset, single
 from giftstream.realtime.member import Member
 from giftstream.wire.codec import JSON, MSGPACK, Codec
 from giftstream.wire.wsframe import server_frame
-from room_kit import ROOM, Sink, credit, gift, live, member
+from support.room_kit import ROOM, Sink, credit, gift, live, member
 
 # -- frames ------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from giftstream import realtime
 from giftstream.realtime.member import Member
 from giftstream.realtime.room import Delivery, Room
-from room_kit import ROOM, Sink, credit, flattened, gift, live, member
+from support.room_kit import ROOM, Sink, credit, flattened, gift, live, member
 
 TIMEOUT_MS = 3_000
 SMALL_ROOM = 5

@@ -24,6 +24,9 @@ again past it before being called a problem.
 Across both stores, a ledger is read as PostgreSQL's archived rows and then Valkey's tail
 (store/audit_reading.py); the report is store/audit_report.py. This module is the checks of one
 pass, which read best together (~350 lines).
+
+One module (~345 lines): the checks above, over one pass of the books (its reading and its
+report are modules of their own).
 """
 
 from collections import defaultdict

@@ -4,6 +4,8 @@ outboxes, and the steps that end a battle. See store/functions/battles.lua for t
 Every step is idempotent, so a worker or relay that dies between two of them leaves a battle
 that the next relay pass (any worker's) takes on from where it was: scores are counted once by
 event id, and an ending battle is finished and announced from the due set `BATTLES_OPEN`.
+
+One module (~360 lines): a battle's steps hand on to one another over the same keys.
 """
 
 import logging

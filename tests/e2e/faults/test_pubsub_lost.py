@@ -10,8 +10,8 @@ from collections import deque
 from pathlib import Path
 
 from giftstream.store.embedded import EmbeddedValkey
-from proxy import Forwarder, Pair
 from support import Client, ServerProcess, audit, eventually, serving
+from support.proxy import Forwarder, Pair
 from support.storm import (
     GIFT,
     RECV_S,

@@ -3,7 +3,8 @@
 from collections.abc import Sized
 
 from giftstream_client import Backoff, CreditEvent, Event, GiftEvent
-from support import eventually
+
+from .waiting import eventually
 
 # Reconnects within a tenth of a second, and keeps trying through a test's offline windows.
 QUICK = Backoff(base_s=0.01, max_delay_s=0.1, max_attempts=10_000, max_elapsed_s=30.0)

@@ -1,15 +1,16 @@
 """Helpers of the browser tests: Debian's Chromium, the demo page and screenshots (the proxy that
-cuts the page's connections is tests/proxy.py's)."""
+cuts the page's connections is support/proxy.py's)."""
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from playwright.async_api import BrowserContext, Page, expect
 
-from support import User
+from .api import Api
+from .users import User
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's launch() gives each browser a fresh temporary user-data dir of its own.
@@ -78,3 +79,26 @@ async def named_user(
     assert r.status_code == 200, r.text
     body = r.json()
     return User(body["user"], body["token"])
+
+
+async def live_room(api: Api) -> str:
+    return await api.open_room(await api.user(role="host"))
+
+
+async def go_live(page: Page) -> str:
+    await page.locator("#golive-btn").click()
+    await expect(page.locator("#studio")).to_be_visible()
+    room = await page.locator("#host-room").text_content()
+    assert room
+    return room
+
+
+async def page_user(page: Page, view: str = "viewer") -> User:
+    return User("", await page_token(page, view))
+
+
+async def live_session(api: Api, room: str, session: int) -> dict[str, Any]:
+    r = await api.http.get(f"/v1/rooms/{room}/sessions/{session}")
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
