@@ -101,7 +101,11 @@ class Archiver:
         await self.reader.scan()
         batch, more = await self.read()
         if batch.cursors:
+            if not await self.renewed():
+                return True
             await self.write(batch)
+        if not await self.renewed():
+            return True
         await self.pruner.trim()
         pool = await self.connected()
         await self.pruner.prune(pool)
@@ -125,6 +129,13 @@ class Archiver:
         self.lease.fence = fence
         log.info("archiver active (fence %d, %d streams known)", fence, len(self.reader.cursors))
         return True
+
+    async def renewed(self) -> bool:
+        """Renew the lease between the phases of a pass, which under load can outlast it: a
+        lease that lapsed mid-pass would be taken anew with a higher fence, and the batch read
+        under the old one refused. False if it was lost: the pass stops there."""
+        fence = self.lease.fence
+        return await self.hold_lease() and self.lease.fence == fence
 
     async def read(self) -> tuple[Batch, bool]:
         """The next batch (StreamReader.read)."""

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ SOCKET_NAME = "valkey.sock"
 PID_NAME = "valkey.pid"
 OWNER_NAME = "owner.pid"
 DIR_MODE = 0o700
+# Others may pass through, not list or write (the embedded PostgreSQL's data directory).
+TRAVERSE = 0o011
 FILE_MODE = 0o600
 # Files the server creates (AOF, log, pid file) get no group or other permissions.
 CHILD_UMASK = 0o077
@@ -52,9 +55,12 @@ def url_for(data_dir: Path) -> str:
 
 
 def private_dir(path: Path) -> None:
-    """Make `path` (and any missing parent) a directory only its owner can enter."""
+    """Make `path` (and any missing parent) a directory only its owner can read or write. A
+    traverse bit that others have is kept: the embedded PostgreSQL, run as its own user when we
+    are root, needs it on the data directory (store/postgres.py), and taking it away under a
+    running server makes its next checkpoint fail and the server stop."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & (DIR_MODE | TRAVERSE))
 
 
 def _restrict_tree(path: Path) -> None:
