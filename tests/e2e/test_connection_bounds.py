@@ -259,6 +259,11 @@ async def silent_viewer(server: ServerProcess, token: str, room: str) -> asyncio
                 writer.write(b"".join(protocol.data_to_send()))
             elif isinstance(event, Frame) and event.opcode is Opcode.BINARY:
                 answered.add(msgpack.unpackb(event.data, raw=False)["t"])
+    # From here on nothing reads the socket: asyncio's reader would otherwise go on taking up
+    # to twice its limit (128 KiB) off it, and the frames of a short storm could all fit there.
+    transport = writer.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    transport.pause_reading()
     return writer
 
 
