@@ -140,6 +140,13 @@ def _output_flags(p: argparse.ArgumentParser, scenario: str) -> None:
     if scenario == "sweep":
         out.add_argument("--plot", type=Path, help="the PNG (default beside the JSON)")
     out.add_argument("--quiet", action="store_true", help="no live progress line")
+    out.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the server with py-spy and read Valkey's command statistics during each"
+        " gifting run, into DIR (collapsed stacks and a summary per run)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from loadtest.chaos import CHAOS_SETTINGS, Faults, inflict, read_books
 from loadtest.http import HttpPool
+from loadtest.profile import Profile
 from loadtest.report import Display, cpu_us_per_frame
 from loadtest.results import Report, RunResult
 from loadtest.scenarios import (
@@ -146,18 +147,30 @@ class Command:
     async def gifting(
         self, label: str, scenario: str, target: Target, pool: HttpPool, world: World, rate: float
     ) -> RunResult:
-        with self.display.live():
-            result, tally = await run_ws(
-                label,
-                scenario,
-                "service",
-                target,
-                world.conns,
-                self.opts,
-                rate,
-                world.gift_coins,
-                self.display.tick(label),
-            )
+        tick = self.display.tick(label)
+        profile = None
+        if self.args.profile is not None:
+            pids = target.worker_pids() or ([target.root_pid] if target.root_pid else [])
+            profile = Profile(self.args.profile, label, pids, target.store_url)
+            tick = profile.around_load(tick)
+        try:
+            with self.display.live():
+                result, tally = await run_ws(
+                    label,
+                    scenario,
+                    "service",
+                    target,
+                    world.conns,
+                    self.opts,
+                    rate,
+                    world.gift_coins,
+                    tick,
+                )
+        finally:
+            if profile is not None:
+                profile.stop()
+                for path in profile.written:
+                    self.display.note(f"profile: {path}")
         result.coin_check = await check_coins(pool, world, tally)
         self._check(result)
         self.report.runs.append(result)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from giftstream.store.embedded import EmbeddedValkey
+from giftstream.store.embedded import EmbeddedValkey, url_for
 from loadtest.http import split_url
 
 READY_TIMEOUT_S = 60.0
@@ -76,6 +76,16 @@ class Target:
     @property
     def port(self) -> int:
         return split_url(self.url)[1]
+
+    @property
+    def store_url(self) -> str | None:
+        """The store's URL, when the audit knows it."""
+        args = self.audit_args or []
+        if "--redis-url" in args:
+            return args[args.index("--redis-url") + 1]
+        if "--data-dir" in args:
+            return url_for(Path(args[args.index("--data-dir") + 1]))
+        return None
 
     def usage(self) -> Usage | None:
         if self.root_pid is None:
