@@ -25,6 +25,7 @@ from loadtest.commands import (
     SOAK_RATE,
     SOAK_WARM,
 )
+from loadtest.profile import summarise
 from support import Api, ServerProcess, database_for, running, temporary_valkey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,3 +246,54 @@ def test_each_scenario_help_lists_the_flags_it_uses_and_no_other() -> None:
     assert "--clients" in recharge and "--window" not in recharge and "--viewers" not in recharge
     assert "--fractions" in sweep and "--plot" in sweep and "--rate" not in sweep
     assert "--url" in idle and "--url" in recharge and "--json" in sweep
+
+
+def test_profile_samples_the_server_and_reads_valkeys_command_statistics(
+    service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
+) -> None:
+    assert service.process is not None
+    profiles = tmp_path / "profile"
+    code, _, output = loadtest(
+        tmp_path / "out.json",
+        "storm",
+        *SMALL["storm"],
+        "--url",
+        service.base_url,
+        "--redis-url",
+        store.url,
+        "--database-url",
+        database_for(store.url),
+        "--server-pid",
+        str(service.process.pid),
+        "--profile",
+        str(profiles),
+    )
+    assert code == 0, output
+    pid = service.process.pid
+    stacks = (profiles / f"storm-server-{pid}.txt").read_text()
+    # The server's own code is on the sampled stacks, and the summary ranks it.
+    assert "giftstream/" in stacks, stacks[:2000]
+    summary = (profiles / f"storm-server-{pid}-top.txt").read_text()
+    assert "samples at" in summary and "(giftstream/" in summary, summary
+    # The gifts' Functions ran during the window that the statistics cover.
+    valkey = (profiles / "storm-valkey.txt").read_text()
+    assert any(line.startswith("fcall ") for line in valkey.splitlines()), valkey
+
+
+def test_profile_summary_counts_each_function_once_per_stack() -> None:
+    collapsed = "\n".join(
+        [
+            "main (app.py:1);send (giftstream/gifting.py:10);pack (msgpack/x.py:3) 3",
+            "main (app.py:1);send (giftstream/gifting.py:12) 1",
+            "main (app.py:1);loop (app.py:5);loop (app.py:6) 4",
+        ]
+    )
+    lines = summarise(collapsed).splitlines()
+    assert lines[0] == "8 samples at 250/s"
+    start = lines.index("self %  function") + 1
+    own = lines[start : lines.index("", start)]
+    assert "  50.0  loop (app.py)" in own  # self: 4 of 8, its two lines one function
+    assert "  37.5  pack (msgpack/x.py)" in own
+    assert "   50.0  send (giftstream/gifting.py)" in lines  # total: 3 + 1 of 8
+    assert "  100.0  main (app.py)" in lines
+    assert "   50.0  loop (app.py)" in lines  # on its stack twice, counted once
