@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from giftstream import metrics
 from giftstream.errors import (
     ErrorCode,
     Forbidden,
@@ -64,6 +65,7 @@ class Battles:
                     {ErrorCode.IN_BATTLE: f"room '{room}' is already in a battle"}
                 )
             hosts.append(state.host)
+        await self._take_invite(own)
         battle_id = battles.new_battle_id()
         try:
             await battles.link(self.redis, own, battle_id)
@@ -85,6 +87,24 @@ class Battles:
             s.battle_keep_s * 1000,
         )
         return await self._announced(battle_id)
+
+    async def _take_invite(self, room: str) -> None:
+        s = self.settings
+        try:
+            await battles.take_invite(
+                self.redis, room, s.battle_invites_per_min, s.battle_invite_burst
+            )
+        except Refused as e:
+            metrics.LIMITED.labels("battle_invite").inc()
+            raise e.said(
+                {
+                    ErrorCode.RATE_LIMITED: (
+                        f"too many battle invites: try again in {-(-e.value // 1000)} s"
+                        f" (at most {s.battle_invite_burst} at once, then"
+                        f" {s.battle_invites_per_min} a minute)"
+                    )
+                }
+            ) from e
 
     async def _battle(self, battle_id: str) -> battles.Battle:
         b = await battles.read(self.redis, battle_id)

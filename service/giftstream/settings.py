@@ -80,6 +80,10 @@ class Settings:
     battle_max_duration_s: int = 3600
     battle_invite_ttl_s: int = 60
     battle_top_gifters: int = 3
+    # Invites per host (withdrawn ones too: each is a frame in the invited rooms): a token
+    # bucket, `battle_invite_burst` at once, then `battle_invites_per_min`.
+    battle_invites_per_min: int = 10
+    battle_invite_burst: int = 5
     # A battle's state and result stay readable (GET /v1/battles/{id}) this long after it ends.
     battle_keep_s: int = 7 * 24 * 3600
     # Gifts per user: a token bucket shared by every worker — `gift_burst` at once, refilled at
@@ -269,6 +273,8 @@ POSITIVE = frozenset(
         "battle_max_duration_s",
         "battle_invite_ttl_s",
         "battle_keep_s",
+        "battle_invites_per_min",
+        "battle_invite_burst",
     }
 )
 TRUE = ("1", "true", "yes", "on")

@@ -6,6 +6,7 @@ started the battle, and a battle between rooms on different cluster slots. Audit
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -368,6 +369,32 @@ async def test_an_invite_not_accepted_in_time_expires_and_frees_the_inviters_roo
         late = await post(api, hosts[1], f"/v1/battles/{battle}/accept")
         assert (late["status"], late["code"]) == (409, "battle_over")
         assert (await invite(api, hosts[0], [rooms[1]], 60))["state"] == "invited"
+
+
+async def test_a_host_inviting_too_often_is_rate_limited_and_the_refusal_changes_nothing(
+    battle_valkey: EmbeddedValkey,
+) -> None:
+    env = {
+        **BATTLE_ENV,
+        "GIFTSTREAM_BATTLE_INVITE_BURST": "2",
+        "GIFTSTREAM_BATTLE_INVITES_PER_MIN": "1",
+    }
+    async with serving(ServerProcess(battle_valkey.url, env=env)) as (_, api):
+        hosts = [await api.user(role="host") for _ in range(3)]
+        rooms = [await api.open_room(h) for h in hosts]
+        for _ in range(2):  # the burst: invited and withdrawn, each a frame in room 1
+            battle = (await invite(api, hosts[0], [rooms[1]], 60))["battle"]
+            withdrawn = await post(api, hosts[0], f"/v1/battles/{battle}/decline")
+            assert withdrawn["state"] == "declined", withdrawn
+        body = {"rooms": [rooms[1]], "duration_s": 60}
+        limited = await post(api, hosts[0], "/v1/battles", body)
+        assert (limited["status"], limited["code"]) == (429, "rate_limited"), limited
+        assert re.search(r"try again in \d+ s", limited["message"]), limited
+        # Refused, the invite left the inviter's room free: another host invites it.
+        assert (await invite(api, hosts[2], [rooms[0]], 60))["state"] == "invited"
+        metrics = (await api.http.get("/metrics")).text
+        assert 'giftstream_limited_total{limit="battle_invite"} 1.0' in metrics
+    await audit(battle_valkey.url)
 
 
 async def test_battle_requests_over_the_websocket_are_answered_with_the_battles_state(

@@ -149,6 +149,15 @@ async def link(r: Redis, room: str, battle_id: str) -> None:
         raise refusal(reply)
 
 
+async def take_invite(r: Redis, room: str, per_min: int, burst: int) -> None:
+    """Take a token of the room's invites; refused (rate_limited, with the wait in ms) when
+    there is none."""
+    bucket = [keys.room_invites(room)]
+    reply = await fcall(r, "giftstream_battle_invite_token", bucket, [per_min, burst])
+    if reply[0] != b"ok":
+        raise refusal(reply)
+
+
 async def busy(r: Redis, room: str) -> bool:
     """Whether the room is in a battle that is not over."""
     linked = await r.hget(keys.room(room), "battle")

@@ -283,6 +283,11 @@ def battle_names(battle_id: str) -> str:
     return f"{battle_tag(battle_id)}:names"
 
 
+def room_invites(room_id: str) -> str:
+    """Hash: tokens, at — the battle invites of the room's host (a token bucket)."""
+    return f"{room_tag(room_id)}:invites"
+
+
 def room_battle_scores(room_id: str) -> str:
     """Hash: gift event id -> score (msgpack {battle, event, room, from, from_name, coins, ts}) of a
     gift credited while the room was in a battle, until the battle has counted it: the outbox

@@ -19,6 +19,11 @@ giftstream_battle_link     (room slot {r:<room>})
      {'in_battle'}                 the room is in another battle; nothing changed
      {'room_not_live'}             the room is not live; nothing changed
      {'not_found'}                 no such room
+giftstream_battle_invite_token  (room slot {r:<room>}, the inviter's)
+  KEYS: bucket (tokens, at: the room's invites, a token bucket)
+  ARGV: 1 invites refilled per minute, 2 burst (bucket size)
+  -> {'ok'}                           a token taken: the invite may go
+     {'rate_limited', retry after (ms)}  too many invites; nothing changed
 giftstream_battle_unlink   (room slot)
   KEYS: room    ARGV: 1 battle id    -> {'ok'}  the room leaves this battle (if it was in it)
 giftstream_battle_accept   (battle slot)
@@ -85,6 +90,20 @@ local function giftstream_battle_link(keys, args)
   if r[3] then return {'in_battle'} end
   if r[2] ~= '1' then return {'room_not_live'} end
   redis.call('HSET', room, 'battle', args[1])
+  return {'ok'}
+end
+
+local function giftstream_battle_invite_token(keys, args)
+  local bucket = keys[1]
+  local per_ms, burst = tonumber(args[1]) / 60000, tonumber(args[2])
+  local now = now_ms()
+  local b = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = burst
+  if b[1] then tokens = math.min(burst, tonumber(b[1]) + (now - tonumber(b[2])) * per_ms) end
+  if tokens < 1 then return {'rate_limited', math.ceil((1 - tokens) / per_ms)} end
+  redis.call('HSET', bucket, 'tokens', tokens - 1, 'at', now)
+  -- Gone once full again: an idle room keeps no bucket.
+  redis.call('PEXPIRE', bucket, math.ceil(burst / per_ms))
   return {'ok'}
 end
 
@@ -194,6 +213,7 @@ end
 
 redis.register_function('giftstream_battle_create', giftstream_battle_create)
 redis.register_function('giftstream_battle_link', giftstream_battle_link)
+redis.register_function('giftstream_battle_invite_token', giftstream_battle_invite_token)
 redis.register_function('giftstream_battle_unlink', giftstream_battle_unlink)
 redis.register_function('giftstream_battle_accept', giftstream_battle_accept)
 redis.register_function('giftstream_battle_decline', giftstream_battle_decline)
