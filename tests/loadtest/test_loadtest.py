@@ -66,6 +66,15 @@ def service(store: EmbeddedValkey) -> Iterator[ServerProcess]:
         yield s
 
 
+def running_service(service: ServerProcess, store: EmbeddedValkey) -> list[str]:
+    """The flags that point the load tool at the module's service and its store."""
+    assert service.process is not None
+    return [
+        *("--url", service.base_url, "--redis-url", store.url),
+        *("--database-url", database_for(store.url), "--server-pid", str(service.process.pid)),
+    ]
+
+
 @pytest.mark.parametrize("scenario", sorted(SMALL))
 def test_each_scenario_runs_without_errors_and_the_books_balance(
     scenario: str, service: ServerProcess, store: EmbeddedValkey, tmp_path: Path
@@ -75,14 +84,7 @@ def test_each_scenario_runs_without_errors_and_the_books_balance(
         tmp_path / "out.json",
         scenario,
         *SMALL[scenario],
-        "--url",
-        service.base_url,
-        "--redis-url",
-        store.url,
-        "--database-url",
-        database_for(store.url),
-        "--server-pid",
-        str(service.process.pid),
+        *running_service(service, store),
     )
     assert code == 0, output
     assert report["ok"] and report["audit_clean"], output
@@ -257,14 +259,7 @@ def test_profile_samples_the_server_and_reads_valkeys_command_statistics(
         tmp_path / "out.json",
         "storm",
         *SMALL["storm"],
-        "--url",
-        service.base_url,
-        "--redis-url",
-        store.url,
-        "--database-url",
-        database_for(store.url),
-        "--server-pid",
-        str(service.process.pid),
+        *running_service(service, store),
         "--profile",
         str(profiles),
     )
