@@ -529,6 +529,48 @@ async def test_a_batch_from_an_archiver_whose_lease_lapsed_is_refused_by_the_fen
             await second.aclose()
 
 
+async def test_the_lease_keeper_holds_the_lease_through_a_pause_longer_than_the_lease(
+    fresh_valkey: EmbeddedValkey, database: str
+) -> None:
+    """Between passes (or in a pass slowed by a busy worker), the keeper renews the lease: it
+    never lapses, no other archiver takes it, and the holder's fence stays the same."""
+    lease_ms = 300
+    settings = Settings(archive_scan_interval_s=0.0, archive_lease_ms=lease_ms)
+    async with store(fresh_valkey.url) as redis:
+        await load_functions(redis)
+        holder, other = Archiver(redis, database, settings), Archiver(redis, database, settings)
+        keeper = asyncio.create_task(holder.lease.keep())
+        try:
+            await holder.step()
+            fence = holder.fence
+            assert fence > 0
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 4 * lease_ms / 1000  # four leases without a pass
+            while loop.time() < until:
+                assert await redis.pttl(keys.ARCHIVE_LEASE) > 0, "the lease lapsed"
+                await asyncio.sleep(lease_ms / 10_000)
+            await other.step()
+            assert other.fence == 0, "another archiver took the lease"
+            assert holder.fence == fence and await holder.renewed()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await holder.aclose()
+            await other.aclose()
+        # Without a keeper, a lease taken by a pass lapses before the next pass.
+        unkept = Archiver(redis, database, settings)
+        try:
+            await unkept.step()
+            assert unkept.fence > 0
+
+            async def lapsed() -> bool:
+                return not await redis.exists(keys.ARCHIVE_LEASE)
+
+            await eventually(lapsed, what="the unkept lease lapses")
+        finally:
+            await unkept.aclose()
+
+
 async def test_a_server_starts_and_gifting_works_while_postgresql_is_unreachable(
     fresh_valkey: EmbeddedValkey, short_tmp: Path
 ) -> None:

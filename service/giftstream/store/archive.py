@@ -60,6 +60,14 @@ class Archiver:
 
     async def run(self) -> None:
         """Archive until cancelled; every failure is logged and retried with backoff."""
+        keeper = asyncio.create_task(self.lease.keep(), name="archive lease")
+        try:
+            await self._passes()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _passes(self) -> None:
         s = self.settings
         backoff = s.archive_interval_s
         while True:

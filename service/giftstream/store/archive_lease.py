@@ -1,8 +1,12 @@
 """The archiver's lease: one archiver is active per deployment, the one holding the lease in
-Valkey (`giftstream_archive_lease`, archive.lua), renewed every pass. Its fencing token is taken
+Valkey (`giftstream_archive_lease`, archive.lua), renewed by each pass and, in between, by a
+keeper every third of the lease (`keep`): under load a phase of a pass can outlast the lease,
+and a lease that lapsed mid-pass would be taken anew, the pass's work thrown away. Its fencing
+token is taken
 above PostgreSQL's fence, which every batch raises (store/archive_writing.py), so an archiver
 that lost its lease without noticing cannot write."""
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -40,13 +44,30 @@ class Lease:
         floor = int(await pool.fetchval("SELECT fence FROM archive_fence WHERE id = 1"))
         return await self._lease(floor)
 
-    async def _lease(self, floor: int) -> int:
+    async def keep(self) -> None:
+        """Renew the lease held every third of its length, until cancelled; a lease found lost
+        is let go (`fence` 0: the next batch is refused by PostgreSQL's fence, and the next pass
+        takes the lease anew if it is free)."""
+        while True:
+            await asyncio.sleep(self.settings.archive_lease_ms / 3000)
+            if not self.fence:
+                continue
+            try:
+                fence = await self._lease(0, renew_only=True)
+            except Exception as e:  # the store is down: the passes fail and retry too
+                log.warning("could not renew the archive lease: %r", e)
+                continue
+            if fence != self.fence:
+                log.warning("the archive lease was lost (fence %d)", self.fence)
+                self.fence = 0
+
+    async def _lease(self, floor: int, renew_only: bool = False) -> int:
         return int(
             await fcall(
                 self.redis,
                 "giftstream_archive_lease",
                 [keys.ARCHIVE_LEASE, keys.ARCHIVE_FENCE],
-                [self.token, self.settings.archive_lease_ms, floor],
+                [self.token, self.settings.archive_lease_ms, floor, "1" if renew_only else "0"],
             )
         )
 

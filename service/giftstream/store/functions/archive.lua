@@ -5,10 +5,11 @@ checks on every batch (a batch from an older holder is refused there).
 
 giftstream_archive_lease
                  KEYS: lease (string 'token fence', expiring), fence (counter); one slot
-                 ARGV: token, lease ms, floor (the highest fence PostgreSQL has accepted)
+                 ARGV: token, lease ms, floor (the highest fence PostgreSQL has accepted),
+                       renew only '1'|'0' (the keeper's renewal: never a new lease)
                  -> fence (> 0)   the caller holds the lease (renewed, or newly acquired with a
                                   new fence above the counter and above floor)
-                    0             another archiver holds it
+                    0             another archiver holds it (or, renew only, nobody does)
 giftstream_archive_release
                  KEYS: lease   ARGV: token
                  -> 1 released, 0 not the holder
@@ -22,6 +23,7 @@ local function archive_lease(keys, args)
     redis.call('PEXPIRE', keys[1], args[2])
     return tonumber(fence)
   end
+  if args[4] == '1' then return 0 end
   local fence = redis.call('INCR', keys[2])
   local floor = tonumber(args[3])
   if fence <= floor then
