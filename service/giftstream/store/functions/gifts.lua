@@ -155,23 +155,23 @@ local function gift_debit(keys, args)
   local filter = filter_state(filters, request_id, tonumber(args[18]), ttl * 1000, now)
   if filter.seen and args[19] ~= '1' then return {'cold'} end
 
-  local balance = redis.call('HGET', acct, 'coins')
-  if not balance then return {'no_user'} end
-  if redis.call('HGET', acct, 'frozen') == '1' then return {'frozen'} end
+  -- One read of each hash: a command from a script costs more than its own work.
+  local a = redis.call('HMGET', acct, 'coins', 'frozen', 'daily_cap', 'spent')
+  if not a[1] then return {'no_user'} end
+  if a[2] == '1' then return {'frozen'} end
   local rate, burst = tonumber(args[16]), tonumber(args[17])
   local b = redis.call('HMGET', bucket, 'tokens', 'at')
   local tokens = burst
   if b[1] then tokens = math.min(burst, tonumber(b[1]) + (now - tonumber(b[2])) * rate / 1000) end
   if tokens < 1 then return {'rate_limited', math.ceil((1 - tokens) * 1000 / rate)} end
-  balance = tonumber(balance)
+  local balance = tonumber(a[1])
   if balance < cost then return {'insufficient', balance} end
 
   local today = math.floor(now / 86400000)
   local spent_today = 0
-  if tonumber(redis.call('HGET', daily, 'day') or '-1') == today then
-    spent_today = tonumber(redis.call('HGET', daily, 'spent'))
-  end
-  local cap = redis.call('HGET', acct, 'daily_cap')
+  local d = redis.call('HMGET', daily, 'day', 'spent')
+  if tonumber(d[1] or '-1') == today then spent_today = tonumber(d[2]) end
+  local cap = a[3]
   if cap and spent_today + cost > tonumber(cap) then
     return {'spending_limit', tonumber(cap), spent_today}
   end
@@ -194,8 +194,8 @@ local function gift_debit(keys, args)
     redis.call('DEL', streak)
   end
 
-  local after = redis.call('HINCRBY', acct, 'coins', -cost)
-  redis.call('HINCRBY', acct, 'spent', cost)
+  local after = balance - cost
+  redis.call('HSET', acct, 'coins', after, 'spent', tonumber(a[4] or '0') + cost)
   redis.call('HSET', bucket, 'tokens', tokens - 1, 'at', now)
   redis.call('PEXPIRE', bucket, math.ceil(burst * 1000 / rate) + 1000)
   redis.call('HSET', daily, 'day', today, 'spent', spent_today + cost)
@@ -206,7 +206,7 @@ local function gift_debit(keys, args)
   post(ledger, 'gift', event, after,
     {{'user:' .. viewer, 'coins', -cost}, {'platform:spent', 'coins', cost}},
     {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
-     'video', args[15], 'fp', hash})
+     'video', args[15], 'fp', hash}, now)
   redis.call('SET', idem, cmsgpack.pack({hash, event, after}), 'EX', ttl)
   filter_add(filters, filter, tonumber(args[18]), ttl * 1000)
   return {'ok', event, after, packed}
@@ -244,30 +244,35 @@ local function gift_credit(keys, args)
   local numerator, denominator = tonumber(args[2]), tonumber(args[3])
   local history, channel = args[4], args[5]
 
+  local now = now_ms()
   local done = redis.call('HGET', credited, p.event)
   if done then
     local goff, diamonds, total = string.match(done, '^(%d+):(%d+):(%d+)$')
     goff = tonumber(goff)
     return {'dup', goff, goff + 1, tonumber(diamonds), tonumber(total)}
   end
-  if redis.call('EXISTS', room) == 0 then return {'no_room'} end
+  -- One read and one write of the room's hash: a command from a script costs more than its
+  -- own work. The host field exists in every room.
+  local r = redis.call('HMGET', room, 'host', 'carry', 'diamonds', 'earned', 'offset', 'live',
+    'battle')
+  if not r[1] then return {'no_room'} end
 
   -- The fraction of a diamond is carried in units of 1/denominator, never rounded away.
-  local units = p.coins * numerator + tonumber(redis.call('HGET', room, 'carry') or '0')
+  local units = p.coins * numerator + tonumber(r[2] or '0')
   local diamonds = math.floor(units / denominator)
   local carry = units - diamonds * denominator
-  local total = redis.call('HINCRBY', room, 'diamonds', diamonds)
-  redis.call('HINCRBY', room, 'earned', diamonds)
-  redis.call('HSET', room, 'carry', carry)
+  local total = tonumber(r[3] or '0') + diamonds
   -- A live gift is two events (gift, credit); a gift to a video only its credit.
   local events_added = 2
   if p.video then events_added = 1 end
-  local credit_offset = redis.call('HINCRBY', room, 'offset', events_added)
+  local credit_offset = tonumber(r[5] or '0') + events_added
   local gift_offset = credit_offset - 1
+  redis.call('HSET', room, 'diamonds', total, 'earned', tonumber(r[4] or '0') + diamonds,
+    'carry', carry, 'offset', credit_offset)
 
   redis.call('HSET', names, p.from, p.from_name)
   local all_time = tonumber(redis.call('ZINCRBY', alltime, p.coins, p.from))
-  local in_session = redis.call('HGET', room, 'live') == '1' and not p.video
+  local in_session = r[6] == '1' and not p.video
   local rank = nil
   local thank = nil
   if in_session then
@@ -308,12 +313,13 @@ local function gift_credit(keys, args)
   redis.call('HSET', credited, p.event, gift_offset .. ':' .. diamonds .. ':' .. total)
   post(ledger, 'credit', p.event, total,
     {{'platform:diamonds', 'diamonds', -diamonds}, {'host:' .. p.host, 'diamonds', diamonds}},
-    {'from', p.from, 'coins', p.coins, 'carry', carry, 'rate', numerator .. '/' .. denominator})
+    {'from', p.from, 'coins', p.coins, 'carry', carry, 'rate', numerator .. '/' .. denominator},
+    now)
   local score = nil
-  local battle = in_session and redis.call('HGET', room, 'battle')
+  local battle = in_session and r[7]
   if battle then
     score = cmsgpack.pack({battle = battle, event = p.event, room = p.room, from = p.from,
-      from_name = p.from_name, coins = p.coins, ts = now_ms()})
+      from_name = p.from_name, coins = p.coins, ts = now})
     redis.call('HSET', keys[10], p.event, score)
   end
   local size = tonumber(args[8])
