@@ -1,8 +1,10 @@
 """The two halves of a gift: debit on the viewer's slot, credit on the room's slot."""
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+import msgpack
 
 from giftstream.domain.catalog import DiamondRate, Gift
 from giftstream.store import keys
@@ -52,6 +54,18 @@ class DebitRules:
     gifts_per_s: float
     gift_burst: int
     filter_bits: int
+    # The rules as giftstream_gift_debit takes them: packed once, sent with every debit.
+    packed: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rules = [
+            self.idempotency_ttl_s,
+            self.streak_timeout_ms,
+            self.gifts_per_s,
+            self.gift_burst,
+            self.filter_bits,
+        ]
+        object.__setattr__(self, "packed", msgpack.packb(rules))
 
 
 def fingerprint_hash(fingerprint: str) -> str:
@@ -81,25 +95,25 @@ async def debit(
             *keys.gift_filters(req.viewer),
         ],
         [
-            req.request_id,
-            req.fingerprint,
-            req.event,
-            req.cost,
-            rules.idempotency_ttl_s,
-            req.viewer,
-            req.room,
-            req.host,
-            req.gift.id,
-            req.gift.name,
-            req.count,
-            "1" if req.gift.streakable and req.video is None else "0",
-            rules.streak_timeout_ms,
-            req.viewer_name,
-            req.video or "",
-            rules.gifts_per_s,
-            rules.gift_burst,
-            rules.filter_bits,
-            "1" if checked else "0",
+            msgpack.packb(
+                [
+                    req.request_id,
+                    req.fingerprint,
+                    req.event,
+                    req.cost,
+                    req.viewer,
+                    req.room,
+                    req.host,
+                    req.gift.id,
+                    req.gift.name,
+                    req.count,
+                    req.gift.streakable and req.video is None,
+                    req.viewer_name,
+                    req.video or "",
+                    checked,
+                ]
+            ),
+            rules.packed,
         ],
     )
     status = reply[0]
@@ -153,6 +167,19 @@ class CreditRules:
     supporter_coins: int
     big_gift_coins: int
     leaderboard_size: int
+    # The rules as giftstream_gift_credit takes them: packed once, sent with every credit.
+    packed: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        rules = [
+            self.rate.numerator,
+            self.rate.denominator,
+            self.history_max,
+            self.supporter_coins,
+            self.big_gift_coins,
+            self.leaderboard_size,
+        ]
+        object.__setattr__(self, "packed", msgpack.packb(rules))
 
 
 async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> Credited:
@@ -171,16 +198,7 @@ async def credit(r: Commands, room: str, payload: bytes, rules: CreditRules) -> 
             keys.room_names(room),
             keys.room_battle_scores(room),
         ],
-        [
-            payload,
-            rules.rate.numerator,
-            rules.rate.denominator,
-            rules.history_max,
-            keys.room_channel(room),
-            rules.supporter_coins,
-            rules.big_gift_coins,
-            rules.leaderboard_size,
-        ],
+        [payload, keys.room_channel(room), rules.packed],
     )
     if reply[0] == b"no_room":
         raise refusal(reply)

@@ -18,11 +18,13 @@ giftstream_gift_debit   (viewer slot {u:<viewer>})
   KEYS: acct, idem (this request id's stored answer), ledger, outbox, streak, daily (spending
         today), bucket (the gift rate limit: tokens, at), pending (the slot's index of pending
         outboxes: a key with a hash tag of the viewer's slot), filter 0, filter 1
-  ARGV: 1 request id, 2 fingerprint, 3 new event id, 4 cost in coins, 5 idempotency ttl (s),
-        6 viewer id, 7 room, 8 host, 9 gift id, 10 gift name, 11 count, 12 streakable '1'|'0',
-        13 streak timeout (ms), 14 sender display name, 15 video id ('' for a live gift),
-        16 gifts per second refilled, 17 burst (bucket size), 18 filter bits,
-        19 checked '1'|'0' (the ledger of record has no entry of this id: skip the filter)
+  ARGV: 1 the request, msgpack [request id, fingerprint, new event id, cost in coins, viewer id,
+          room, host, gift id, gift name, count, streakable (bool), sender display name,
+          video id ('' for a live gift), checked (bool: the ledger of record has no entry of
+          this id: skip the filter)]
+        2 the rules, msgpack [idempotency ttl (s), streak timeout (ms), gifts per second
+          refilled, burst (bucket size), filter bits] (packed once per process)
+  Two packed arguments rather than 19: each argument costs the client and the script.
   -> {'ok', event, balance, payload}      debited now; payload is the outbox entry to credit
      {'replay', event, balance, payload|nil}  this id was debited before (same content): the
                                           original answer; payload while its credit is pending
@@ -51,9 +53,10 @@ giftstream_gift_credit  (room slot {r:<room>})
         session, session gifts (gift -> count), session top (zset user -> coins),
         all-time top (zset), names (user -> display name), battle scores (the room's score
         outbox, battles.lua)
-  ARGV: 1 payload (from giftstream_gift_debit), 2 diamonds per coin numerator, 3 denominator,
-        4 history length kept, 5 pub/sub channel of the room, 6 coins that make a long-time
-        supporter, 7 coins that make a big gift, 8 leaderboard size
+  ARGV: 1 payload (from giftstream_gift_debit), 2 pub/sub channel of the room, 3 the rules,
+        msgpack [diamonds per coin numerator, denominator, history length kept, coins that make
+        a long-time supporter, coins that make a big gift, leaderboard size] (packed once per
+        process)
   -> {'ok', gift offset, credit offset, diamonds, total, score|nil}
      {'dup', gift offset, credit offset, diamonds, total}   already credited: nothing changed
      {'no_room'}                                            no such room; nothing changed
@@ -139,10 +142,11 @@ local function gift_debit(keys, args)
     keys[6]
   local bucket, pending = keys[7], keys[8]
   local filters = {keys[9], keys[10]}
-  local request_id, fingerprint, event = args[1], args[2], args[3]
-  local cost, ttl = tonumber(args[4]), tonumber(args[5])
-  local viewer, room, host, gift, name = args[6], args[7], args[8], args[9], args[10]
-  local count, streakable, timeout = tonumber(args[11]), args[12] == '1', tonumber(args[13])
+  local q, rules = cmsgpack.unpack(args[1]), cmsgpack.unpack(args[2])
+  local request_id, fingerprint, event, cost = q[1], q[2], q[3], q[4]
+  local viewer, room, host, gift, name, count = q[5], q[6], q[7], q[8], q[9], q[10]
+  local streakable, from_name, video, checked = q[11], q[12], q[13], q[14]
+  local ttl, timeout, rate, burst, bits = rules[1], rules[2], rules[3], rules[4], rules[5]
   local hash = fingerprint_hash(fingerprint)
 
   local stored = redis.call('GET', idem)
@@ -152,14 +156,13 @@ local function gift_debit(keys, args)
     return {'replay', original, balance, redis.call('HGET', outbox, original)}
   end
   local now = now_ms()
-  local filter = filter_state(filters, request_id, tonumber(args[18]), ttl * 1000, now)
-  if filter.seen and args[19] ~= '1' then return {'cold'} end
+  local filter = filter_state(filters, request_id, bits, ttl * 1000, now)
+  if filter.seen and not checked then return {'cold'} end
 
   -- One read of each hash: a command from a script costs more than its own work.
   local a = redis.call('HMGET', acct, 'coins', 'frozen', 'daily_cap', 'spent')
   if not a[1] then return {'no_user'} end
   if a[2] == '1' then return {'frozen'} end
-  local rate, burst = tonumber(args[16]), tonumber(args[17])
   local b = redis.call('HMGET', bucket, 'tokens', 'at')
   local tokens = burst
   if b[1] then tokens = math.min(burst, tonumber(b[1]) + (now - tonumber(b[2])) * rate / 1000) end
@@ -176,9 +179,9 @@ local function gift_debit(keys, args)
     return {'spending_limit', tonumber(cap), spent_today}
   end
 
-  local payload = {event = event, room = room, host = host, from = viewer, from_name = args[14],
+  local payload = {event = event, room = room, host = host, from = viewer, from_name = from_name,
     gift = gift, name = name, count = count, coins = cost, ts = now}
-  if args[15] ~= '' then payload.video = args[15] end
+  if video ~= '' then payload.video = video end
   if streakable then
     local s = redis.call('HMGET', streak, 'id', 'room', 'gift', 'repeat', 'last')
     if s[1] and s[2] == room and s[3] == gift and now - tonumber(s[5]) <= timeout then
@@ -206,9 +209,9 @@ local function gift_debit(keys, args)
   post(ledger, 'gift', event, after,
     {{'user:' .. viewer, 'coins', -cost}, {'platform:spent', 'coins', cost}},
     {'room', room, 'host', host, 'gift', gift, 'count', count, 'request', request_id,
-     'video', args[15], 'fp', hash}, now)
+     'video', video, 'fp', hash}, now)
   redis.call('SET', idem, cmsgpack.pack({hash, event, after}), 'EX', ttl)
-  filter_add(filters, filter, tonumber(args[18]), ttl * 1000)
+  filter_add(filters, filter, bits, ttl * 1000)
   return {'ok', event, after, packed}
 end
 
@@ -240,9 +243,9 @@ end
 local function gift_credit(keys, args)
   local room, credited, events, ledger = keys[1], keys[2], keys[3], keys[4]
   local session, session_gifts, top, alltime, names = keys[5], keys[6], keys[7], keys[8], keys[9]
-  local p = cmsgpack.unpack(args[1])
-  local numerator, denominator = tonumber(args[2]), tonumber(args[3])
-  local history, channel = args[4], args[5]
+  local p, channel, rules = cmsgpack.unpack(args[1]), args[2], cmsgpack.unpack(args[3])
+  local numerator, denominator, history = rules[1], rules[2], rules[3]
+  local supporter_coins, big_coins, size = rules[4], rules[5], rules[6]
 
   local now = now_ms()
   local done = redis.call('HGET', credited, p.event)
@@ -284,7 +287,7 @@ local function gift_credit(keys, args)
     redis.call('HINCRBY', session, 'gifts', p.count)
     redis.call('HINCRBY', session_gifts, p.gift, p.count)
   end
-  if p.coins >= tonumber(args[7]) then thank = 'big' end
+  if p.coins >= big_coins then thank = 'big' end
 
   local credit = {t = 'credit', room = p.room, event = p.event, offset = credit_offset,
     from = p.from, from_name = p.from_name, gift = p.gift, name = p.name, count = p.count,
@@ -298,7 +301,7 @@ local function gift_credit(keys, args)
     if p.streak_id then
       gift.streak = {id = p.streak_id, ['repeat'] = p.streak_repeat, ['end'] = false}
     end
-    local supporter = all_time >= tonumber(args[6])
+    local supporter = all_time >= supporter_coins
     if (rank and rank < 3) or supporter then
       gift.badge = {supporter = supporter}
       if rank and rank < 3 then gift.badge.rank = rank + 1 end
@@ -322,7 +325,6 @@ local function gift_credit(keys, args)
       from_name = p.from_name, coins = p.coins, ts = now})
     redis.call('HSET', keys[10], p.event, score)
   end
-  local size = tonumber(args[8])
   if rank and rank < size then
     frames[#frames + 1] = {t = 'leaderboard', room = p.room, top = leaderboard(top, names, size)}
   end
