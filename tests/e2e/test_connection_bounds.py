@@ -329,9 +329,8 @@ async def test_2000_viewers_that_never_read_hold_no_more_than_their_queues(
         f" send buffers {sorted(set(sndbufs))}"
     )
     assert sum(acked) == per_gifter * GIFTERS
-    # Every viewer's queue filled, and went on dropping (messages: a tick's frames go as one
-    # `batch`, so a viewer drops a few large messages rather than many small ones).
-    assert dropped >= SILENT_VIEWERS
+    # Every viewer's queue filled, and went on dropping frames.
+    assert dropped >= SILENT_VIEWERS * 10
     # The kernel's part is fixed: each WebSocket's send buffer is the setting's (doubled by
     # Linux), not grown up to tcp_wmem's maximum (the others are the test's HTTP connection).
     assert sum(tb <= 2 * SILENT_SNDBUF for tb in sndbufs) >= SILENT_VIEWERS

@@ -165,28 +165,22 @@ class Room:
             return out
         frames = list(self.queued.values())
         self.queued.clear()
-        return out + self._send(frames, busy=True)
+        return out + self._send(frames)
 
-    def _send(self, frames: list[Frame], busy: bool = False) -> list[Delivery]:
-        """What each member gets of `frames`, in one write. Members that opted in get them as
-        one `batch` when there are several. The others get their protocol v1 frames (`gift`,
-        and `credit` for the host): at the tick (`busy`: the room sent within the last tick
-        and more came) as one `batch` too, so a member receives at most a message or two per
-        tick whatever the gift rate; in a quiet tick each as its own message. What a member
-        gets depends only on whether it is the host and opted in, so each frame or batch is
-        encoded once."""
-        v1 = [f for f in frames if f.get("t") in V1_ROOM_FRAMES]
-        one_by_one = [] if busy else [single(f) for f in v1]
+    def _send(self, frames: list[Frame]) -> list[Delivery]:
+        """Members that opted in get their frames as one `batch` when there are several; the
+        others get their protocol v1 frames (`gift`, and `credit` for the host), each its own
+        message, all in one write. What a member gets depends only on whether it is the host
+        and opted in, so each frame or batch is encoded once."""
+        one_by_one = [single(f) for f in frames if f.get("t") in V1_ROOM_FRAMES]
         chosen: dict[tuple[bool, bool], list[tuple[Encoded, bool]]] = {}
         out: list[Delivery] = []
         for member in self.members:
             kind = (member.extras, member.is_host)
             mine = chosen.get(kind)
             if mine is None:
-                if member.extras or busy:
-                    wanted = [
-                        f for f in (frames if member.extras else v1) if member.wants(f.get("t"))
-                    ]
+                if member.extras:
+                    wanted = [f for f in frames if member.wants(f.get("t"))]
                     lossless = any(f.get("t") in LOSSLESS for f in wanted)
                     mine = [(batch(self.id, wanted), lossless)] if wanted else []
                 else:
