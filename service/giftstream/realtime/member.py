@@ -20,6 +20,7 @@ class Sink(Protocol):
 
     def put(self, frame: bytes, lossless: bool) -> None: ...
     def put_all(self, frames: list[tuple[bytes, bool]]) -> None: ...
+    def keeps_lossy(self) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -71,6 +72,10 @@ class Member:
             return
         out = []
         for event, lossless in events:
+            # A message mixing lossless frames with lossy ones goes as its lossless frames alone
+            # when the lossy ones would only deepen the backlog of a member behind.
+            if event.essential is not None and not self.outbound.keeps_lossy():
+                event = event.essential
             framed = self._admit(event)
             if framed is not None:
                 out.append((framed, lossless))

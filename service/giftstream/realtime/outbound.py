@@ -116,6 +116,17 @@ class Outbound:
         """Whether the transport is closing (or closed): what it holds may never be taken."""
         return self._transport.is_closing()
 
+    def keeps_lossy(self) -> bool:
+        """Whether lossy frames are still taken: the transport holds at most half its budget.
+        When not, a message's lossy frames are dropped (counted so) and the connection is
+        behind, as when `put` drops a lossy frame."""
+        if self._transport.get_write_buffer_size() <= self.budget_bytes // 2:
+            return True
+        metrics.FRAMES_DROPPED.inc()
+        if self.behind_since is None:
+            self.behind_since = time.monotonic()
+        return False
+
     def put(self, frame: bytes, lossless: bool) -> None:
         self.put_all([(frame, lossless)])
 
