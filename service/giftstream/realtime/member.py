@@ -23,7 +23,7 @@ class Sink(Protocol):
     def keeps_lossy(self) -> bool: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     room: str
     user: str

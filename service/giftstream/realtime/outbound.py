@@ -81,6 +81,16 @@ def fix_send_buffer(transport: Transport, requested: int) -> int:
 
 
 class Outbound:
+    __slots__ = (
+        "_transport",
+        "behind_since",
+        "budget_bytes",
+        "closed",
+        "limit_bytes",
+        "on_overflow",
+        "overflowed",
+    )
+
     def __init__(
         self,
         transport: Transport,

@@ -59,6 +59,20 @@ GIFT_DRAIN_S = 10.0
 class Session(Connection):
     """A connection's requests: authentication, rooms, gifts and chests."""
 
+    __slots__ = (
+        "_gift_slots",
+        "_gift_tasks",
+        "chests",
+        "extras",
+        "gifting",
+        "hub",
+        "limits",
+        "members",
+        "redis",
+        "secret",
+        "sender",
+    )
+
     def __init__(
         self,
         ws: WebSocket,
@@ -83,8 +97,9 @@ class Session(Connection):
         self.sender: Sender | None = None
         self.extras = False
         self.members: dict[str, Member] = {}
-        self._gift_slots = asyncio.Semaphore(MAX_GIFTS_IN_FLIGHT)
-        self._gift_tasks: set[asyncio.Task[None]] = set()
+        # Made at the first gift: most connections (viewers) never send one.
+        self._gift_slots: asyncio.Semaphore | None = None
+        self._gift_tasks: set[asyncio.Task[None]] | None = None
 
     # -- what the connection asks of its session ----------------------------------------------
 
@@ -293,16 +308,19 @@ class Session(Connection):
         # Back-pressure: while the window of gifts in flight is full the next frame is not
         # read, so a client that pipelines beyond it waits in its own socket (TCP flow
         # control), not in this worker's memory.
+        if self._gift_slots is None or self._gift_tasks is None:
+            self._gift_slots = asyncio.Semaphore(MAX_GIFTS_IN_FLIGHT)
+            self._gift_tasks = set()
         await self._gift_slots.acquire()
-        task = asyncio.create_task(self._gift(request))
+        task = asyncio.create_task(self._gift(request, self._gift_slots))
         self._gift_tasks.add(task)
         task.add_done_callback(self._gift_tasks.discard)
 
-    async def _gift(self, request: SendGift) -> None:
+    async def _gift(self, request: SendGift, slots: asyncio.Semaphore) -> None:
         try:
             await self._answer_gift(request)
         finally:
-            self._gift_slots.release()
+            slots.release()
 
     async def _answer_gift(self, request: SendGift) -> None:
         started = time.perf_counter()
