@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_GIFTS_IN_FLIGHT = 64
 # How long a closing connection waits for its gifts in flight to finish.
 GIFT_DRAIN_S = 10.0
+# The counter of gifts answered, looked up once rather than per gift.
+GIFTS_OK = metrics.GIFTS.labels("ok")
 
 
 class Session(Connection):
@@ -342,7 +344,7 @@ class Session(Connection):
             metrics.GIFTS.labels(ErrorCode.INTERNAL.value).inc()
             self.send_error(GiftstreamError("the gift could not be completed"), request.id)
             return
-        metrics.GIFTS.labels("ok").inc()
+        GIFTS_OK.inc()
         metrics.GIFT_SECONDS.observe(time.perf_counter() - started)
         self.send({"t": "ack", "id": ack.id, "event": ack.event, "coins": ack.coins})
 
