@@ -1,5 +1,5 @@
 """What a WebSocket connection asks, and its answers: authentication, rooms, gifts and chests
-(the connection's sending, deadlines and closes are connection.py's). ~350 lines: the requests
+(the connection's sending, deadlines and closes are connection.py's). ~370 lines: the requests
 share one state (sender, members, gifts in flight), which reads best in one class."""
 
 import asyncio
