@@ -53,8 +53,9 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class WsClient(asyncio.Protocol):
-    """One connection. `frames` counts every data frame received, `gift_frames` the msgpack
-    `gift` frames among them that are a gift (not a streak's closing frame); `on_message`,
+    """One connection. `frames` counts every data frame (message) received, a `batch` as one;
+    `gift_frames` the msgpack `gift` frames in them, a batch's each, that are a gift (not a
+    streak's closing frame); `on_message`,
     when set, gets each payload."""
 
     def __init__(self, host: str, port: int, path: str, subprotocol: str | None) -> None:
@@ -167,8 +168,10 @@ class WsClient(asyncio.Protocol):
             opcode = b1 & 0x0F
             if opcode == OP_BINARY or opcode == OP_TEXT:
                 self.frames += 1
-                if buf.find(GIFT_TYPE, start, end) >= 0 and buf.find(STREAK_END, start, end) < 0:
-                    self.gift_frames += 1
+                # A `batch` is one message of several frames: count the gifts inside.
+                self.gift_frames += buf.count(GIFT_TYPE, start, end) - buf.count(
+                    STREAK_END, start, end
+                )
                 self.bytes_in += length
                 if self.on_message is not None:
                     self.on_message(bytes(buf[start:end]))

@@ -329,8 +329,9 @@ async def test_2000_viewers_that_never_read_hold_no_more_than_their_queues(
         f" send buffers {sorted(set(sndbufs))}"
     )
     assert sum(acked) == per_gifter * GIFTERS
-    # Every viewer's queue filled, and went on dropping frames.
-    assert dropped >= SILENT_VIEWERS * 10
+    # The viewers' queues filled, and dropped what came after (a viewer gets one message a
+    # tick, a batch of that tick's gifts: a few ticks of the storm, a few drops each).
+    assert dropped >= SILENT_VIEWERS
     # The kernel's part is fixed: each WebSocket's send buffer is the setting's (doubled by
     # Linux), not grown up to tcp_wmem's maximum (the others are the test's HTTP connection).
     assert sum(tb <= 2 * SILENT_SNDBUF for tb in sndbufs) >= SILENT_VIEWERS

@@ -16,6 +16,11 @@ class Sink:
 
     def __init__(self) -> None:
         self.writes: list[list[tuple[bytes, bool]]] = []
+        # Whether lossy frames are taken (False: as an Outbound more than half full).
+        self.lossy_kept = True
+
+    def keeps_lossy(self) -> bool:
+        return self.lossy_kept
 
     def put(self, frame: bytes, lossless: bool) -> None:
         self.put_all([(frame, lossless)])

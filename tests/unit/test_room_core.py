@@ -71,13 +71,27 @@ def test_the_first_message_of_a_quiet_tick_goes_at_once_and_later_ones_wait_for_
     room = new_room()
     _, sink = joined(room)
     perform(room.on_frames([single_gift(1)], 0))
-    assert [f["offset"] for f in sink.messages] == [1]
+    assert [f["offset"] for f in sink.messages] == [1], "a lone gift goes alone, at once"
     perform(room.on_frames([single_gift(3)], 10))
     perform(room.on_frames([single_gift(5)], 20))
     assert len(sink.messages) == 1
     perform(room.tick(50))
-    assert [f["offset"] for f in sink.messages] == [1, 3, 5]
-    assert len(sink.writes) == 2, "what waited goes in one write"
+    assert [f["offset"] for f in flattened(sink.messages)] == [1, 3, 5]
+    assert sink.messages[1]["t"] == "batch", "what waited goes as one message, for v1 too"
+    assert len(sink.writes) == 2
+
+
+def test_a_tick_that_sent_keeps_the_next_tick_closed() -> None:
+    room = new_room()
+    _, sink = joined(room)
+    perform(room.on_frames([single_gift(1)], 0))
+    perform(room.on_frames([single_gift(3)], 10))
+    perform(room.tick(50))
+    perform(room.on_frames([single_gift(5)], 60))
+    assert len(sink.messages) == 2, "the tick sent: the next gift waits for the next tick"
+    perform(room.tick(100))
+    assert [f["offset"] for f in flattened(sink.messages)] == [1, 3, 5]
+    assert len(sink.messages) == 3
 
 
 def test_a_tick_with_nothing_waiting_opens_the_next_tick_for_an_immediate_send() -> None:
@@ -127,14 +141,28 @@ def test_lossless_frames_are_never_merged_and_keep_their_order() -> None:
     for offset in (4, 6, 8):
         perform(room.on_frames([single_gift(offset - 1), credit(offset)], offset))
     perform(room.tick(50))
-    credits = [f["offset"] for f in sink.messages if f["t"] == "credit"]
+    credits = [f["offset"] for f in flattened(sink.messages) if f["t"] == "credit"]
     assert credits == [2, 4, 6, 8]
-    assert [lossless for lossless, f in zip(sink.classes, sink.messages, strict=True)] == [
-        f["t"] == "credit" for f in sink.messages
-    ]
+    assert sink.classes == [True, True], "a message holding a credit is lossless"
 
 
-def test_v1_members_get_v1_frames_one_by_one_and_opted_in_members_one_batch() -> None:
+def test_a_member_behind_gets_a_mixed_message_as_its_lossless_frames_alone() -> None:
+    room = new_room()
+    _, sink = joined(room, is_host=True)
+    _, viewer = joined(room)
+    sink.lossy_kept = viewer.lossy_kept = False
+    perform(room.on_frames([single_gift(1), credit(2)], 0))
+    assert sink.messages == [credit(2)]
+    assert sink.classes == [True]
+    assert [f["offset"] for f in viewer.messages] == [1], "all lossy: its buffer decides"
+    sink.lossy_kept = True
+    perform(room.tick(50))
+    perform(room.tick(100))
+    perform(room.on_frames([single_gift(3), credit(4)], 110))
+    assert [f["offset"] for f in flattened(sink.messages)] == [2, 3, 4]
+
+
+def test_every_member_gets_one_message_v1_members_a_batch_of_v1_frames() -> None:
     room = new_room()
     sinks = {
         kind: joined(room, is_host=kind[0], extras=kind[1])[1]
@@ -143,8 +171,9 @@ def test_v1_members_get_v1_frames_one_by_one_and_opted_in_members_one_batch() ->
     board = {"t": "leaderboard", "room": ROOM, "top": []}
     perform(room.on_frames([single_gift(1), credit(2), board], 0))
     assert [f["t"] for f in sinks[(False, False)].messages] == ["gift"]
-    assert [f["t"] for f in sinks[(True, False)].messages] == ["gift", "credit"]
-    assert len(sinks[(True, False)].writes) == 1, "a member's frames go in one write"
+    (batch_of_v1_host,) = sinks[(True, False)].messages
+    assert [f["t"] for f in batch_of_v1_host["frames"]] == ["gift", "credit"]
+    assert sinks[(True, False)].classes == [True]
     (batch_of_viewer,) = sinks[(False, True)].messages
     assert [f["t"] for f in batch_of_viewer["frames"]] == ["gift", "leaderboard"]
     assert sinks[(False, True)].classes == [False]
@@ -293,8 +322,7 @@ def test_cut_off_members_hold_back_live_frames_until_the_replay_fills_the_gap() 
     since = host.last_offset
     perform(room.replay([host], [f for f in history if f["offset"] > since]))
     host.finish_replay()
-    assert [f["offset"] for f in sink.messages] == [1, 2, 3, 4, 5, 6]
-    assert [f["offset"] for f in sink.messages if f["t"] == "credit"] == [2, 4, 6]
+    assert [f["offset"] for f in flattened(sink.messages)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_replay_gives_each_member_only_the_kinds_it_wants_the_history_being_lossless() -> None:
@@ -338,6 +366,8 @@ tap_action = st.tuples(
 wait_action = st.tuples(st.just("wait"), st.integers(0, 2 * TIMEOUT_MS))
 viewers_action = st.tuples(st.just("viewers"), st.integers(0, 500))
 link_action = st.sampled_from([("lose",), ("restore",)])
+# Members' buffers filling (past half: lossy frames no longer taken) and emptying.
+press_action = st.tuples(st.just("press"), st.sampled_from(KINDS), st.booleans())
 
 
 @dataclass
@@ -356,6 +386,12 @@ class World:
     viewers: int | None = None
     cut_off: list[Member] | None = None
     members: dict[tuple[bool, bool], tuple[Member, Sink]] = field(default_factory=dict)
+    # Per member, its messages before the last tick, and the most it got from a tick (its own
+    # message included) to the next: a tick's message, or the quiet tick's first message after.
+    marks: dict[tuple[bool, bool], int] = field(default_factory=dict)
+    most_per_tick: int = 0
+    # The members whose buffers were ever too full for lossy frames.
+    pressed: set[tuple[bool, bool]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for host, extras in KINDS:
@@ -366,7 +402,7 @@ class World:
             self.tap(action[1], action[2], action[3])
         elif action[0] == "wait":
             self.now += action[1]
-            perform(self.room.tick(self.now))
+            self.tick()
         elif action[0] == "viewers":
             self.viewers = action[1]
             self.publish([{"t": "viewers", "room": ROOM, "viewers": action[1]}])
@@ -374,6 +410,9 @@ class World:
             self.cut_off = self.room.cut_off()
         elif action[0] == "restore":
             self.restore()
+        elif action[0] == "press":
+            self.members[action[1]][1].lossy_kept = action[2]
+            self.pressed |= set() if action[2] else {action[1]}
 
     def tap(self, sender: str, name: str, count: int) -> None:
         self.offset += 2
@@ -399,6 +438,13 @@ class World:
             frames.append({"t": "leaderboard", "room": ROOM, "top": [sender]})
         self.publish(frames)
 
+    def tick(self) -> None:
+        for kind, (_, sink) in self.members.items():
+            got = len(sink.messages) - self.marks.get(kind, 0)
+            self.most_per_tick = max(self.most_per_tick, got)
+            self.marks[kind] = len(sink.messages)
+        perform(self.room.tick(self.now))
+
     def publish(self, frames: list[dict[str, Any]]) -> None:
         if self.cut_off is None:
             perform(self.room.on_frames(frames, self.now))
@@ -417,7 +463,8 @@ class World:
         """Every streak falls quiet and the last tick goes out."""
         self.restore()
         self.now += TIMEOUT_MS
-        perform(self.room.tick(self.now))
+        self.tick()
+        self.tick()
 
     def check_lossless(self) -> None:
         """Each member saw each credit once, in order (the host only), and each history event
@@ -428,9 +475,10 @@ class World:
             assert [f["offset"] for f in frames if f["t"] == "credit"] == (credits if host else [])
             gifts = [f["offset"] for f in frames if f["t"] == "gift" and not _is_end(f)]
             assert gifts == sorted(set(gifts))
-            assert [
-                s for f in frames if f["t"] == "gift" and (s := f["event"]) in self.singles
-            ] == (self.singles), "a gift that merges with nothing is never dropped"
+            if (host, extras) not in self.pressed:  # else its buffer dropped lossy frames
+                assert [
+                    s for f in frames if f["t"] == "gift" and (s := f["event"]) in self.singles
+                ] == (self.singles), "a gift that merges with nothing is never dropped"
             for message, lossless in zip(sink.messages, sink.classes, strict=True):
                 # (The rest of a batch at a seam keeps the batch's class, lossless or not.)
                 assert lossless or not any(f["t"] == "credit" for f in flattened([message]))
@@ -469,11 +517,14 @@ def test_any_interleaving_keeps_every_streak_total_and_every_lossless_frame(
     world.finish()
     world.check_lossless()
     world.check_streaks()
+    assert world.most_per_tick <= 1, "at most one message per member per tick"
 
 
 @settings(max_examples=150)
-@given(st.lists(st.one_of(tap_action, tap_action, wait_action, link_action), max_size=50))
-def test_across_lost_links_every_lossless_frame_arrives_once_and_in_order(
+@given(
+    st.lists(st.one_of(tap_action, tap_action, wait_action, link_action, press_action), max_size=50)
+)
+def test_across_lost_links_and_full_buffers_every_lossless_frame_arrives_once_and_in_order(
     actions: list[tuple[Any, ...]],
 ) -> None:
     world = World()

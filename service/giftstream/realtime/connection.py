@@ -29,8 +29,64 @@ SLOW_CONSUMER_ABORT_S = 10.0
 WATCH_INTERVAL_S = 1.0
 
 
+class Watch:
+    """One timer per event loop for the checks of all its connections: a timer per connection
+    would hold a handle for each and wake the loop once per connection a second (20,000 a
+    second at 20,000 connections)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._connections: set[Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: "Connection") -> None:
+        self._connections.add(connection)
+        if self._timer is None:
+            self._timer = self._loop.call_later(WATCH_INTERVAL_S, self._check_all)
+
+    def discard(self, connection: "Connection") -> None:
+        self._connections.discard(connection)
+        if not self._connections:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            _WATCHES.pop(self._loop, None)
+
+    def _check_all(self) -> None:
+        self._timer = self._loop.call_later(WATCH_INTERVAL_S, self._check_all)
+        now = time.monotonic()
+        for connection in list(self._connections):
+            try:
+                connection.check(now)
+            except Exception:  # one connection's failure must not stop the others' checks
+                log.exception("checking a connection failed")
+
+
+# Each event loop's Watch, while it watches connections.
+_WATCHES: dict[asyncio.AbstractEventLoop, Watch] = {}
+
+
+def _watch_of(loop: asyncio.AbstractEventLoop) -> Watch:
+    watch = _WATCHES.get(loop)
+    if watch is None:
+        watch = _WATCHES[loop] = Watch(loop)
+    return watch
+
+
 class Connection:
     """Reads frames and hands each decoded one to `handle`; `finish` runs before the close."""
+
+    # Slots: a worker holds tens of thousands of connections.
+    __slots__ = (
+        "_auth_deadline",
+        "_close",
+        "_closing",
+        "_closing_seen",
+        "codec",
+        "outbound",
+        "settings",
+        "ws",
+    )
 
     def __init__(
         self, ws: WebSocket, transport: Transport, codec: Codec, settings: Settings
@@ -44,7 +100,7 @@ class Connection:
             on_overflow=self._on_overflow,
             kernel_bytes=fix_send_buffer(transport, settings.socket_send_buffer_bytes),
         )
-        self._watch: asyncio.TimerHandle | None = None
+        self._auth_deadline: asyncio.TimerHandle | None = None
         self._closing_seen: float | None = None
         self._closing: asyncio.Task[None] | None = None
         self._close: tuple[int, str] | None = None
@@ -63,13 +119,15 @@ class Connection:
     async def run(self) -> None:
         metrics.CONNECTIONS.inc()
         loop = asyncio.get_running_loop()
-        auth_deadline = loop.call_later(self.settings.auth_timeout_s, self._on_auth_deadline)
-        self._watch = loop.call_later(WATCH_INTERVAL_S, self._on_watch)
+        self._auth_deadline = loop.call_later(self.settings.auth_timeout_s, self._on_auth_deadline)
+        watch = _watch_of(loop)
+        watch.add(self)
         try:
             await self._read_forever()
         finally:
-            auth_deadline.cancel()
-            self._watch.cancel()
+            if self._auth_deadline is not None:
+                self._auth_deadline.cancel()
+            watch.discard(self)
             await self.finish()
             self.outbound.close()
             if self._closing is None:
@@ -101,6 +159,7 @@ class Connection:
         self.outbound.close()
 
     def _on_auth_deadline(self) -> None:
+        self._auth_deadline = None  # fired: its handle is not kept for the connection's life
         if self.user is not None or self._close is not None:
             return
         metrics.LIMITED.labels("auth_timeout").inc()
@@ -110,12 +169,10 @@ class Connection:
         # The read loop waits for a frame: the close wakes it (as a disconnect).
         self._closing = asyncio.create_task(self._send_close())
 
-    def _on_watch(self) -> None:
-        """Every WATCH_INTERVAL_S: close a reader that stays behind, and drop a connection
-        whose transport is closing (uvicorn's keepalive timeout, say) but cannot send what it
-        holds to a peer that does not read."""
-        now = time.monotonic()
-        self._watch = asyncio.get_running_loop().call_later(WATCH_INTERVAL_S, self._on_watch)
+    def check(self, now: float) -> None:
+        """Every WATCH_INTERVAL_S (its loop's Watch): close a reader that stays behind, and
+        drop a connection whose transport is closing (uvicorn's keepalive timeout, say) but
+        cannot send what it holds to a peer that does not read."""
         if self.outbound.closing:
             if self._closing_seen is None:
                 self._closing_seen = now

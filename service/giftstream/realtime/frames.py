@@ -11,15 +11,17 @@ HISTORY_KINDS = ("gift", "credit")
 
 class Encoded:
     """One frame, or a `batch` of frames. `offsets` gives, per history kind, the lowest and the
-    highest offset inside (a live-only frame, like a streak's end, has none)."""
+    highest offset inside (a live-only frame, like a streak's end, has none). `essential`, for a
+    batch mixing lossless and lossy frames, is its lossless frames alone."""
 
-    __slots__ = ("_json", "_msgpack", "frame", "offsets")
+    __slots__ = ("_json", "_msgpack", "essential", "frame", "offsets")
 
     def __init__(self, frame: dict[str, Any], offsets: dict[str, tuple[int, int]]) -> None:
         self.frame = frame
         self.offsets = offsets
         self._msgpack: bytes | None = None
         self._json: bytes | None = None
+        self.essential: Encoded | None = None
 
     def framed(self, codec: Codec) -> bytes:
         """The WebSocket message carrying this frame in `codec`'s subprotocol."""

@@ -20,9 +20,10 @@ class Sink(Protocol):
 
     def put(self, frame: bytes, lossless: bool) -> None: ...
     def put_all(self, frames: list[tuple[bytes, bool]]) -> None: ...
+    def keeps_lossy(self) -> bool: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Member:
     room: str
     user: str
@@ -71,6 +72,10 @@ class Member:
             return
         out = []
         for event, lossless in events:
+            # A message mixing lossless frames with lossy ones goes as its lossless frames alone
+            # when the lossy ones would only deepen the backlog of a member behind.
+            if event.essential is not None and not self.outbound.keeps_lossy():
+                event = event.essential
             framed = self._admit(event)
             if framed is not None:
                 out.append((framed, lossless))
@@ -85,7 +90,12 @@ class Member:
     def _admit(self, event: Encoded) -> bytes | None:
         """The bytes to send of `event` (None when all of it was delivered before), counted as
         delivered."""
-        seen = any(low <= self.last_offsets.get(k, 0) for k, (low, _) in event.offsets.items())
+        last = self.last_offsets
+        seen = False
+        for kind, (low, _) in event.offsets.items():  # a loop: cheaper than any() of a genexpr
+            if low <= last.get(kind, 0):
+                seen = True
+                break
         if seen:
             # Only at a seam: this member has had part of it; send it the rest.
             fresh = [f for f in _frames(event) if self._is_new(f) and self.wants(f.get("t"))]
@@ -93,7 +103,8 @@ class Member:
                 return None
             event = batch(self.room, fresh)
         for kind, (_, high) in event.offsets.items():
-            self.last_offsets[kind] = max(self.last_offsets.get(kind, 0), high)
+            if high > last.get(kind, 0):
+                last[kind] = high
         return event.framed(self.codec)
 
     def _is_new(self, frame: dict[str, Any]) -> bool:

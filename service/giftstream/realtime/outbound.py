@@ -81,6 +81,16 @@ def fix_send_buffer(transport: Transport, requested: int) -> int:
 
 
 class Outbound:
+    __slots__ = (
+        "_transport",
+        "behind_since",
+        "budget_bytes",
+        "closed",
+        "limit_bytes",
+        "on_overflow",
+        "overflowed",
+    )
+
     def __init__(
         self,
         transport: Transport,
@@ -116,11 +126,28 @@ class Outbound:
         """Whether the transport is closing (or closed): what it holds may never be taken."""
         return self._transport.is_closing()
 
+    def keeps_lossy(self) -> bool:
+        """Whether lossy frames are still taken: the transport holds at most half its budget.
+        When not, a message's lossy frames are dropped (counted so) and the connection is
+        behind, as when `put` drops a lossy frame."""
+        if self._transport.get_write_buffer_size() <= self.budget_bytes // 2:
+            return True
+        metrics.FRAMES_DROPPED.inc()
+        if self.behind_since is None:
+            self.behind_since = time.monotonic()
+        return False
+
     def put(self, frame: bytes, lossless: bool) -> None:
         self.put_all([(frame, lossless)])
 
     def put_all(self, frames: list[tuple[bytes, bool]]) -> None:
         """Several frames in one write (one system call), each kept or dropped as by `put`."""
+        if len(frames) == 1:  # a room's tick: one message per member
+            frame, lossless = frames[0]
+            if self._fits(frame, lossless, 0):
+                self._transport.write(frame)
+                metrics.FRAMES_OUT.inc()
+            return
         kept: list[bytes] = []
         pending = 0
         for frame, lossless in frames:
@@ -128,7 +155,8 @@ class Outbound:
                 kept.append(frame)
                 pending += len(frame)
         if kept:
-            self._transport.write(b"".join(kept) if len(kept) > 1 else kept[0])
+            self._transport.write(b"".join(kept))
+            metrics.FRAMES_OUT.inc(len(kept))
 
     def _fits(self, frame: bytes, lossless: bool, pending: int) -> bool:
         if self.closed or self.overflowed:
@@ -149,7 +177,6 @@ class Outbound:
             return False
         if held <= self.budget_bytes // 2:
             self.behind_since = None
-        metrics.FRAMES_OUT.inc()
         return True
 
     def close(self) -> None:

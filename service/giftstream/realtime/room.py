@@ -8,9 +8,10 @@ for. Nothing here awaits, reads a clock, or touches the store or a socket.
 
 Lossless frames (credits, room state, session summaries, chests) are never merged nor dropped;
 lossy ones (gift animations, streak updates, viewer counts, leaderboards, broadcast announcements)
-are merged per tick — the newest streak update replaces the older — so a fast streak in a big
-room costs each viewer a bounded number of frames per second. Each frame or batch is encoded
-once, whatever the number of members.
+are merged per tick — the newest streak update replaces the older. Each member gets at most one
+message per tick (`coalesce_tick_ms`), a lone frame or a `batch`, whatever the gift rate: a
+storm costs each viewer a bounded number of messages per second. Each message is encoded once,
+whatever the number of members.
 """
 
 from dataclasses import dataclass, field
@@ -22,8 +23,6 @@ from giftstream.realtime.member import Member
 
 # Lossless frames: never merged, never dropped for a slow client.
 LOSSLESS = frozenset({"credit", "room", "session_summary", "chest", "chest_result", "battle"})
-# The room frames of protocol v1; members that did not opt in get only these.
-V1_ROOM_FRAMES = frozenset({"gift", "credit"})
 
 Frame = dict[str, Any]
 
@@ -143,11 +142,7 @@ class Room:
         if not self.sent_this_tick and not self.queued:
             self.sent_this_tick = True
             return out + self._send(frames)
-        for frame in frames:
-            key = merge_key(frame)
-            # A newer frame replaces the one it merges with, and takes its place at the end.
-            self.queued.pop(key, None)
-            self.queued[key] = frame
+        self._queue(frames)
         return out
 
     def on_broadcast(self, frame: Frame, now_ms: int) -> list[Delivery]:
@@ -157,42 +152,55 @@ class Room:
         return self.on_frames([frame], now_ms)
 
     def tick(self, now_ms: int) -> list[Delivery]:
-        """End the streaks that fell quiet, then send what waited, or open the next tick for
-        an immediate send."""
-        out = self._end_streaks(self.book.expire(now_ms), now_ms) if len(self.book) else []
+        """Send what waited, with the closing frames of the streaks that fell quiet, as one
+        message per member; or, with nothing waiting, open the next tick for an immediate
+        send. A tick that sent keeps the next one closed: each member gets at most one message
+        per tick, however many gifts come."""
+        if len(self.book):
+            self._queue([_closing(tap) for tap in self.book.expire(now_ms)])
         if not self.queued:
             self.sent_this_tick = False
-            return out
+            return []
+        self.sent_this_tick = True
         frames = list(self.queued.values())
         self.queued.clear()
-        return out + self._send(frames)
+        return self._send(frames)
+
+    def _queue(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            key = merge_key(frame)
+            # A newer frame replaces the one it merges with, and takes its place at the end.
+            self.queued.pop(key, None)
+            self.queued[key] = frame
 
     def _send(self, frames: list[Frame]) -> list[Delivery]:
-        """Members that opted in get their frames as one `batch` when there are several; the
-        others get their protocol v1 frames (`gift`, and `credit` for the host), each its own
-        message, all in one write. What a member gets depends only on whether it is the host
-        and opted in, so each frame or batch is encoded once."""
-        one_by_one = [single(f) for f in frames if f.get("t") in V1_ROOM_FRAMES]
+        """One message per member: its one frame alone, or one `batch` of its frames (protocol
+        v1 allows batches: members that did not opt in get theirs of v1 frames). What a member
+        gets depends only on whether it is the host and opted in, so each message is encoded
+        once."""
         chosen: dict[tuple[bool, bool], list[tuple[Encoded, bool]]] = {}
         out: list[Delivery] = []
         for member in self.members:
             kind = (member.extras, member.is_host)
             mine = chosen.get(kind)
             if mine is None:
-                if member.extras:
-                    wanted = [f for f in frames if member.wants(f.get("t"))]
-                    lossless = any(f.get("t") in LOSSLESS for f in wanted)
-                    mine = [(batch(self.id, wanted), lossless)] if wanted else []
-                else:
-                    mine = [
-                        (one, one.frame.get("t") in LOSSLESS)
-                        for one in one_by_one
-                        if member.wants(one.frame.get("t"))
-                    ]
-                chosen[kind] = mine
+                mine = chosen[kind] = self._message(member, frames)
             if mine:
                 out.append(Delivery(member, mine))
         return out
+
+    def _message(self, member: Member, frames: list[Frame]) -> list[tuple[Encoded, bool]]:
+        """`member`'s message of `frames` (none when it wants none), lossless when a frame in it
+        is; a message mixing both classes carries its lossless frames alone too, for a member
+        too far behind to take the lossy ones."""
+        wanted = [f for f in frames if member.wants(f.get("t"))]
+        if not wanted:
+            return []
+        lossless = [f for f in wanted if f.get("t") in LOSSLESS]
+        message = batch(self.id, wanted)
+        if lossless and len(lossless) < len(wanted):
+            message.essential = batch(self.id, lossless)
+        return [(message, bool(lossless))]
 
     # -- streaks -----------------------------------------------------------------------------
 
@@ -214,12 +222,9 @@ class Room:
         return self._end_streaks(self.book.observe(tap), now_ms)
 
     def _end_streaks(self, ended: list[StreakTap], now_ms: int) -> list[Delivery]:
-        """Each ended streak's closing frame: its last tap, with `end: true`."""
         out: list[Delivery] = []
         for tap in ended:
-            last = dict(tap.event)
-            last["streak"] = {"id": tap.streak_id, "repeat": tap.repeat, "end": True}
-            out += self.on_frames([last], now_ms)
+            out += self.on_frames([_closing(tap)], now_ms)
         return out
 
     # -- recovery ----------------------------------------------------------------------------
@@ -242,3 +247,10 @@ class Room:
             if mine:
                 out.append(Delivery(member, mine, replay=True))
         return out
+
+
+def _closing(tap: StreakTap) -> Frame:
+    """An ended streak's closing frame: its last tap, with `end: true`."""
+    last = dict(tap.event)
+    last["streak"] = {"id": tap.streak_id, "repeat": tap.repeat, "end": True}
+    return last

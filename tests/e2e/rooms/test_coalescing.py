@@ -152,3 +152,93 @@ async def test_a_fast_streak_costs_each_viewer_a_bounded_number_of_frames_per_se
             assert not [f for f in between if f["t"] == "credit" and f["event"] in events]
         assert (await api.wallet(tapper))["coins"] == 0
         assert (await api.wallet(host))["diamonds"] == TAPS + 100
+
+
+# -- many streaks at once, protocol v1 ---------------------------------------------------------
+
+STREAKERS = 8
+TAPS_EACH = 60
+V1_VIEWERS = 20
+
+
+@dataclass(frozen=True)
+class WatchedMany:
+    messages: int
+    ends: dict[str, Frame]
+    credits: list[int]
+    elapsed_s: float
+
+
+async def watch_streaks(client: Client, senders: set[str], t0: float, credits: int) -> WatchedMany:
+    """Count a protocol-v1 member's messages until every sender's streak ended and `credits`
+    credits came (the host's)."""
+    loop = asyncio.get_running_loop()
+    messages = 0
+    ends: dict[str, Frame] = {}
+    offsets: list[int] = []
+    while set(ends) != senders or len(offsets) < credits:
+        message = await client.recv_frame(timeout=60)
+        messages += 1
+        for frame in message["frames"] if message["t"] == "batch" else [message]:
+            assert frame["t"] in ("gift", "credit"), f"protocol v1 frames only: {frame}"
+            if frame["t"] == "credit":
+                offsets.append(frame["offset"])
+            elif is_end(frame) and frame["from"] in senders:
+                ends[frame["from"]] = frame
+    return WatchedMany(messages, ends, offsets, loop.time() - t0)
+
+
+async def test_many_streaks_at_once_cost_a_v1_member_one_message_a_tick(
+    valkey: EmbeddedValkey,
+) -> None:
+    """Each protocol-v1 member gets at most one message a tick, a `batch` when the tick holds
+    several frames, however many senders tap at once; the host gets every credit once, in
+    offset order, and every streak ends with its exact total."""
+    env = {
+        "GIFTSTREAM_COALESCE_TICK_MS": str(TICK_MS),
+        "GIFTSTREAM_STREAK_TIMEOUT_MS": str(STREAK_QUIET_MS),
+    }
+    async with (
+        serving(ServerProcess(valkey.url, env={**UNLIMITED_GIFTS, **env})) as (server, api),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        host = await api.user(role="host")
+        tappers = await asyncio.gather(*(api.user(coins=TAPS_EACH) for _ in range(STREAKERS)))
+        users = await asyncio.gather(*(api.user() for _ in range(V1_VIEWERS)))
+        room = await api.open_room(host)
+        host_ws = await member(stack, server, host, room)
+        senders = [await member(stack, server, t, room) for t in tappers]
+        viewers = await asyncio.gather(*(member(stack, server, u, room) for u in users))
+        await asyncio.gather(*(ping(c) for c in [host_ws, *senders, *viewers]))
+
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        names = {t.user for t in tappers}
+        total = STREAKERS * TAPS_EACH
+        watching = [asyncio.create_task(watch_streaks(v, names, t0, 0)) for v in viewers]
+        hosting = asyncio.create_task(watch_streaks(host_ws, names, t0, total))
+        try:
+            sent = await asyncio.gather(
+                *(burst(s, room, f"many{k}", TAPS_EACH) for k, s in enumerate(senders))
+            )
+            watched = await asyncio.gather(*watching, hosting)
+        finally:
+            for task in [*watching, hosting]:
+                task.cancel()
+            await asyncio.gather(*watching, hosting, return_exceptions=True)
+
+        acks = [a for by_id in sent for a in by_id.values()]
+        assert [a["t"] for a in acks] == ["ack"] * total
+        allowed_per_s = 1000 / TICK_MS + SLACK_PER_S
+        rates = [w.messages / w.elapsed_s for w in watched]
+        most = max(w.messages for w in watched)
+        report = (
+            f"messages per member per s: max {max(rates):.1f}, allowed {allowed_per_s:.0f};"
+            f" messages per member: max {most} for {total} gifts"
+        )
+        assert max(rates) <= allowed_per_s, report
+        assert most * 4 <= total, report
+        for w in watched:
+            assert {e["streak"]["repeat"] for e in w.ends.values()} == {TAPS_EACH}, w.ends
+        credits = watched[-1].credits
+        assert credits == sorted(credits) and len(set(credits)) == total, report
