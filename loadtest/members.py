@@ -42,12 +42,18 @@ class Member:
         self.offset = 0
         self._last: bytes | None = None
         self._frames_before = 0  # frames of the connections before this one
+        self._gift_frames_before = 0
         self._stopped = False
         self._watch: asyncio.Task[None] | None = None
 
     @property
     def frames(self) -> int:
         return self._frames_before + (self.client.frames if self.client is not None else 0)
+
+    @property
+    def gift_frames(self) -> int:
+        now = self.client.gift_frames if self.client is not None else 0
+        return self._gift_frames_before + now
 
     async def open(self) -> None:
         self.client = await self._connect()
@@ -103,6 +109,7 @@ class Member:
             self.tally.counts["reconnects"] += 1
             self._note_offset()
             self._frames_before += self.client.frames
+            self._gift_frames_before += self.client.gift_frames
             self.client = None
             for attempt in itertools.count():
                 await asyncio.sleep(delays[min(attempt, len(delays) - 1)])

@@ -188,7 +188,7 @@ class WsLoad:
         for conn, client in self.clients:
             if conn.role != "sender":
                 total += client.gift_frames
-        return total
+        return total + sum(m.gift_frames for m in self.members)
 
     def _frames(self) -> int:
         """Room frames received so far: everything but the answers to a sender's own gifts."""
