@@ -18,7 +18,7 @@ from support.installs import install_client
 from support.proxy import Proxy
 
 # The browser tests' fixtures (Chromium, the page's server, a fresh profile), shared by their files.
-pytest_plugins = ["support.browser_fixtures"]
+pytest_plugins = ["support.browser_fixtures", "support.ledger_fixtures"]
 
 
 @pytest.fixture(scope="session")
